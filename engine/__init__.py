@@ -1,0 +1,1 @@
+"""parallel-orchestrator: a durable state machine for running coding agents in parallel."""

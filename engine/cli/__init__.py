@@ -1,0 +1,1 @@
+"""Console entry points. Each module parses arguments and calls plain functions in engine/."""

@@ -1,0 +1,79 @@
+"""The CLI edge: the one place that maps exceptions to a stderr line and an exit code.
+
+Every console script calls `run(group)`. Expected failures (OrchestratorError) print their
+one-line message; click's usage errors become one `ERROR: ...` line with exit 1 (the
+contract's code for usage errors) instead of click's three-line block with exit 2.
+"""
+
+import os
+import sys
+
+import click
+
+from engine.errors import OrchestratorError
+
+PROG_ENV = "ORCH_PROG"  # set by the bash shims so messages name the script the user called
+
+
+def prog_name(default):
+    return os.environ.get(PROG_ENV) or default
+
+
+def echo_lines(lines):
+    for line in lines:
+        click.echo(line)
+
+
+def run(group, default_prog):
+    """Invoke a click group and return the process exit code; never raises."""
+    try:
+        result = group.main(prog_name=prog_name(default_prog), standalone_mode=False)
+    except OrchestratorError as exc:
+        click.echo(exc.message if exc.message.startswith(("ERROR", "[ERROR]", "Usage")) else f"ERROR: {exc.message}",
+                   err=True)
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        return 130
+    except click.ClickException as exc:
+        click.echo(f"ERROR: {exc.format_message()}", err=True)
+        return 1
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head -1`): not an error worth a traceback.
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
+    return result if isinstance(result, int) else 0
+
+
+def exit_with(group, default_prog):
+    sys.exit(run(group, default_prog))
+
+
+class ContractGroup(click.Group):
+    """A group whose unknown subcommands fall back to a named command (e.g. `help`).
+
+    The originals print help and exit 0 for any unknown word (state-transition) or print
+    usage and exit 1 (pool-manager); `fallback` names the command that reproduces that.
+    """
+
+    def __init__(self, *args, fallback=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fallback = fallback
+
+    def resolve_command(self, ctx, args):
+        if self.fallback and args and args[0] not in self.commands:
+            return self.fallback, self.commands[self.fallback], args[1:]
+        return super().resolve_command(ctx, args)
+
+
+# A context setting for commands whose arguments are free-form data: "-5" or "-rf" is a
+# value, not an unknown option.
+DATA_ARGS = {"ignore_unknown_options": True, "help_option_names": []}

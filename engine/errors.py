@@ -1,0 +1,49 @@
+"""The one exception hierarchy. The CLI edge (engine.cli.common) maps these to a stderr line
+and an exit code; nothing below the CLI prints errors or exits."""
+
+
+class OrchestratorError(Exception):
+    """An expected failure: shown as one line on stderr, no traceback."""
+
+    exit_code = 1
+
+    def __init__(self, message, exit_code=None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+    @property
+    def message(self):
+        return self.args[0]
+
+
+class UsageError(OrchestratorError):
+    """Wrong arguments: a missing or malformed value."""
+
+
+class InvalidValue(UsageError):
+    """A user-supplied id or value that failed validation before touching anything."""
+
+
+class StateFileError(OrchestratorError):
+    """A state file that exists but cannot be parsed, or has the wrong shape."""
+
+
+class NotInitialized(OrchestratorError):
+    """A command that needs a state file that does not exist."""
+
+
+class IllegalTransition(OrchestratorError):
+    """An edge the machine does not allow (use --force to override)."""
+
+
+class GitError(OrchestratorError):
+    """A git command failed; carries the command, exit code and output."""
+
+    def __init__(self, cmd, returncode, output):
+        self.cmd = list(cmd)
+        self.returncode = returncode
+        self.output = output
+        last = (output or "").strip().splitlines()
+        detail = last[-1] if last else f"exit {returncode}"
+        super().__init__(f"git {' '.join(self.cmd[1:3])} failed: {detail}")
