@@ -247,6 +247,8 @@ def add_checkpoint(path, description="", layout=None):
     layout = layout or Layout()
     _validate_text("checkpoint file", path)
     _validate_text("description", description, allow_newlines=True)
+    if not os.path.exists(layout.state_file):
+        raise NotInitialized("ERROR: State machine not initialized")
     with store.file_lock(layout.state_file):
         data, header = _load(layout)
         if data is None:
@@ -281,6 +283,8 @@ def add_tokens(amount, layout=None):
     """Add AMOUNT to token_usage.estimated; return (lines, exit code 0/1/2)."""
     layout = layout or Layout()
     delta = _parse_tokens(amount)
+    if not os.path.exists(layout.state_file):
+        return [], 0  # the contract: silent no-op without a session
     with store.file_lock(layout.state_file):
         data, header = _load(layout)
         if data is None:

@@ -24,10 +24,10 @@ def echo_lines(lines):
         click.echo(line)
 
 
-def run(group, default_prog):
+def run(group, default_prog, args=None):
     """Invoke a click group and return the process exit code; never raises."""
     try:
-        result = group.main(prog_name=prog_name(default_prog), standalone_mode=False)
+        result = group.main(args=args, prog_name=prog_name(default_prog), standalone_mode=False)
     except OrchestratorError as exc:
         click.echo(exc.message if exc.message.startswith(("ERROR", "[ERROR]", "Usage")) else f"ERROR: {exc.message}",
                    err=True)
@@ -67,6 +67,11 @@ class ContractGroup(click.Group):
     def __init__(self, *args, fallback=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.fallback = fallback
+
+    def parse_args(self, ctx, args):
+        if self.fallback and args and args[0].startswith("-"):
+            args = [self.fallback] + list(args[1:])  # `--help`, `-x`: the fallback too
+        return super().parse_args(ctx, args)
 
     def resolve_command(self, ctx, args):
         if self.fallback and args and args[0] not in self.commands:

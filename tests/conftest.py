@@ -1,0 +1,91 @@
+"""Shared fixtures: every test runs sealed off from the developer's git config and cwd."""
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = os.path.join(ROOT, "scripts")
+
+
+@pytest.fixture(autouse=True)
+def sealed_env(tmp_path, monkeypatch):
+    """HOME, git identity and dates fixed; no inherited GIT_DIR; cwd is a fresh temp dir."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "Test Author")
+    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "author@example.com")
+    monkeypatch.setenv("GIT_COMMITTER_NAME", "Test Committer")
+    monkeypatch.setenv("GIT_COMMITTER_EMAIL", "committer@example.com")
+    monkeypatch.setenv("GIT_AUTHOR_DATE", "2026-01-01T00:00:00Z")
+    monkeypatch.setenv("GIT_COMMITTER_DATE", "2026-01-01T00:00:00Z")
+    monkeypatch.setenv("GIT_EDITOR", "false")
+    for var in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "ORCHESTRATOR_ROOT", "ORCH_PROG",
+                "POOL_SIZE", "POOL_DIR", "POOL_STATE_FILE", "AUTO_WORKTREE_BASE"):
+        monkeypatch.delenv(var, raising=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return work
+
+
+class Result:
+    def __init__(self, code, out, err):
+        self.code, self.out, self.err = code, out, err
+
+    @property
+    def lines(self):
+        return self.out.splitlines()
+
+    def __repr__(self):
+        return f"Result(code={self.code}, out={self.out!r}, err={self.err!r})"
+
+
+def invoke(group, prog, *args):
+    """Run a CLI group in-process exactly as its console script would (exit-code mapping included)."""
+    from engine.cli.common import run
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run(group, prog, list(args))
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def st():
+    from engine.cli.state_transition import cli
+
+    return lambda *args: invoke(cli, "state-transition", *args)
+
+
+def git(cwd, *args, check=True):
+    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"git {args} failed: {proc.stderr}")
+    return proc.stdout.strip()
+
+
+@pytest.fixture
+def repo(sealed_env):
+    """A real git repository with one commit on `main`, as the cwd."""
+    git(sealed_env, "init", "-q", "-b", "main")
+    (sealed_env / "README.md").write_text("hello\n")
+    git(sealed_env, "add", "README.md")
+    git(sealed_env, "commit", "-q", "-m", "initial")
+    return sealed_env
+
+
+def python_env():
+    """Environment for subprocesses that import the engine from this checkout."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+PYTHON = sys.executable
