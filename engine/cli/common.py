@@ -50,6 +50,12 @@ def run(group, default_prog, args=None):
         except OSError:
             pass
         return 0
+    except Exception as exc:  # a bug, not bad input: one line, the traceback on request
+        if os.environ.get("ORCH_DEBUG"):
+            raise
+        click.echo(f"ERROR: internal error ({type(exc).__name__}: {exc}); set ORCH_DEBUG=1 for the traceback",
+                   err=True)
+        return 70
     return result if isinstance(result, int) else 0
 
 

@@ -1,0 +1,195 @@
+"""The one place that talks to git.
+
+Every call goes through `run()`: the git CLI with an environment stripped of inherited
+`GIT_DIR`/`GIT_WORK_TREE`/`GIT_INDEX_FILE` (a hook or an outer git would otherwise redirect
+us to another repository), `--` before user-supplied names where git accepts it, output
+captured (never on our stdout), and failures raised as GitError carrying command, code and
+output. Mutations of the worktree list are serialized per repository with `worktree_lock`:
+git 2.39 races on parallel `worktree add` and can leave a branch without its worktree.
+"""
+
+import os
+import re
+import subprocess
+import time
+
+from engine import store
+from engine.errors import GitError, OrchestratorError
+
+_STRIP = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_COMMON_DIR",
+          "GIT_PREFIX")
+_env = None
+
+
+def git_env():
+    global _env
+    if _env is None:
+        _env = {k: v for k, v in os.environ.items() if k not in _STRIP}
+        _env["GIT_TERMINAL_PROMPT"] = "0"
+        _env.setdefault("GIT_EDITOR", "true")
+        _env["LC_ALL"] = "C"
+    return _env
+
+
+_LOCK_CONTENTION = re.compile(r"Unable to create '[^']*\.lock': File exists|cannot lock ref|"
+                              r"could not lock config file")
+
+
+def run(cwd, *args, check=True, input=None, env=None):
+    """Run `git ARGS` in `cwd`; return CompletedProcess (text). Raises GitError if check fails.
+
+    A failure caused by another git process holding one of git's own lock files (shared refs,
+    packed-refs, config) is retried a few times: concurrent agents make that normal.
+    """
+    cmd = ["git", *args]
+    for attempt in range(6):
+        proc = subprocess.run(cmd, cwd=cwd, input=input, capture_output=True, text=True,
+                              env=env or git_env())
+        if proc.returncode == 0 or not _LOCK_CONTENTION.search(proc.stderr or ""):
+            break
+        time.sleep(0.05 * (attempt + 1))
+    if check and proc.returncode != 0:
+        raise GitError(cmd, proc.returncode, proc.stderr or proc.stdout)
+    return proc
+
+
+def out(cwd, *args):
+    return run(cwd, *args).stdout.strip()
+
+
+def ok(cwd, *args):
+    return run(cwd, *args, check=False).returncode == 0
+
+
+# --------------------------------------------------------------------------- repository facts
+def toplevel(cwd):
+    """The top of the working tree containing cwd, or raise 'Not in a git repository'."""
+    proc = run(cwd, "rev-parse", "--show-toplevel", check=False)
+    if proc.returncode != 0:
+        raise OrchestratorError("[ERROR] Not in a git repository")
+    return proc.stdout.strip()
+
+
+def common_dir(repo):
+    return os.path.abspath(os.path.join(repo, out(repo, "rev-parse", "--git-common-dir")))
+
+
+def has_commits(repo):
+    return ok(repo, "rev-parse", "--verify", "-q", "HEAD^{commit}")
+
+
+def current_branch(repo):
+    """The checked-out branch name, or None when HEAD is detached (or unborn)."""
+    proc = run(repo, "symbolic-ref", "-q", "--short", "HEAD", check=False)
+    name = proc.stdout.strip()
+    return name if proc.returncode == 0 and name else None
+
+
+def resolve_commit(repo, rev):
+    """The full sha of `rev` as a commit, or None."""
+    proc = run(repo, "rev-parse", "--verify", "-q", "--end-of-options", rev + "^{commit}", check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def branch_exists(repo, branch):
+    return ok(repo, "show-ref", "--verify", "-q", "refs/heads/" + branch)
+
+
+def branch_commit(repo, branch):
+    return resolve_commit(repo, "refs/heads/" + branch)
+
+
+def is_ancestor(repo, older, newer):
+    return ok(repo, "merge-base", "--is-ancestor", older, newer)
+
+
+def unique_commits(repo, branch, base):
+    """How many commits `branch` has that `base` does not (0 = nothing would be lost)."""
+    return int(out(repo, "rev-list", "--count", f"{base}..refs/heads/{branch}") or 0)
+
+
+def local_branches(repo, prefix="refs/heads/"):
+    text = out(repo, "for-each-ref", "--format=%(refname)", prefix)
+    return [line[len("refs/heads/"):] for line in text.splitlines() if line]
+
+
+def delete_branch(repo, branch):
+    run(repo, "branch", "-D", "--", branch)  # callers check for unmerged work first
+
+
+def worktrees(repo):
+    """`git worktree list --porcelain`, parsed: [{path, head, branch, detached, locked, prunable}]."""
+    entries, current = [], None
+    for line in out(repo, "worktree", "list", "--porcelain").splitlines() + [""]:
+        if not line:
+            if current:
+                entries.append(current)
+            current = None
+            continue
+        key, _, value = line.partition(" ")
+        if key == "worktree":
+            current = {"path": value, "head": None, "branch": None, "detached": False, "locked": False,
+                       "prunable": False, "bare": False}
+        elif current is None:
+            continue
+        elif key == "HEAD":
+            current["head"] = value
+        elif key == "branch":
+            current["branch"] = value[len("refs/heads/"):] if value.startswith("refs/heads/") else value
+        elif key in ("detached", "locked", "prunable", "bare"):
+            current[key] = True
+    return entries
+
+
+def is_dirty(path):
+    """Tracked modifications or untracked, non-ignored files in the worktree at path."""
+    return bool(out(path, "status", "--porcelain", "--untracked-files=normal"))
+
+
+def worktree_lock(repo):
+    """Serialize `git worktree add/remove/prune` for this repository across processes."""
+    return store.file_lock(os.path.join(common_dir(repo), "orchestrator-worktree"))
+
+
+# --------------------------------------------------------------------------- names
+_BAD_REF_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+
+
+def check_ref_component(value, what="task id"):
+    """Validate a user-supplied id that becomes part of a ref and a path: harmless by construction.
+
+    Allowed: letters, digits, `.`, `_`, `-` (and `/` nowhere); no leading `-` or `.`; no `..`;
+    no `.lock` suffix; at most 100 characters.
+    """
+    if not value:
+        raise OrchestratorError(f"[ERROR] {what} is empty")
+    if len(value) > 100:
+        raise OrchestratorError(f"[ERROR] invalid {what} (longer than 100 characters)")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value) or ".." in value or value.endswith(
+            (".lock", ".")):
+        shown = value.encode("unicode_escape").decode("ascii")
+        raise OrchestratorError(
+            f"[ERROR] invalid {what} '{shown}': use letters, digits, '.', '_' and '-' "
+            "(not starting with '-' or '.', no '..')")
+    return value
+
+
+_identity_cache = {}
+
+
+def identity_args(cwd):
+    """`-c user.*` fallbacks when no identity is configured, so our commits never fail on a
+    fresh machine; a configured identity (config or GIT_* env) always wins."""
+    if "GIT_COMMITTER_EMAIL" in os.environ or "GIT_AUTHOR_EMAIL" in os.environ:
+        return []
+    key = os.path.realpath(cwd)
+    if key not in _identity_cache:
+        configured = ok(cwd, "config", "user.email")
+        _identity_cache[key] = [] if configured else ["-c", "user.name=parallel-orchestrator",
+                                                      "-c", "user.email=orchestrator@localhost"]
+    return _identity_cache[key]
+
+
+def committing(cwd, *args, check=True):
+    """Run a git command that creates commits (commit, merge) with an identity guaranteed."""
+    return run(cwd, *identity_args(cwd), *args, check=check)

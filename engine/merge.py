@@ -1,0 +1,189 @@
+"""Merging task branches into a target without ever harming the user's checkout.
+
+Every merge is computed off-tree first: `git merge-tree --write-tree` (the same `ort`
+strategy `git merge` uses) gives the merged tree or the conflicting files, `git commit-tree`
+records the merge commit, and only when the whole sequence is computed does the target
+move -- by `git merge --ff-only` in the worktree that has it checked out (git's own safety:
+uncommitted files that would be overwritten stop it, untracked files survive), or by a
+compare-and-swap `update-ref` when it is checked out nowhere.
+
+Consequences: a conflicting branch is simply reported failed (there is no MERGE_HEAD to
+abort, the index is never touched); nothing is ever staged with `add -A`; `--dry-run` runs
+the identical computation and stops before the last step, so its prediction is exactly what
+a real merge does.
+"""
+
+import os
+from dataclasses import dataclass, field
+
+from engine import git
+from engine.errors import OrchestratorError
+
+
+@dataclass
+class MergeReport:
+    target: str
+    branches: list
+    merged: list = field(default_factory=list)
+    already: list = field(default_factory=list)
+    failed: list = field(default_factory=list)  # (branch, reason, [files])
+    deleted: list = field(default_factory=list)
+    kept: list = field(default_factory=list)
+    new_commit: str = None
+    dry_run: bool = False
+
+
+def detect_branches(repo):
+    """Every local branch under refs/heads/auto/ (no `+`/`*` markers, no substring matches)."""
+    return git.local_branches(repo, "refs/heads/auto/")
+
+
+def default_target(repo):
+    branch = git.current_branch(repo)
+    if not branch:
+        raise OrchestratorError("ERROR: HEAD is detached; name the target branch to merge into")
+    return branch
+
+
+def merge_tree(repo, ours, theirs):
+    """(tree sha, []) when the merge is clean, else (None, conflicting files)."""
+    proc = git.run(repo, "merge-tree", "--write-tree", "--name-only", "--no-messages", ours, theirs, check=False)
+    lines = proc.stdout.splitlines()
+    if proc.returncode == 0:
+        return lines[0].strip(), []
+    if proc.returncode == 1:
+        return None, sorted(set(line for line in lines[1:] if line.strip()))
+    raise git.GitError(["git", "merge-tree", ours, theirs], proc.returncode, proc.stderr)
+
+
+def order_by_dependencies(branches, depends_on):
+    """Stable topological order: a branch comes after the branches of the tasks it depends on.
+
+    `depends_on` maps a branch to the branches it needs; unknown names are ignored.
+    """
+    index = {b: i for i, b in enumerate(branches)}
+    done, order, visiting = set(), [], set()
+
+    def visit(branch):
+        if branch in done:
+            return
+        if branch in visiting:
+            raise OrchestratorError(f"ERROR: dependency cycle through {branch}")
+        visiting.add(branch)
+        for dep in sorted((d for d in depends_on.get(branch, ()) if d in index), key=index.get):
+            visit(dep)
+        visiting.discard(branch)
+        done.add(branch)
+        order.append(branch)
+
+    for branch in branches:
+        visit(branch)
+    return order
+
+
+def progress_dependencies(root):
+    """Branch -> dependency branches from `.claude/auto-progress.yaml`, if it knows any."""
+    from engine import store
+
+    data, _ = store.load_yaml_mapping(os.path.join(root, ".claude", "auto-progress.yaml"))
+    tasks = (data or {}).get("tasks")
+    result = {}
+    if isinstance(tasks, dict):
+        for task_id, task in tasks.items():
+            if not isinstance(task, dict):
+                continue
+            deps = task.get("depends_on") or []
+            branch = task.get("branch") or f"auto/{task_id}"
+            result[branch] = [f"auto/{d}" for d in deps if isinstance(d, str)]
+    return result
+
+
+def _checked_out_in(repo, branch):
+    for entry in git.worktrees(repo):
+        if entry["branch"] == branch and not entry["prunable"]:
+            return entry["path"]
+    return None
+
+
+def merge_branches(repo, target, branches, message="feat: Merge {branch}", delete_merged=True, dry_run=False):
+    """Merge BRANCHES into TARGET in the given order; see the module docstring."""
+    target = target or default_target(repo)
+    if target.startswith("-") or not git.branch_exists(repo, target):
+        raise OrchestratorError(f"ERROR: target branch does not exist: {target}")
+    report = MergeReport(target=target, branches=list(branches), dry_run=dry_run)
+    start = git.branch_commit(repo, target)
+    current = start
+    for branch in branches:
+        tip = git.branch_commit(repo, branch) if not branch.startswith("-") else None
+        if tip is None:
+            report.failed.append((branch, "branch not found", []))
+            continue
+        if git.is_ancestor(repo, tip, current):
+            report.already.append(branch)
+            report.merged.append(branch)
+            continue
+        tree, conflicts = merge_tree(repo, current, tip)
+        if tree is None:
+            report.failed.append((branch, "conflicts", conflicts))
+            continue
+        # Also in a dry run: an unreferenced commit object changes nothing a user can see, and
+        # the next branch must be merged onto the real cumulative result.
+        msg = message.format(branch=branch)
+        current = git.committing(repo, "commit-tree", tree, "-p", current, "-p", tip, "-m", msg).stdout.strip()
+        report.merged.append(branch)
+    if dry_run or current == start:
+        return report
+    _move_target(repo, target, start, current)
+    report.new_commit = current
+    if delete_merged:
+        for branch in report.merged:
+            if _checked_out_in(repo, branch):
+                report.kept.append(branch)  # a pool slot still has it; release deletes it
+            elif git.branch_exists(repo, branch) and git.is_ancestor(repo, f"refs/heads/{branch}", current):
+                git.delete_branch(repo, branch)
+                report.deleted.append(branch)
+    return report
+
+
+def _move_target(repo, target, old, new):
+    """Advance TARGET from old to new (a descendant) without touching uncommitted work."""
+    where = _checked_out_in(repo, target)
+    if where is None:
+        git.run(repo, "update-ref", "-m", "parallel-orchestrator merge", f"refs/heads/{target}", new, old)
+        return
+    proc = git.run(where, "merge", "--ff-only", "-q", new, check=False)
+    if proc.returncode != 0:
+        detail = (proc.stderr.strip().splitlines() or ["fast-forward refused"])[0]
+        raise OrchestratorError(f"ERROR: cannot update {target} in {where}: {detail} "
+                                "(commit or stash your changes; nothing was merged)")
+
+
+def header_lines(report):
+    return [f"Merging branches into {report.target}:", *[f"  - {b}" for b in report.branches], ""]
+
+
+def branch_lines(report):
+    failed = {b: (reason, files) for b, reason, files in report.failed}
+    lines = []
+    for branch in report.branches:
+        lines.append(f"Merging {branch}...")
+        if branch in failed:
+            reason, files = failed[branch]
+            if reason == "conflicts":
+                lines.append(f"  ✗ Conflicts in: {' '.join(files)}")
+            else:
+                lines.append(f"  ✗ {reason.capitalize()}: {branch}")
+        elif branch in report.already:
+            lines.append("  ✓ Already merged")
+        else:
+            lines.append("  ✓ Merged successfully" if not report.dry_run else "  ✓ Would merge cleanly")
+    return lines
+
+
+def summary_lines(report):
+    failed = [b for b, _, _ in report.failed]
+    lines = ["=== MERGE SUMMARY ===", "Merged: " + (" ".join(report.merged) or "none"),
+             "Failed: " + (" ".join(failed) or "none")]
+    if failed:
+        lines += ["", "To resolve conflicts manually:", *[f"  git merge {b}" for b in failed]]
+    return lines

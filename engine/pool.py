@@ -1,0 +1,425 @@
+"""The worktree pool (`pool-manager`): reusable git worktrees leased to agents.
+
+State lives in `pool-state.json` (CONTRACT.md §3.2; extra fields allowed). Design:
+
+- **Slots are real worktrees kept across leases.** `acquire` re-points a free slot at
+  `auto/<task>` from the base with one `git checkout -f -B` and a `git clean`; a worktree is
+  created only when the slot is missing or broken. `release` commits nothing away: leftovers
+  are committed to the task branch, the slot is detached, and the branch is deleted only when
+  it has no commits the base lacks (`--force` to override).
+- **Concurrency.** Every read-modify-write of the state file holds its flock, but never while
+  git works: `acquire` claims a slot (status busy, `preparing` with its own pid as owner),
+  drops the lock, prepares the worktree, then confirms. `git worktree add/remove/prune` is
+  serialized per repository (git.worktree_lock).
+- **Crash safety.** A slot left `preparing`/`releasing` by a dead process is an interrupted
+  operation that `health --repair` rolls back or finishes. Intent and outcome of every
+  acquire/release go to `.claude/pool-journal.jsonl`.
+- **Leases.** A ready slot records `owner.pid` only when `POOL_OWNER_PID` names the process
+  that holds the lease (the orchestrator sets it); the short-lived `pool-manager` process
+  itself is never the owner, so `health` does not mistake a normal lease for a dead one.
+
+Paths: `POOL_DIR` and `POOL_STATE_FILE` relative values resolve against the project root
+(engine.paths), not the cwd. The `path` field keeps the contract's relative form; `acquire`
+prints the absolute path so an agent can `cd` from anywhere.
+"""
+
+import datetime
+import os
+import re
+import shutil
+import socket
+
+from engine import git, store, worktree
+from engine.ui import warn as print_warn
+from engine.errors import InvalidValue, NotInitialized, OrchestratorError, StateFileError
+from engine.paths import Layout
+
+DEFAULT_SIZE = 8
+MAX_SIZE = 256
+SLOT_ID = re.compile(r"wt-([1-9][0-9]{0,3})")
+NOT_INITIALIZED = "[ERROR] Pool not initialized. Run: ./pool-manager.sh init"
+
+
+class PoolExhausted(OrchestratorError):
+    """No idle slot: the CLI prints POOL_EXHAUSTED on stdout as well."""
+
+
+def local_timestamp():
+    """`date -Iseconds`: local time with offset, as the original pool wrote it."""
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def parse_size(raw, default=DEFAULT_SIZE):
+    if raw is None or raw == "":
+        return default
+    text = str(raw).strip()
+    if not text.isdigit() or not 1 <= int(text) <= MAX_SIZE:
+        raise InvalidValue(f"[ERROR] Pool size must be a whole number from 1 to {MAX_SIZE}, got '{raw}'")
+    return int(text)
+
+
+def check_slot_id(value):
+    if not value:
+        raise InvalidValue("[ERROR] Worktree ID required")
+    if not SLOT_ID.fullmatch(value):
+        shown = value.encode("unicode_escape").decode("ascii")
+        raise InvalidValue(f"[ERROR] invalid worktree id '{shown}' (expected wt-N)")
+    return value
+
+
+def _process_start(pid):
+    """The kernel's start time of pid (guards against pid reuse), or None if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def make_owner(pid):
+    return {"pid": pid, "host": socket.gethostname(), "since": local_timestamp(), "start": _process_start(pid)}
+
+
+def owner_alive(owner):
+    """True/False for an owner on this host; None when it cannot be judged (other host)."""
+    if not owner or not isinstance(owner.get("pid"), int):
+        return None
+    if owner.get("host") != socket.gethostname():
+        return None
+    try:
+        os.kill(owner["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    start = owner.get("start")
+    return start is None or _process_start(owner["pid"]) == start
+
+
+def idle_slot(slot_id, rel_path):
+    return {"id": slot_id, "status": "idle", "task_id": None, "path": rel_path, "branch": None,
+            "acquired_at": None}
+
+
+class Pool:
+    """One pool: its state file, its directory, its repository."""
+
+    def __init__(self, layout=None, env=None):
+        env = os.environ if env is None else env
+        self.layout = layout or Layout()
+        self.root = self.layout.root
+        self.dir = os.path.join(self.root, env.get("POOL_DIR") or os.path.join(".claude", "worktree-pool"))
+        self.dir = os.path.normpath(self.dir)
+        self.state_path = os.path.normpath(os.path.join(
+            self.root, env.get("POOL_STATE_FILE") or os.path.join(".claude", "pool-state.json")))
+        self.default_size = env.get("POOL_SIZE")
+        self.lease_pid = env.get("POOL_OWNER_PID")
+        self.journal = store.Journal(os.path.join(self.layout.claude, "pool-journal.jsonl"))
+        self._repo = None
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def repo(self):
+        if self._repo is None:
+            self._repo = git.toplevel(self.root)
+        return self._repo
+
+    def slot_path(self, slot_id):
+        return os.path.join(self.dir, check_slot_id(slot_id))
+
+    def rel(self, path):
+        rel = os.path.relpath(path, self.root)
+        return path if rel.startswith("..") else rel
+
+    def load(self):
+        data = store.load_json(self.state_path)
+        if data is None:
+            raise NotInitialized(NOT_INITIALIZED)
+        slots = data.get("worktrees") if isinstance(data, dict) else None
+        if not isinstance(slots, list) or not all(
+                isinstance(s, dict) and isinstance(s.get("id"), str) and SLOT_ID.fullmatch(s["id"]) for s in slots):
+            raise StateFileError(f"[ERROR] {self.state_path} does not hold a valid pool (worktrees list)")
+        return data
+
+    def save(self, data):
+        store.write_json(self.state_path, data)
+
+    def lock(self):
+        return store.file_lock(self.state_path)
+
+    def find(self, data, slot_id):
+        for slot in data["worktrees"]:
+            if slot["id"] == slot_id:
+                return slot
+        raise InvalidValue(f"[ERROR] {slot_id} is not a slot of this pool (size {len(data['worktrees'])})")
+
+    # ------------------------------------------------------------------ init
+    def init(self, size=None, force=False):
+        size = parse_size(size if size is not None else self.default_size)
+        repo = self.repo
+        with self.lock():
+            try:
+                old = self.load()
+            except NotInitialized:
+                old = None
+            except StateFileError:
+                if not force:
+                    raise
+                os.replace(self.state_path, self.state_path + ".corrupt")
+                old = None
+            busy = [s for s in (old or {}).get("worktrees", []) if s.get("status") == "busy"]
+            if busy and not force:
+                names = ", ".join(f"{s['id']} ({s.get('task_id')})" for s in busy)
+                raise OrchestratorError(f"[ERROR] Pool has busy slots: {names}. Release them or use --force")
+        for slot in busy:
+            self.release(slot["id"], force=False, quiet=True)
+        self._remove_slot_worktrees(keep=lambda n: n <= size)
+        os.makedirs(self.dir, exist_ok=True)
+        worktree.exclude_from_status(repo, os.path.relpath(self.dir, repo))
+        data = {"version": "1.0", "pool_size": size, "created_at": local_timestamp(),
+                "worktrees": [idle_slot(f"wt-{n}", self.rel(os.path.join(self.dir, f"wt-{n}")))
+                              for n in range(1, size + 1)]}
+        with self.lock():
+            self.save(data)
+        self.journal.append("pool-init", size=size)
+        return size
+
+    # ------------------------------------------------------------------ acquire
+    def acquire(self, task, base=None):
+        """Lease a slot for TASK; return (slot id, absolute path, branch)."""
+        git.check_ref_component(task)
+        repo = self.repo
+        base_label, base_commit = worktree.resolve_base(repo, base)
+        branch = f"auto/{task}"
+        with self.lock():
+            data = self.load()
+            for slot in data["worktrees"]:
+                if slot.get("status") == "busy" and slot.get("task_id") == task:
+                    raise OrchestratorError(f"[ERROR] Task {task} already holds {slot['id']}; release it first")
+            self._refuse_if_checked_out_elsewhere(repo, branch)
+            slot = next((s for s in data["worktrees"] if s.get("status") == "idle"), None)
+            if slot is None:
+                raise PoolExhausted("[ERROR] No available worktrees in pool")
+            path = self.slot_path(slot["id"])
+            slot.update(status="busy", task_id=task, branch=branch, acquired_at=local_timestamp(),
+                        path=self.rel(path), base=base_label, base_commit=base_commit, preparing=True,
+                        owner=make_owner(os.getpid()))
+            self.save(data)
+        self.journal.append("acquire-intent", slot=slot["id"], task=task, branch=branch, base=base_commit)
+        try:
+            created_branch = self._prepare(repo, path, branch, base_commit)
+            worktree.copy_into(self.root, path)
+            worktree.run_setup(self.root, path, {"TASK_ID": task, "WORKTREE": path, "BRANCH": branch,
+                                                 "BASE": base_label})
+        except BaseException:
+            self._rollback_acquire(slot["id"])
+            raise
+        with self.lock():
+            data = self.load()
+            current = self.find(data, slot["id"])
+            if current.get("task_id") != task or not current.get("preparing"):
+                raise OrchestratorError(f"[ERROR] {slot['id']} was taken over while being prepared")
+            current.pop("preparing", None)
+            current["owner"] = make_owner(int(self.lease_pid)) if str(self.lease_pid or "").isdigit() else None
+            current["created_branch"] = created_branch
+            self.save(data)
+        self.journal.append("acquire-done", slot=slot["id"], task=task, branch=branch)
+        return slot["id"], path, branch
+
+    def _refuse_if_checked_out_elsewhere(self, repo, branch):
+        for entry in git.worktrees(repo):
+            if entry["branch"] == branch and not entry["prunable"]:
+                if os.path.dirname(os.path.realpath(entry["path"])) != os.path.realpath(self.dir):
+                    raise OrchestratorError(f"[ERROR] Branch {branch} is checked out in {entry['path']}")
+
+    def _prepare(self, repo, path, branch, base_commit):
+        """Point the slot's worktree at BRANCH; return True if the branch was created/reset."""
+        reuse = git.branch_exists(repo, branch) and git.unique_commits(repo, branch, base_commit) > 0
+        if reuse:
+            count = git.unique_commits(repo, branch, base_commit)
+            print_warn(f"[WARN] Reusing existing branch {branch} ({count} commit(s) not in the base)")
+        if worktree.worktree_healthy(repo, path):
+            _clear_stale_index_lock(path)
+            if reuse:
+                git.run(path, "checkout", "-q", "-f", branch, "--")
+            else:
+                git.run(path, "checkout", "-q", "-f", "-B", branch, base_commit, "--")
+            git.run(path, "clean", "-q", "-ffd")
+        else:
+            with git.worktree_lock(repo):
+                self._discard_broken(repo, path)
+                if reuse:
+                    git.run(repo, "worktree", "add", "-q", path, branch)
+                else:
+                    git.run(repo, "worktree", "add", "-q", "-B", branch, path, base_commit)
+        return not reuse
+
+    def _discard_broken(self, repo, path):
+        """Remove whatever is at a slot path that is not a usable worktree (caller holds the lock)."""
+        git.run(repo, "worktree", "remove", "--force", "--force", path, check=False)
+        if os.path.lexists(path) and os.path.realpath(os.path.dirname(path)) == os.path.realpath(self.dir):
+            shutil.rmtree(path, ignore_errors=True)
+        git.run(repo, "worktree", "prune", check=False)
+
+    def _rollback_acquire(self, slot_id):
+        """Undo a failed or interrupted acquire: detach, drop a fresh branch, slot idle."""
+        repo = self.repo
+        with self.lock():
+            data = self.load()
+            slot = self.find(data, slot_id)
+            branch, base_commit = slot.get("branch"), slot.get("base_commit")
+        path = self.slot_path(slot_id)
+        if worktree.worktree_healthy(repo, path):
+            _clear_stale_index_lock(path)
+            git.run(path, "checkout", "-q", "-f", "--detach", check=False)
+        if branch and git.branch_exists(repo, branch) and base_commit and \
+                git.unique_commits(repo, branch, base_commit) == 0 and not self._checked_out(repo, branch):
+            git.delete_branch(repo, branch)
+        with self.lock():
+            data = self.load()
+            slot = self.find(data, slot_id)
+            slot.clear()
+            slot.update(idle_slot(slot_id, self.rel(path)))
+            self.save(data)
+        self.journal.append("acquire-rollback", slot=slot_id, branch=branch)
+
+    @staticmethod
+    def _checked_out(repo, branch):
+        return any(e["branch"] == branch and not e["prunable"] for e in git.worktrees(repo))
+
+    # ------------------------------------------------------------------ release
+    def release(self, slot_id, force=False, quiet=False):
+        """Return a slot to the pool; keep its branch if it holds work the base lacks."""
+        check_slot_id(slot_id)
+        with self.lock():
+            data = self.load()
+            slot = self.find(data, slot_id)
+            if slot.get("status") != "busy":
+                if not quiet:
+                    print_warn(f"[WARN] {slot_id} was already idle")
+                return slot_id
+            alive = owner_alive(slot.get("owner"))
+            if (slot.get("preparing") or slot.get("releasing")) and alive:
+                raise OrchestratorError(f"[ERROR] {slot_id} is being acquired or released by pid "
+                                        f"{slot['owner']['pid']}; try again")
+            if slot.get("preparing"):
+                interrupted_acquire = True
+            else:
+                interrupted_acquire = False
+                slot["releasing"] = True
+                slot["owner"] = make_owner(os.getpid())
+                self.save(data)
+            snapshot = dict(slot)
+        if interrupted_acquire:
+            self._rollback_acquire(slot_id)
+            return slot_id
+        self.journal.append("release-intent", slot=slot_id, branch=snapshot.get("branch"), forced=force)
+        kept = self._release_git(snapshot, force)
+        with self.lock():
+            data = self.load()
+            slot = self.find(data, slot_id)
+            slot.clear()
+            slot.update(idle_slot(slot_id, self.rel(self.slot_path(slot_id))))
+            self.save(data)
+        self.journal.append("release-done", slot=slot_id, branch=snapshot.get("branch"), kept=kept)
+        return slot_id
+
+    def _release_git(self, slot, force):
+        """Detach the slot (committing leftovers unless forced) and delete or keep its branch."""
+        repo = self.repo
+        path = self.slot_path(slot["id"])
+        branch = slot.get("branch")
+        if worktree.worktree_healthy(repo, path):
+            _clear_stale_index_lock(path)
+            on_branch = git.current_branch(path) == branch
+            if force:
+                git.run(path, "reset", "-q", "--hard")
+                git.run(path, "clean", "-q", "-ffd")
+            elif on_branch and worktree.commit_leftovers(
+                    path, f"WIP: uncommitted work left in {slot['id']} at release"):
+                print_warn(f"[WARN] Committed uncommitted work left in {slot['id']} to {branch}")
+            git.run(path, "checkout", "-q", "-f", "--detach")
+            git.run(path, "clean", "-q", "-ffd")
+        if not branch or not git.branch_exists(repo, branch) or self._checked_out(repo, branch):
+            return False
+        base = slot.get("base")
+        base_ref = f"refs/heads/{base}" if base and git.branch_exists(repo, base) else slot.get("base_commit")
+        unique = git.unique_commits(repo, branch, base_ref) if base_ref else 1
+        if unique and not force:
+            print_warn(f"[WARN] Keeping branch {branch}: {unique} commit(s) not in {base or 'the base'} "
+                       "(use --force to delete)")
+            return True
+        git.delete_branch(repo, branch)
+        return False
+
+    # ------------------------------------------------------------------ status
+    def status(self):
+        data = self.load()
+        slots = data["worktrees"]
+        counts = {k: sum(1 for s in slots if s.get("status") == k) for k in ("busy", "idle", "error")}
+        return {"pool_size": data.get("pool_size", len(slots)), "busy": counts["busy"], "idle": counts["idle"],
+                "error": counts["error"], "worktrees": slots}
+
+    # ------------------------------------------------------------------ cleanup / reset
+    def cleanup(self, force=False):
+        """Release every busy slot (keeping unmerged branches unless forced), remove every slot
+        worktree, prune; every slot ends idle. User branches are never touched."""
+        released = kept = 0
+        try:
+            data = self.load()
+        except NotInitialized:
+            data = None
+        if data is not None:
+            for slot in data["worktrees"]:
+                if slot.get("status") == "busy":
+                    branch = slot.get("branch")
+                    self.release(slot["id"], force=force, quiet=True)
+                    released += 1
+                    kept += bool(branch and git.branch_exists(self.repo, branch))
+        removed = self._remove_slot_worktrees(keep=lambda n: False)
+        if data is not None:
+            with self.lock():
+                data = self.load()
+                data["worktrees"] = [idle_slot(f"wt-{i}", self.rel(os.path.join(self.dir, f"wt-{i}")))
+                                     for i in range(1, len(data["worktrees"]) + 1)]
+                self.save(data)
+        self.journal.append("pool-cleanup", released=released, removed=removed, kept=kept)
+        return released, removed, kept
+
+    def _remove_slot_worktrees(self, keep):
+        """Remove worktrees at POOL_DIR/wt-N for which keep(N) is false; return how many."""
+        repo = self.repo
+        removed = 0
+        real_dir = os.path.realpath(self.dir)
+        with git.worktree_lock(repo):
+            for entry in git.worktrees(repo):
+                real = os.path.realpath(entry["path"])
+                match = SLOT_ID.fullmatch(os.path.basename(real))
+                if os.path.dirname(real) != real_dir or not match or keep(int(match.group(1))):
+                    continue
+                self._discard_broken(repo, os.path.join(self.dir, os.path.basename(real)))
+                removed += 1
+            git.run(repo, "worktree", "prune", check=False)
+        return removed
+
+    def reset(self, size=None):
+        self.cleanup(force=False)
+        return self.init(size, force=True)
+
+
+def _clear_stale_index_lock(path):
+    """A git killed mid-checkout leaves index.lock behind; only called when nobody else can be
+    running git in this slot (we hold the lease or the slot is being repaired)."""
+    gitfile = os.path.join(path, ".git")
+    try:
+        with open(gitfile, encoding="utf-8") as fh:
+            gitdir = fh.readline().split(":", 1)[1].strip()
+    except (OSError, IndexError):
+        return
+    lock = os.path.join(os.path.join(path, gitdir) if not os.path.isabs(gitdir) else gitdir, "index.lock")
+    try:
+        os.unlink(lock)
+    except FileNotFoundError:
+        pass
+
+

@@ -1,0 +1,214 @@
+"""Preparing a worktree for an agent: the base to start from, the files to copy in, the
+optional setup command, and keeping the main checkout's status clean. Shared by the pool
+(`pool-manager acquire`) and `setup-worktree`.
+"""
+
+import os
+import shutil
+import subprocess
+
+from engine import git
+from engine.errors import OrchestratorError
+from engine.ui import warn
+
+# Files from the main `.claude/` an agent expects in its worktree (CONTRACT.md §2.2, §2.3).
+# The state machine file is *not* copied: commands in a worktree resolve to the main root.
+PROFILE = os.path.join(".claude", "project-profile.yaml")
+CONTEXT = os.path.join(".claude", "auto-context.yaml")
+INCLUDE_FILE = ".worktreeinclude"
+SETUP_TIMEOUT = 900
+
+
+def resolve_base(repo, base=None):
+    """(label, commit) for BASE: a local branch, a remote-only branch (a local branch is
+    created from `origin/BASE`), a tag or a commit. No BASE: the current branch, or the
+    current commit when HEAD is detached. Raises a clear error otherwise."""
+    if not git.has_commits(repo):
+        raise OrchestratorError("[ERROR] The repository has no commits yet; commit something first")
+    if not base:
+        branch = git.current_branch(repo)
+        commit = git.resolve_commit(repo, "HEAD")
+        return (branch or commit), commit
+    if base.startswith("-") or any(c in base for c in "\x00\n\r\t "):
+        raise OrchestratorError(f"[ERROR] invalid base '{base}'")
+    commit = git.branch_commit(repo, base)
+    if commit:
+        return base, commit
+    remote = git.resolve_commit(repo, f"refs/remotes/origin/{base}")
+    if remote and git.ok(repo, "check-ref-format", "--branch", base):
+        git.run(repo, "branch", "--track", "--", base, f"origin/{base}")
+        return base, remote
+    commit = git.resolve_commit(repo, base)
+    if commit:
+        return base, commit
+    raise OrchestratorError(f"[ERROR] Base branch does not exist: {base}")
+
+
+def worktree_healthy(repo, path, listing=None):
+    """True when `path` is a registered, usable worktree of `repo`."""
+    if not os.path.isfile(os.path.join(path, ".git")):
+        return False
+    real = os.path.realpath(path)
+    entries = listing if listing is not None else git.worktrees(repo)
+    entry = next((e for e in entries if os.path.realpath(e["path"]) == real), None)
+    if entry is None or entry["prunable"] or entry["head"] is None:
+        return False
+    return git.ok(path, "rev-parse", "--verify", "-q", "HEAD")
+
+
+def include_matches(root):
+    """Untracked files in the main tree matched by `.worktreeinclude` (gitignore syntax)."""
+    include = os.path.join(root, INCLUDE_FILE)
+    if not os.path.isfile(include):
+        return []
+    text = git.out(root, "ls-files", "--others", "--ignored", "-z", f"--exclude-from={include}")
+    return [p for p in text.split("\0") if p]
+
+
+def copy_into(root, worktree, extra=()):
+    """Copy the profile (plus `extra`) and the `.worktreeinclude` matches into the worktree."""
+    copied = []
+    for rel in (PROFILE, *extra, *include_matches(root)):
+        src = os.path.join(root, rel)
+        if not os.path.isfile(src) or os.path.islink(src):
+            continue
+        dest = os.path.join(worktree, rel)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        shutil.copy2(src, dest)
+        copied.append(rel)
+    return copied
+
+
+def setup_command(root):
+    """The optional setup command from `.claude/auto-context.yaml` (worktree.setup_command,
+    or parallelization.setup_command)."""
+    from engine import store
+
+    path = os.path.join(root, CONTEXT)
+    data, _ = store.load_yaml_mapping(path)
+    for section in ("worktree", "parallelization"):
+        value = (data or {}).get(section)
+        if isinstance(value, dict) and value.get("setup_command"):
+            return str(value["setup_command"])
+    return None
+
+
+def run_setup(root, worktree, env_extra):
+    """Run the configured setup command in the worktree; its output goes to stderr."""
+    command = setup_command(root)
+    if not command:
+        return
+    env = dict(os.environ, **env_extra)
+    try:
+        proc = subprocess.run(["/bin/sh", "-c", command], cwd=worktree, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, timeout=SETUP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise OrchestratorError(f"[ERROR] Setup command timed out after {SETUP_TIMEOUT}s in {worktree}") from None
+    if proc.returncode != 0:
+        tail = " | ".join(proc.stdout.strip().splitlines()[-3:])
+        raise OrchestratorError(f"[ERROR] Setup command failed (exit {proc.returncode}) in {worktree}: {tail}")
+
+
+def exclude_from_status(repo, rel_dir):
+    """Add `/rel_dir/` to the repository's info/exclude once, so the main tree stays clean."""
+    if rel_dir.startswith(".."):
+        return
+    line = "/" + rel_dir.strip("/") + "/"
+    info = os.path.join(git.common_dir(repo), "info")
+    path = os.path.join(info, "exclude")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            if line in fh.read().splitlines():
+                return
+    except FileNotFoundError:
+        pass
+    os.makedirs(info, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(f"{line}\n")
+
+
+def leftover_pathspec():
+    """Pathspec that excludes the files we copy in, so committing leftovers never adds them."""
+    return [".", f":(exclude){PROFILE}", f":(exclude){CONTEXT}"]
+
+
+def has_leftovers(path):
+    return bool(git.out(path, "status", "--porcelain", "--untracked-files=normal", "--", *leftover_pathspec()))
+
+
+def commit_leftovers(path, message):
+    """Commit whatever an agent left uncommitted (minus our copies); True if a commit was made."""
+    if not has_leftovers(path):
+        return False
+    git.run(path, "add", "-A", "--", *leftover_pathspec())
+    git.committing(path, "commit", "-q", "--no-verify", "-m", message)
+    return True
+
+
+# --------------------------------------------------------------------------- setup-worktree
+def temp_base(env=None):
+    """AUTO_WORKTREE_BASE, else ${TMPDIR:-/tmp}/auto-worktrees-<uid> (trailing / stripped)."""
+    env = os.environ if env is None else env
+    if env.get("AUTO_WORKTREE_BASE"):
+        return os.path.abspath(env["AUTO_WORKTREE_BASE"].rstrip("/") or "/")
+    tmp = (env.get("TMPDIR") or "/tmp").rstrip("/") or "/"
+    return os.path.join(os.path.abspath(tmp), f"auto-worktrees-{os.getuid()}")
+
+
+def generate_task_id():
+    import random
+    import string
+    import time
+
+    suffix = "".join(random.choice(string.ascii_lowercase + string.digits) for _ in range(6))
+    return f"task-{int(time.time())}-{os.getpid()}-{suffix}"
+
+
+def create_task_worktree(root, task=None, base=None):
+    """`setup-worktree [TASK] [BASE]`: a single-use worktree at <temp base>/TASK on auto/TASK.
+
+    Everything is validated before any side effect. An existing worktree for the same task on
+    its branch is reused (idempotent); an existing `auto/TASK` with commits the base lacks is
+    checked out as it is (never force-deleted); anything else in the way is refused.
+    Returns (path, branch).
+    """
+    task = git.check_ref_component(task or generate_task_id())
+    repo = git.toplevel(root)
+    _, base_commit = resolve_base(repo, base)
+    branch = f"auto/{task}"
+    base_dir = temp_base()
+    path = os.path.join(base_dir, task)
+    listing = git.worktrees(repo)
+    real = os.path.realpath(path)
+    entry = next((e for e in listing if os.path.realpath(e["path"]) == real and not e["prunable"]), None)
+    if entry is not None:
+        if entry["branch"] != branch:
+            raise OrchestratorError(f"[ERROR] {path} is a worktree on {entry['branch'] or 'a detached HEAD'}, "
+                                    f"not {branch}")
+        warn(f"[WARN] Reusing existing worktree: {path}")
+        return path, branch
+    if os.path.lexists(path):
+        raise OrchestratorError(f"[ERROR] {path} exists and is not a worktree of this repository; "
+                                "move it away first")
+    for e in listing:
+        if e["branch"] == branch and not e["prunable"]:
+            raise OrchestratorError(f"[ERROR] Branch {branch} is checked out in {e['path']}")
+    reuse = git.branch_exists(repo, branch) and git.unique_commits(repo, branch, base_commit) > 0
+    os.makedirs(base_dir, mode=0o700, exist_ok=True)
+    with git.worktree_lock(repo):
+        git.run(repo, "worktree", "prune", check=False)
+        if reuse:
+            warn(f"[WARN] Reusing existing branch {branch}: it has commits not in the base")
+            git.run(repo, "worktree", "add", "-q", path, branch)
+        else:
+            git.run(repo, "worktree", "add", "-q", "-B", branch, path, base_commit)
+    try:
+        copy_into(root, path, extra=(CONTEXT,))
+        run_setup(root, path, {"TASK_ID": task, "WORKTREE": path, "BRANCH": branch, "BASE": base or ""})
+    except BaseException:
+        with git.worktree_lock(repo):
+            git.run(repo, "worktree", "remove", "--force", "--force", path, check=False)
+        if not reuse and git.branch_exists(repo, branch) and git.unique_commits(repo, branch, base_commit) == 0:
+            git.delete_branch(repo, branch)
+        raise
+    return path, branch

@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# Shim for the Python implementation (engine/cli/pool_manager.py); arguments and exit codes pass through.
+set -euo pipefail
+source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib/shim.sh"
+run_engine engine.cli.pool_manager pool-manager "$@"
