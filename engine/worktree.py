@@ -66,16 +66,25 @@ def include_matches(root):
 
 
 def copy_into(root, worktree, extra=()):
-    """Copy the profile (plus `extra`) and the `.worktreeinclude` matches into the worktree."""
+    """Copy the profile (plus `extra`) and the `.worktreeinclude` matches into the worktree.
+
+    Files the repository tracks are skipped (the checkout already has them). The `.claude/`
+    copies are added to the repository's info/exclude so they never show as untracked in a
+    worktree, where an agent's `git add -A` would commit them into its task branch.
+    """
     copied = []
-    for rel in (PROFILE, *extra, *include_matches(root)):
+    wanted = [rel for rel in (PROFILE, *extra) if os.path.isfile(os.path.join(root, rel))]
+    tracked = set(git.out(root, "ls-files", "-z", "--", *wanted).split("\0")) if wanted else set()
+    for rel in (*wanted, *include_matches(root)):
         src = os.path.join(root, rel)
-        if not os.path.isfile(src) or os.path.islink(src):
+        if rel in tracked or not os.path.isfile(src) or os.path.islink(src):
             continue
         dest = os.path.join(worktree, rel)
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         shutil.copy2(src, dest)
         copied.append(rel)
+        if rel in wanted:
+            exclude_from_status(root, rel, directory=False)
     return copied
 
 
@@ -109,11 +118,11 @@ def run_setup(root, worktree, env_extra):
         raise OrchestratorError(f"[ERROR] Setup command failed (exit {proc.returncode}) in {worktree}: {tail}")
 
 
-def exclude_from_status(repo, rel_dir):
-    """Add `/rel_dir/` to the repository's info/exclude once, so the main tree stays clean."""
-    if rel_dir.startswith(".."):
+def exclude_from_status(repo, rel_path, directory=True):
+    """Add `/rel_path/` (or `/rel_path` for a file) to the repository's info/exclude once."""
+    if rel_path.startswith(".."):
         return
-    line = "/" + rel_dir.strip("/") + "/"
+    line = "/" + rel_path.strip("/") + ("/" if directory else "")
     info = os.path.join(git.common_dir(repo), "info")
     path = os.path.join(info, "exclude")
     try:

@@ -89,3 +89,36 @@ def python_env():
 
 
 PYTHON = sys.executable
+
+
+@pytest.fixture
+def pm():
+    from engine.cli.pool_manager import cli
+
+    return lambda *args: invoke(cli, "pool-manager", *args)
+
+
+@pytest.fixture
+def sw():
+    from engine.cli.setup_worktree import cli
+
+    return lambda *args: invoke(cli, "setup-worktree", *args)
+
+
+def commit_file(cwd, name, content, message=None):
+    path = os.path.join(str(cwd), name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write(content)
+    git(cwd, "add", "--", name)
+    git(cwd, "commit", "-q", "-m", message or f"add {name}")
+    return git(cwd, "rev-parse", "HEAD")
+
+
+def branches(cwd):
+    return sorted(git(cwd, "for-each-ref", "--format=%(refname:short)", "refs/heads/").split())
+
+
+def worktree_paths(cwd):
+    out = git(cwd, "worktree", "list", "--porcelain")
+    return [line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("worktree ")]

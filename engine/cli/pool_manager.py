@@ -129,7 +129,7 @@ def merge_cmd(target):
     branches = [s["branch"] for s in pool.status()["worktrees"] if s.get("status") == "busy" and s.get("branch")]
     report = merge.merge_branches(pool.repo, target, branches, message="Merge {branch} (Agent Pool)",
                                   delete_merged=False)
-    for line in merge.summary_lines(report):
+    for line in merge.branch_lines(report) + merge.summary_lines(report):
         click.echo(line)
     return 0 if not report.failed else 1
 
