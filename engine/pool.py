@@ -239,7 +239,7 @@ class Pool:
             count = git.unique_commits(repo, branch, base_commit)
             print_warn(f"[WARN] Reusing existing branch {branch} ({count} commit(s) not in the base)")
         if worktree.worktree_healthy(repo, path):
-            _clear_stale_index_lock(path)
+            _clear_stale_locks(path, branch, repo)
             if reuse:
                 git.run(path, "checkout", "-q", "-f", branch, "--")
             else:
@@ -261,7 +261,7 @@ class Pool:
             shutil.rmtree(path, ignore_errors=True)
         git.run(repo, "worktree", "prune", check=False)
 
-    def _rollback_acquire(self, slot_id):
+    def _rollback_acquire(self, slot_id, takeover=False):
         """Undo a failed or interrupted acquire: detach, drop a fresh branch, slot idle."""
         repo = self.repo
         with self.lock():
@@ -269,9 +269,12 @@ class Pool:
             slot = self.find(data, slot_id)
             branch, base_commit = slot.get("branch"), slot.get("base_commit")
         path = self.slot_path(slot_id)
+        _clear_stale_locks(path, branch, repo, shared=takeover)
         if worktree.worktree_healthy(repo, path):
-            _clear_stale_index_lock(path)
             git.run(path, "checkout", "-q", "-f", "--detach", check=False)
+        elif os.path.lexists(path):
+            with git.worktree_lock(repo):  # a `worktree add` cut short: start the slot afresh
+                self._discard_broken(repo, path)
         if branch and git.branch_exists(repo, branch) and base_commit and \
                 git.unique_commits(repo, branch, base_commit) == 0 and not self._checked_out(repo, branch):
             git.delete_branch(repo, branch)
@@ -282,6 +285,18 @@ class Pool:
             slot.update(idle_slot(slot_id, self.rel(path)))
             self.save(data)
         self.journal.append("acquire-rollback", slot=slot_id, branch=branch)
+
+    def _mark(self, slot_id, **fields):
+        """Set (or, with None, remove) fields of one slot under the lock."""
+        with self.lock():
+            data = self.load()
+            slot = self.find(data, slot_id)
+            for key, value in fields.items():
+                if value is None:
+                    slot.pop(key, None)
+                else:
+                    slot[key] = value
+            self.save(data)
 
     @staticmethod
     def _checked_out(repo, branch):
@@ -302,6 +317,8 @@ class Pool:
             if (slot.get("preparing") or slot.get("releasing")) and alive:
                 raise OrchestratorError(f"[ERROR] {slot_id} is being acquired or released by pid "
                                         f"{slot['owner']['pid']}; try again")
+            takeover = bool(slot.get("releasing"))  # finishing a release whose process died
+            snapshot_owner = None if takeover else slot.get("owner")
             if slot.get("preparing"):
                 interrupted_acquire = True
             else:
@@ -311,10 +328,14 @@ class Pool:
                 self.save(data)
             snapshot = dict(slot)
         if interrupted_acquire:
-            self._rollback_acquire(slot_id)
+            self._rollback_acquire(slot_id, takeover=True)
             return slot_id
         self.journal.append("release-intent", slot=slot_id, branch=snapshot.get("branch"), forced=force)
-        kept = self._release_git(snapshot, force)
+        try:
+            kept = self._release_git(snapshot, force, takeover=takeover)
+        except BaseException:
+            self._mark(slot_id, releasing=None, owner=snapshot_owner)  # still busy, as before
+            raise
         with self.lock():
             data = self.load()
             slot = self.find(data, slot_id)
@@ -324,13 +345,13 @@ class Pool:
         self.journal.append("release-done", slot=slot_id, branch=snapshot.get("branch"), kept=kept)
         return slot_id
 
-    def _release_git(self, slot, force):
+    def _release_git(self, slot, force, takeover=False):
         """Detach the slot (committing leftovers unless forced) and delete or keep its branch."""
         repo = self.repo
         path = self.slot_path(slot["id"])
         branch = slot.get("branch")
+        _clear_stale_locks(path, branch, repo, shared=takeover)
         if worktree.worktree_healthy(repo, path):
-            _clear_stale_index_lock(path)
             on_branch = git.current_branch(path) == branch
             if force:
                 git.run(path, "reset", "-q", "--hard")
@@ -407,19 +428,61 @@ class Pool:
         return self.init(size, force=True)
 
 
-def _clear_stale_index_lock(path):
-    """A git killed mid-checkout leaves index.lock behind; only called when nobody else can be
-    running git in this slot (we hold the lease or the slot is being repaired)."""
-    gitfile = os.path.join(path, ".git")
+def _worktree_gitdir(path):
     try:
-        with open(gitfile, encoding="utf-8") as fh:
+        with open(os.path.join(path, ".git"), encoding="utf-8") as fh:
             gitdir = fh.readline().split(":", 1)[1].strip()
     except (OSError, IndexError):
-        return
-    lock = os.path.join(os.path.join(path, gitdir) if not os.path.isabs(gitdir) else gitdir, "index.lock")
+        return None
+    return gitdir if os.path.isabs(gitdir) else os.path.normpath(os.path.join(path, gitdir))
+
+
+def stale_git_locks(path, branch=None, repo=None):
+    """Lock files a git killed mid-operation leaves behind for one slot: the worktree's
+    index.lock and HEAD.lock, and the branch's ref lock in the common directory."""
+    found = []
+    gitdir = _worktree_gitdir(path)
+    if gitdir:
+        found += [os.path.join(gitdir, name) for name in ("index.lock", "HEAD.lock")]
+    if branch and repo:
+        found.append(os.path.join(git.common_dir(repo), "refs", "heads", *branch.split("/")) + ".lock")
+    return [f for f in found if os.path.exists(f)]
+
+
+def _clear_stale_locks(path, branch=None, repo=None, shared=False):
+    """Only called when nobody else can be running git for this slot: we hold its lease, or
+    its previous owner is dead. With `shared`, also the repository-wide packed-refs.lock,
+    which any ref deletion takes: it is removed only once it is older than git ever holds it."""
+    for lock in stale_git_locks(path, branch, repo):
+        try:
+            os.unlink(lock)
+        except FileNotFoundError:
+            pass
+    if shared and repo:
+        for name in SHARED_LOCKS:
+            clear_if_stale(os.path.join(git.common_dir(repo), name))
+
+
+SHARED_LOCK_STALE_AFTER = 2.0  # seconds; git holds packed-refs.lock for milliseconds
+SHARED_LOCKS = ("packed-refs.lock", "packed-refs.new")  # the lock and the temp file beside it
+
+
+def clear_if_stale(lock, stale_after=SHARED_LOCK_STALE_AFTER):
+    """Remove `lock` if the same file is still there after it has aged `stale_after` seconds."""
+    import time
+
     try:
-        os.unlink(lock)
+        first = os.stat(lock)
     except FileNotFoundError:
-        pass
-
-
+        return False
+    wait = first.st_mtime + stale_after - time.time()
+    if wait > 0:
+        time.sleep(min(wait, stale_after))
+    try:
+        now = os.stat(lock)
+    except FileNotFoundError:
+        return False
+    if (now.st_ino, now.st_mtime) != (first.st_ino, first.st_mtime):
+        return False  # a live git replaced it: not stale
+    os.unlink(lock)
+    return True

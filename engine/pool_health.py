@@ -10,7 +10,7 @@ from typing import Callable, Optional
 
 from engine import git, worktree
 from engine.errors import NotInitialized, StateFileError
-from engine.pool import SLOT_ID, Pool, _clear_stale_index_lock, idle_slot, local_timestamp, owner_alive
+from engine.pool import SHARED_LOCK_STALE_AFTER, SHARED_LOCKS, SLOT_ID, _clear_stale_locks, clear_if_stale, idle_slot, local_timestamp, owner_alive, stale_git_locks
 
 
 @dataclass
@@ -19,16 +19,6 @@ class Issue:
     subject: str
     detail: str
     fix: Optional[Callable[[], None]] = field(default=None, repr=False)
-
-
-def _index_lock(path):
-    try:
-        with open(os.path.join(path, ".git"), encoding="utf-8") as fh:
-            gitdir = fh.readline().split(":", 1)[1].strip()
-    except (OSError, IndexError):
-        return None
-    lock = os.path.join(gitdir if os.path.isabs(gitdir) else os.path.join(path, gitdir), "index.lock")
-    return lock if os.path.exists(lock) else None
 
 
 def rebuild_state(pool, size):
@@ -97,12 +87,27 @@ def find_issues(pool):
             if owner_alive(slot.get("owner")) is False:
                 issues.append(Issue("dead-owner", sid, f"{sid} is leased to pid {slot['owner']['pid']}, "
                                     "which is dead", lambda sid=sid: pool.release(sid, quiet=True)))
+        elif not healthy and (os.path.lexists(path) or entry is not None):
+            issues.append(Issue("broken-worktree", sid, f"idle slot {sid} has a broken worktree at {path}",
+                                lambda sid=sid: _remove_stray(pool, sid)))
         elif healthy and entry and entry["branch"]:
             issues.append(Issue("idle-holds-branch", sid, f"idle slot {sid} still has {entry['branch']} "
                                 "checked out", lambda path=path, sid=sid: _detach(path, sid)))
-        if healthy and not busy and _index_lock(path):
-            issues.append(Issue("stale-lock", sid, f"stale git index.lock in idle slot {sid}",
-                                lambda path=path: _clear_stale_index_lock(path)))
+        if not busy and stale_git_locks(path):
+            issues.append(Issue("stale-lock", sid, f"stale git lock file in idle slot {sid}: "
+                                f"{', '.join(stale_git_locks(path))}", lambda path=path: _clear_stale_locks(path)))
+
+    import time
+
+    for name in SHARED_LOCKS:
+        lock = os.path.join(git.common_dir(repo), name)
+        try:
+            age = time.time() - os.stat(lock).st_mtime
+        except FileNotFoundError:
+            continue
+        if age > SHARED_LOCK_STALE_AFTER:
+            issues.append(Issue("stale-lock", name, f"stale {lock} ({age:.0f}s old)",
+                                lambda lock=lock: clear_if_stale(lock)))
 
     real_dir = os.path.realpath(pool.dir)
     for entry in listing:
@@ -180,21 +185,25 @@ def _remove_stray(pool, name):
         pool._discard_broken(pool.repo, os.path.join(pool.dir, name))
 
 
-def health(pool, repair=False):
-    """Return (issues found, issues remaining after repair, repaired descriptions)."""
+def health(pool, repair=False, passes=3):
+    """Return (issues found, issues remaining after repair, repaired descriptions).
+
+    A repair can uncover the next drift (rolling back an interrupted acquire reveals the
+    half-made worktree it left), so repair runs up to `passes` rounds.
+    """
     found = find_issues(pool)
-    if not repair or not found:
-        return found, found, []
-    repaired = []
-    for issue in found:
-        if issue.fix is None:
-            continue
-        try:
-            issue.fix()
-            repaired.append(f"{issue.kind}: {issue.subject}")
-        except Exception as exc:  # one failed fix must not stop the others; reported below
-            repaired.append(f"{issue.kind}: {issue.subject} FAILED ({exc})")
-    remaining = find_issues(pool)
+    remaining, repaired = found, []
+    for _ in range(passes if repair else 0):
+        fixable = [issue for issue in remaining if issue.fix is not None]
+        if not fixable:
+            break
+        for issue in fixable:
+            try:
+                issue.fix()
+                repaired.append(f"{issue.kind}: {issue.subject}")
+            except Exception as exc:  # one failed fix must not stop the others; reported below
+                repaired.append(f"{issue.kind}: {issue.subject} FAILED ({getattr(exc, 'output', '') or exc})")
+        remaining = find_issues(pool)
     return found, remaining, repaired
 
 
