@@ -62,16 +62,38 @@ def ok(cwd, *args):
 
 
 # --------------------------------------------------------------------------- repository facts
+_repo_info = {}
+
+
+def _info(cwd):
+    """(toplevel, common dir) of the repository containing cwd, one git call per process."""
+    key = os.path.abspath(cwd)
+    if key not in _repo_info:
+        proc = run(cwd, "rev-parse", "--show-toplevel", "--git-common-dir", check=False)
+        lines = proc.stdout.splitlines()
+        if proc.returncode != 0 or len(lines) < 2:
+            raise OrchestratorError("[ERROR] Not in a git repository")
+        _repo_info[key] = (lines[0], os.path.abspath(os.path.join(cwd, lines[1])))
+    return _repo_info[key]
+
+
 def toplevel(cwd):
     """The top of the working tree containing cwd, or raise 'Not in a git repository'."""
-    proc = run(cwd, "rev-parse", "--show-toplevel", check=False)
-    if proc.returncode != 0:
-        raise OrchestratorError("[ERROR] Not in a git repository")
-    return proc.stdout.strip()
+    return _info(cwd)[0]
 
 
 def common_dir(repo):
-    return os.path.abspath(os.path.join(repo, out(repo, "rev-parse", "--git-common-dir")))
+    return _info(repo)[1]
+
+
+def head(repo):
+    """(commit, branch or None) of HEAD in one call; (None, None) in a repository without commits."""
+    proc = run(repo, "rev-parse", "HEAD", "--symbolic-full-name", "HEAD", check=False)
+    lines = proc.stdout.split()
+    if proc.returncode != 0 or len(lines) < 2:
+        return None, None
+    ref = lines[1]
+    return lines[0], (ref[len("refs/heads/"):] if ref.startswith("refs/heads/") else None)
 
 
 def has_commits(repo):
@@ -104,8 +126,10 @@ def is_ancestor(repo, older, newer):
 
 
 def unique_commits(repo, branch, base):
-    """How many commits `branch` has that `base` does not (0 = nothing would be lost)."""
-    return int(out(repo, "rev-list", "--count", f"{base}..refs/heads/{branch}") or 0)
+    """How many commits `branch` has that `base` does not (0 = nothing would be lost);
+    None when the branch (or the base) does not exist -- one git call either way."""
+    proc = run(repo, "rev-list", "--count", f"{base}..refs/heads/{branch}", "--", check=False)
+    return int(proc.stdout.strip() or 0) if proc.returncode == 0 else None
 
 
 def local_branches(repo, prefix="refs/heads/"):
@@ -141,9 +165,18 @@ def worktrees(repo):
     return entries
 
 
-def is_dirty(path):
-    """Tracked modifications or untracked, non-ignored files in the worktree at path."""
-    return bool(out(path, "status", "--porcelain", "--untracked-files=normal"))
+def status(path, *pathspec):
+    """(branch or None if detached, [porcelain lines]) of a worktree in one call."""
+    lines = run(path, "status", "--porcelain=v1", "-b", "--untracked-files=normal", "--", *pathspec).stdout
+    lines = lines.splitlines()
+    first = lines[0][3:] if lines and lines[0].startswith("## ") else ""
+    branch = None if first.startswith(("HEAD (no branch)", "No commits yet")) else first.split("...")[0] or None
+    return branch, lines[1:]
+
+
+def detach(path, commit):
+    """Detach the worktree's HEAD at `commit` without touching its index or files."""
+    run(path, "update-ref", "--no-deref", "-m", "parallel-orchestrator: detach", "HEAD", commit)
 
 
 def worktree_lock(repo):

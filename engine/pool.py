@@ -30,8 +30,8 @@ import shutil
 import socket
 
 from engine import git, store, worktree
-from engine.ui import warn as print_warn
-from engine.errors import InvalidValue, NotInitialized, OrchestratorError, StateFileError
+from engine.ui import warn
+from engine.errors import GitError, InvalidValue, NotInitialized, OrchestratorError, StateFileError
 from engine.paths import Layout
 
 DEFAULT_SIZE = 8
@@ -196,7 +196,7 @@ class Pool:
             for slot in data["worktrees"]:
                 if slot.get("status") == "busy" and slot.get("task_id") == task:
                     raise OrchestratorError(f"[ERROR] Task {task} already holds {slot['id']}; release it first")
-            self._refuse_if_checked_out_elsewhere(repo, branch)
+            listing = self._refuse_if_checked_out_elsewhere(repo, branch)
             slot = next((s for s in data["worktrees"] if s.get("status") == "idle"), None)
             if slot is None:
                 raise PoolExhausted("[ERROR] No available worktrees in pool")
@@ -207,7 +207,7 @@ class Pool:
             self.save(data)
         self.journal.append("acquire-intent", slot=slot["id"], task=task, branch=branch, base=base_commit)
         try:
-            created_branch = self._prepare(repo, path, branch, base_commit)
+            created_branch = self._prepare(repo, path, branch, base_commit, listing)
             worktree.copy_into(self.root, path)
             worktree.run_setup(self.root, path, {"TASK_ID": task, "WORKTREE": path, "BRANCH": branch,
                                                  "BASE": base_label})
@@ -227,31 +227,39 @@ class Pool:
         return slot["id"], path, branch
 
     def _refuse_if_checked_out_elsewhere(self, repo, branch):
-        for entry in git.worktrees(repo):
+        """Refuse a branch checked out outside the pool; return the worktree listing."""
+        listing = git.worktrees(repo)
+        for entry in listing:
             if entry["branch"] == branch and not entry["prunable"]:
                 if os.path.dirname(os.path.realpath(entry["path"])) != os.path.realpath(self.dir):
                     raise OrchestratorError(f"[ERROR] Branch {branch} is checked out in {entry['path']}")
+        return listing
 
-    def _prepare(self, repo, path, branch, base_commit):
-        """Point the slot's worktree at BRANCH; return True if the branch was created/reset."""
-        reuse = git.branch_exists(repo, branch) and git.unique_commits(repo, branch, base_commit) > 0
+    def _prepare(self, repo, path, branch, base_commit, listing):
+        """Point the slot's worktree at BRANCH; return True if the branch was created/reset.
+
+        The fast path is one `checkout -f -B` and one `clean` in the existing worktree; a
+        missing or broken slot (the checkout fails) is re-created under the worktree lock.
+        """
+        unique = git.unique_commits(repo, branch, base_commit)  # None: no such branch yet
+        reuse = bool(unique)
         if reuse:
-            count = git.unique_commits(repo, branch, base_commit)
-            print_warn(f"[WARN] Reusing existing branch {branch} ({count} commit(s) not in the base)")
-        if worktree.worktree_healthy(repo, path):
+            warn(f"[WARN] Reusing existing branch {branch} ({unique} commit(s) not in the base)")
+        real = os.path.realpath(path)
+        entry = next((e for e in listing if os.path.realpath(e["path"]) == real), None)
+        if entry is not None and not entry["prunable"] and os.path.isfile(os.path.join(path, ".git")):
             _clear_stale_locks(path, branch, repo)
-            if reuse:
-                git.run(path, "checkout", "-q", "-f", branch, "--")
-            else:
-                git.run(path, "checkout", "-q", "-f", "-B", branch, base_commit, "--")
-            git.run(path, "clean", "-q", "-ffd")
-        else:
-            with git.worktree_lock(repo):
-                self._discard_broken(repo, path)
+            try:
                 if reuse:
-                    git.run(repo, "worktree", "add", "-q", path, branch)
+                    git.run(path, "checkout", "-q", "-f", branch, "--")
                 else:
-                    git.run(repo, "worktree", "add", "-q", "-B", branch, path, base_commit)
+                    git.run(path, "checkout", "-q", "-f", "-B", branch, base_commit, "--")
+                git.run(path, "clean", "-q", "-ffd")
+                return not reuse
+            except GitError:
+                pass  # a broken slot: re-create it below
+        worktree.add_worktree(repo, path, branch, None if reuse else base_commit,
+                              discard=lambda: self._discard_broken(repo, path))
         return not reuse
 
     def _discard_broken(self, repo, path):
@@ -311,7 +319,7 @@ class Pool:
             slot = self.find(data, slot_id)
             if slot.get("status") != "busy":
                 if not quiet:
-                    print_warn(f"[WARN] {slot_id} was already idle")
+                    warn(f"[WARN] {slot_id} was already idle")
                 return slot_id
             alive = owner_alive(slot.get("owner"))
             if (slot.get("preparing") or slot.get("releasing")) and alive:
@@ -346,31 +354,49 @@ class Pool:
         return slot_id
 
     def _release_git(self, slot, force, takeover=False):
-        """Detach the slot (committing leftovers unless forced) and delete or keep its branch."""
+        """Detach the slot (committing leftovers unless forced) and delete or keep its branch.
+
+        Returns True when the branch was kept. Four git calls on the usual path: status,
+        update-ref (detach without touching files), rev-list (unmerged?), branch -D.
+        """
         repo = self.repo
         path = self.slot_path(slot["id"])
         branch = slot.get("branch")
         _clear_stale_locks(path, branch, repo, shared=takeover)
-        if worktree.worktree_healthy(repo, path):
-            on_branch = git.current_branch(path) == branch
-            if force:
+        if os.path.isfile(os.path.join(path, ".git")):
+            try:
+                current, dirty = git.status(path, *worktree.leftover_pathspec())
+            except GitError:
+                current, dirty = None, []  # a broken worktree: health re-creates or removes it
+            if dirty and force:
                 git.run(path, "reset", "-q", "--hard")
                 git.run(path, "clean", "-q", "-ffd")
-            elif on_branch and worktree.commit_leftovers(
-                    path, f"WIP: uncommitted work left in {slot['id']} at release"):
-                print_warn(f"[WARN] Committed uncommitted work left in {slot['id']} to {branch}")
-            git.run(path, "checkout", "-q", "-f", "--detach")
-            git.run(path, "clean", "-q", "-ffd")
-        if not branch or not git.branch_exists(repo, branch) or self._checked_out(repo, branch):
+            elif dirty and current == branch:
+                worktree.commit_leftovers(path, f"WIP: uncommitted work left in {slot['id']} at release",
+                                          known_dirty=True)
+                warn(f"[WARN] Committed uncommitted work left in {slot['id']} to {branch}")
+            elif dirty:
+                git.run(path, "stash", "push", "-q", "-u", "-m", f"left in {slot['id']} at release")
+                warn(f"[WARN] Uncommitted work in {slot['id']} (not on {branch}) saved with git stash")
+            if current is not None:
+                git.detach(path, "HEAD")
+        if not branch:
             return False
-        base = slot.get("base")
-        base_ref = f"refs/heads/{base}" if base and git.branch_exists(repo, base) else slot.get("base_commit")
-        unique = git.unique_commits(repo, branch, base_ref) if base_ref else 1
+        unique = None
+        if slot.get("base"):
+            unique = git.unique_commits(repo, branch, f"refs/heads/{slot['base']}")
+        if unique is None and slot.get("base_commit"):
+            unique = git.unique_commits(repo, branch, slot["base_commit"])
+        if unique is None:
+            return False  # the branch is gone already
         if unique and not force:
-            print_warn(f"[WARN] Keeping branch {branch}: {unique} commit(s) not in {base or 'the base'} "
-                       "(use --force to delete)")
+            warn(f"[WARN] Keeping branch {branch}: {unique} commit(s) not in {slot.get('base') or 'the base'} "
+                 "(use --force to delete)")
             return True
-        git.delete_branch(repo, branch)
+        proc = git.run(repo, "branch", "-D", "--", branch, check=False)
+        if proc.returncode != 0:
+            warn(f"[WARN] Keeping branch {branch}: {proc.stderr.strip().splitlines()[-1:] or ''}")
+            return True
         return False
 
     # ------------------------------------------------------------------ status

@@ -154,9 +154,7 @@ def _recreate(pool, sid, branch):
     repo = pool.repo
     path = pool.slot_path(sid)
     if branch and git.branch_exists(repo, branch) and not pool._checked_out(repo, branch):
-        with git.worktree_lock(repo):
-            pool._discard_broken(repo, path)
-            git.run(repo, "worktree", "add", "-q", path, branch)
+        worktree.add_worktree(repo, path, branch, discard=lambda: pool._discard_broken(repo, path))
         return
     with pool.lock():
         data = pool.load()

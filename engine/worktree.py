@@ -23,12 +23,13 @@ def resolve_base(repo, base=None):
     """(label, commit) for BASE: a local branch, a remote-only branch (a local branch is
     created from `origin/BASE`), a tag or a commit. No BASE: the current branch, or the
     current commit when HEAD is detached. Raises a clear error otherwise."""
+    if not base:
+        commit, branch = git.head(repo)
+        if commit is None:
+            raise OrchestratorError("[ERROR] The repository has no commits yet; commit something first")
+        return (branch or commit), commit
     if not git.has_commits(repo):
         raise OrchestratorError("[ERROR] The repository has no commits yet; commit something first")
-    if not base:
-        branch = git.current_branch(repo)
-        commit = git.resolve_commit(repo, "HEAD")
-        return (branch or commit), commit
     if base.startswith("-") or any(c in base for c in "\x00\n\r\t "):
         raise OrchestratorError(f"[ERROR] invalid base '{base}'")
     commit = git.branch_commit(repo, base)
@@ -42,6 +43,23 @@ def resolve_base(repo, base=None):
     if commit:
         return base, commit
     raise OrchestratorError(f"[ERROR] Base branch does not exist: {base}")
+
+
+def add_worktree(repo, path, branch, start=None, discard=None):
+    """Create a worktree at PATH on BRANCH (reset to START when given, else checked out as is).
+
+    Only the registration (`worktree add --no-checkout`) holds the per-repository lock; the
+    expensive part, writing the files, runs outside it so concurrent creations overlap.
+    `discard` is called under the lock first, to clear whatever broken thing was at PATH.
+    """
+    with git.worktree_lock(repo):
+        if discard is not None:
+            discard()
+        if start is None:
+            git.run(repo, "worktree", "add", "-q", "--no-checkout", path, branch)
+        else:
+            git.run(repo, "worktree", "add", "-q", "--no-checkout", "-B", branch, path, start)
+    git.run(path, "reset", "-q", "--hard")
 
 
 def worktree_healthy(repo, path, listing=None):
@@ -142,12 +160,12 @@ def leftover_pathspec():
 
 
 def has_leftovers(path):
-    return bool(git.out(path, "status", "--porcelain", "--untracked-files=normal", "--", *leftover_pathspec()))
+    return bool(git.status(path, *leftover_pathspec())[1])
 
 
-def commit_leftovers(path, message):
+def commit_leftovers(path, message, known_dirty=None):
     """Commit whatever an agent left uncommitted (minus our copies); True if a commit was made."""
-    if not has_leftovers(path):
+    if not (has_leftovers(path) if known_dirty is None else known_dirty):
         return False
     git.run(path, "add", "-A", "--", *leftover_pathspec())
     git.committing(path, "commit", "-q", "--no-verify", "-m", message)
@@ -204,13 +222,10 @@ def create_task_worktree(root, task=None, base=None):
             raise OrchestratorError(f"[ERROR] Branch {branch} is checked out in {e['path']}")
     reuse = git.branch_exists(repo, branch) and git.unique_commits(repo, branch, base_commit) > 0
     os.makedirs(base_dir, mode=0o700, exist_ok=True)
-    with git.worktree_lock(repo):
-        git.run(repo, "worktree", "prune", check=False)
-        if reuse:
-            warn(f"[WARN] Reusing existing branch {branch}: it has commits not in the base")
-            git.run(repo, "worktree", "add", "-q", path, branch)
-        else:
-            git.run(repo, "worktree", "add", "-q", "-B", branch, path, base_commit)
+    if reuse:
+        warn(f"[WARN] Reusing existing branch {branch}: it has commits not in the base")
+    add_worktree(repo, path, branch, None if reuse else base_commit,
+                 discard=lambda: git.run(repo, "worktree", "prune", check=False))
     try:
         copy_into(root, path, extra=(CONTEXT,))
         run_setup(root, path, {"TASK_ID": task, "WORKTREE": path, "BRANCH": branch, "BASE": base or ""})
