@@ -31,6 +31,7 @@ class MergeReport:
     kept: list = field(default_factory=list)
     new_commit: str = None
     dry_run: bool = False
+    error: str = None  # set when the target could not be moved: nothing was merged
 
 
 def detect_branches(repo):
@@ -133,7 +134,14 @@ def merge_branches(repo, target, branches, message="feat: Merge {branch}", delet
         report.merged.append(branch)
     if dry_run or current == start:
         return report
-    _move_target(repo, target, start, current)
+    try:
+        _move_target(repo, target, start, current)
+    except OrchestratorError as exc:
+        report.error = exc.message
+        moved = [b for b in report.merged if b not in report.already]
+        report.failed += [(b, "not merged: the target could not be updated", []) for b in moved]
+        report.merged = list(report.already)
+        return report
     report.new_commit = current
     if delete_merged:
         for branch in report.merged:
@@ -172,7 +180,7 @@ def branch_lines(report):
             if reason == "conflicts":
                 lines.append(f"  ✗ Conflicts in: {' '.join(files)}")
             else:
-                lines.append(f"  ✗ {reason.capitalize()}: {branch}")
+                lines.append(f"  ✗ {reason[0].upper()}{reason[1:]}")
         elif branch in report.already:
             lines.append("  ✓ Already merged")
         else:
@@ -186,4 +194,31 @@ def summary_lines(report):
              "Failed: " + (" ".join(failed) or "none")]
     if failed:
         lines += ["", "To resolve conflicts manually:", *[f"  git merge {b}" for b in failed]]
+    if report.error:
+        lines += ["", report.error]
     return lines
+
+
+def conflict_matrix(repo, target, branches):
+    """For each branch: the files that would conflict merging it alone into TARGET, and
+    with each other branch (pairwise, symmetric: computed once per pair)."""
+    tips = {b: git.branch_commit(repo, b) for b in branches}
+    base = git.branch_commit(repo, target)
+    matrix = {b: {"target": [], "branches": {}} for b in branches}
+    for i, b in enumerate(branches):
+        if tips[b] is None:
+            matrix[b]["target"] = ["<missing branch>"]
+            continue
+        matrix[b]["target"] = merge_tree(repo, base, tips[b])[1]
+        for other in branches[i + 1:]:
+            files = [] if tips[other] is None else merge_tree(repo, tips[b], tips[other])[1]
+            matrix[b]["branches"][other] = files
+            matrix[other]["branches"][b] = files
+    return matrix
+
+
+def report_dict(report):
+    return {"target": report.target, "branches": report.branches, "merged": report.merged,
+            "already_merged": report.already, "deleted": report.deleted, "kept": report.kept,
+            "failed": [{"branch": b, "reason": r, "files": f} for b, r, f in report.failed],
+            "new_commit": report.new_commit, "dry_run": report.dry_run}

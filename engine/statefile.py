@@ -265,6 +265,41 @@ def add_checkpoint(path, description="", layout=None):
     return [f"Checkpoint added: {path}"]
 
 
+def _update_if_present(layout, change):
+    """Apply `change(data)` to an existing state file in one locked write; no file, no-op."""
+    layout = layout or Layout()
+    if not os.path.exists(layout.state_file):
+        return False
+    with store.file_lock(layout.state_file):
+        data, header = _load(layout)
+        if data is None:
+            return False
+        _roll_forward(layout, data)
+        change(data)
+        _save(layout, data, header)
+    return True
+
+
+def record_checkpoint(rel_path, layout=None):
+    """checkpoint-manager `write`: list the summary in checkpoint_files, stamp last_checkpoint."""
+    def change(data):
+        files = data.get("checkpoint_files")
+        data["checkpoint_files"] = (list(files) if isinstance(files, list) else []) + [rel_path]
+        data["last_checkpoint"] = _now_utc()
+
+    return _update_if_present(layout, change)
+
+
+def record_group(number, status, layout=None):
+    """checkpoint-manager `group`: last_parallel_group (an int), last_group_status, last_checkpoint."""
+    def change(data):
+        data["last_parallel_group"] = number
+        data["last_group_status"] = status
+        data["last_checkpoint"] = _now_utc()
+
+    return _update_if_present(layout, change)
+
+
 def _token_number(usage, key):
     value = usage.get(key, DEFAULT_TOKENS[key])
     if value is None:

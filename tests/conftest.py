@@ -122,3 +122,30 @@ def branches(cwd):
 def worktree_paths(cwd):
     out = git(cwd, "worktree", "list", "--porcelain")
     return [line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("worktree ")]
+
+
+@pytest.fixture
+def mb():
+    from engine.cli.merge_branches import cli
+
+    return lambda *args: invoke(cli, "merge-branches", *args)
+
+
+@pytest.fixture
+def cm():
+    from engine.cli.checkpoint_manager import cli
+
+    return lambda *args: invoke(cli, "checkpoint-manager", *args)
+
+
+def branch_with(repo, branch, files, base="main"):
+    """Create BRANCH from BASE with one commit writing FILES ({name: content}); stay on main."""
+    git(repo, "checkout", "-q", "-b", branch, base)
+    for name, content in files.items():
+        path = os.path.join(str(repo), name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as fh:
+            fh.write(content)
+        git(repo, "add", "--", name)
+    git(repo, "commit", "-q", "-m", f"work on {branch}")
+    git(repo, "checkout", "-q", "main")

@@ -1,0 +1,316 @@
+"""The session-memory files of `checkpoint-manager` (CONTRACT.md §2.5) in `.claude/auto-memory/`.
+
+Every file is rendered whole and written atomically through the store. Values are data:
+summaries and learnings of any content land in Markdown as text and in YAML through the
+dumper (never pasted into YAML source); phase names, task ids and group numbers are
+validated before they become part of a file name. Archives go to
+`.claude/auto-memory-archive/`, beside the memory directory, so later listings (ours and
+`state-transition resume`) never show them.
+"""
+
+import os
+import re
+import time
+
+from engine import git, statefile, store
+from engine.errors import InvalidValue, OrchestratorError, StateFileError
+from engine.paths import Layout
+from engine.ui import warn
+
+CONTEXT = "context-summary.md"
+NEXT_ACTIONS = "next-actions.md"
+GROUP_STATUSES = ("pre", "post", "failed")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+def check_name(value, what):
+    if not value or not _NAME.fullmatch(value) or ".." in value:
+        shown = value.encode("unicode_escape").decode("ascii")
+        raise InvalidValue(f"ERROR: invalid {what} '{shown}': use letters, digits, '_', '.' and '-'")
+    return value
+
+
+def check_group(value):
+    if not str(value).isdigit() or not 0 < int(value) < 100000:
+        raise InvalidValue(f"ERROR: invalid group number '{value}': a positive whole number")
+    return int(value)
+
+
+class Memory:
+    def __init__(self, layout=None):
+        self.layout = layout or Layout()
+        self.dir = self.layout.memory_dir
+        self.progress_path = os.path.join(self.layout.claude, "auto-progress.yaml")
+        self.archive_root = os.path.join(self.layout.claude, "auto-memory-archive")
+
+    def rel(self, name):
+        return self.layout.rel(os.path.join(self.dir, name))
+
+    def _write(self, name, text):
+        store.atomic_write(os.path.join(self.dir, name), text, keep_last_good=False)
+        return self.rel(name)
+
+    # ------------------------------------------------------------------ inputs
+    def state(self):
+        """The state mapping ({} if absent); a corrupt file is reported and read as empty."""
+        try:
+            return statefile.read(self.layout) or {}
+        except StateFileError as exc:
+            warn(f"[WARN] {exc.message}")
+            return {}
+
+    def progress(self):
+        try:
+            data, _ = store.load_yaml_mapping(self.progress_path)
+        except StateFileError as exc:
+            warn(f"[WARN] {exc.message}")
+            return {}
+        return data or {}
+
+    def _progress_tail(self, lines=20):
+        try:
+            with open(self.progress_path, encoding="utf-8", errors="replace") as fh:
+                return "".join(fh.readlines()[-lines:]).rstrip("\n")
+        except OSError:
+            return None
+
+    def _latest_plan(self, lines=50):
+        plans = os.path.join(self.layout.claude, "plans")
+        try:
+            names = [n for n in os.listdir(plans) if n.startswith("auto-") and n.endswith(".md")]
+        except OSError:
+            return None
+        if not names:
+            return None
+        newest = max(names, key=lambda n: os.path.getmtime(os.path.join(plans, n)))
+        with open(os.path.join(plans, newest), encoding="utf-8", errors="replace") as fh:
+            return "".join(fh.readlines()[:lines]).rstrip("\n")
+
+    def listing(self, include_yaml=True):
+        """Memory files for `read` and the context summary (archives are elsewhere)."""
+        try:
+            names = sorted(os.listdir(self.dir))
+        except OSError:
+            return []
+        suffixes = (".md", ".yaml") if include_yaml else (".md",)
+        return [n for n in names if n.endswith(suffixes) and n != CONTEXT and
+                os.path.isfile(os.path.join(self.dir, n))]
+
+    def _phase_files(self, state):
+        """Files changed in the current phase: commits since the phase began (its last
+        transition, else the session start) plus what is uncommitted now."""
+        root = self.layout.root
+        since = state.get("last_transition") or state.get("started_at")
+        try:
+            git.toplevel(root)
+        except OrchestratorError:
+            return []
+        files = set()
+        if since:
+            log = git.run(root, "log", f"--since={since}", "--name-only", "--format=", "HEAD", check=False)
+            files.update(line for line in log.stdout.splitlines() if line.strip())
+        status = git.run(root, "status", "--porcelain", "--untracked-files=normal", check=False)
+        for line in status.stdout.splitlines():
+            path = line[3:].split(" -> ")[-1]
+            if not path.startswith(".claude/"):
+                files.add(path)
+        return sorted(files)
+
+    # ------------------------------------------------------------------ commands
+    def context(self):
+        state = self.state()
+        focus = state.get("focus") or []
+        phases = state.get("completed_phases") or []
+        plan = self._latest_plan()
+        tail = self._progress_tail()
+        others = self.listing()
+        text = "\n".join([
+            "# Context Summary for Resume",
+            f"Generated: {store.utc_now()}",
+            f"Session: {_text(state.get('session_id'))}",
+            "",
+            "## Current State",
+            f"- **Phase**: {_text(state.get('current_state'), 'IDLE')}",
+            f"- **Work Type**: {_text(state.get('work_type'))}",
+            f"- **Focus**: {', '.join(_text(f) for f in focus) if isinstance(focus, list) else _text(focus)}",
+            f"- **Completed Phases**: "
+            f"{', '.join(_text(p) for p in phases) if isinstance(phases, list) else _text(phases)}",
+            "",
+            "## Plan Summary",
+            *(["```", plan, "```"] if plan is not None else ["No plan file found"]),
+            "",
+            "## Recent Progress",
+            *(["```", tail, "```"] if tail is not None else ["No progress file"]),
+            "",
+            "## Memory Files Available",
+            *([f"- {self.rel(n)}" for n in others] or ["None"]),
+            "",
+            "## Next Actions",
+            "1. Read this summary and the memory files above",
+            "2. Continue from the current phase",
+            "3. Write a checkpoint before the context runs out",
+            "",
+            "---",
+            "",
+        ])
+        self._write(CONTEXT, text)
+        return f"Context summary created: {self.rel(CONTEXT)}"
+
+    def write_phase(self, phase, summary):
+        check_name(phase, "phase")
+        state = self.state()
+        files = self._phase_files(state)
+        name = f"phase-{phase.lower()}-summary.md"
+        text = "\n".join([
+            f"# Phase {phase} Summary",
+            f"Generated: {store.utc_now()}",
+            "",
+            "## Key Decisions",
+            summary,
+            "",
+            "## Files Created/Modified",
+            *([f"- {f}" for f in files] or ["- No git changes tracked"]),
+            "",
+            "---",
+            "",
+        ])
+        rel = self._write(name, text)
+        statefile.record_checkpoint(rel, layout=self.layout)
+        return [f"Summary created: {rel}", self.context(), f"Checkpoint written for phase: {phase}"]
+
+    def write_group(self, number, status, summary=""):
+        n = check_group(number)
+        if status not in GROUP_STATUSES:
+            raise InvalidValue(f"Unknown status: {status}. Use pre|post|failed")
+        state = self.state()
+        progress = self.progress()
+        groups = progress.get("parallel_groups") if isinstance(progress.get("parallel_groups"), dict) else {}
+        group = groups.get(f"group_{n}") if isinstance(groups.get(f"group_{n}"), dict) else {}
+        in_group = [_text(t) for t in group.get("tasks") or [] if t is not None]
+        tasks = progress.get("tasks") if isinstance(progress.get("tasks"), dict) else {}
+        completed = [_text(tid) for tid, t in tasks.items()
+                     if status == "post" and isinstance(t, dict) and t.get("status") == "done"
+                     and str(t.get("group")) == str(n)]
+        prefix = {"pre": f"Starting execution of parallel group {n}. ",
+                  "post": f"Completed parallel group {n}. All tasks verified. ",
+                  "failed": f"Parallel group {n} failed. "}[status]
+        data = {
+            "group_number": n,
+            "checkpoint_type": status,
+            "timestamp": store.utc_now(),
+            "summary": _Literal(prefix + summary),
+            "tasks_in_group": in_group,
+            "completed_tasks": completed,
+            "session_info": {"session_id": _text(state.get("session_id")),
+                             "current_state": _text(state.get("current_state"), "IDLE")},
+            "next_actions": ["Verify all tasks in group completed", "Merge completed branches",
+                             "Proceed to next group or integration"],
+        }
+        header = (f"# Parallel Group {n} Checkpoint ({status})\n# Generated by checkpoint-manager\n"
+                  "# Read by /auto-continue to resume")
+        rel = self._write(f"parallel-group-{n}-{status}.yaml", _dump_with_literals(data, header))
+        statefile.record_group(n, status, layout=self.layout)
+        return [f"Parallel group checkpoint created: {rel}", self.context()]
+
+    def write_task(self, task_id, learning):
+        check_name(task_id, "task id")
+        tasks = self.progress().get("tasks")
+        task = tasks.get(task_id) if isinstance(tasks, dict) and isinstance(tasks.get(task_id), dict) else {}
+        text = "\n".join([
+            f"# Task {task_id} Learnings",
+            f"Generated: {store.utc_now()}",
+            "",
+            "## What Was Done",
+            learning,
+            "",
+            "## Verification Results",
+            f"- Tests: {_text(task.get('test_result'), 'unknown')}",
+            f"- Iterations: {_text(task.get('iterations'), '0')}",
+            "",
+            "---",
+            "",
+        ])
+        return [f"Learning created: {self._write(f'task-{task_id}-learnings.md', text)}"]
+
+    def read(self):
+        """The resume block, or None when there is no memory directory."""
+        if not os.path.isdir(self.dir):
+            return None
+        lines = ["=== RESUME CONTEXT ===", ""]
+        context = os.path.join(self.dir, CONTEXT)
+        if os.path.isfile(context):
+            with open(context, encoding="utf-8", errors="replace") as fh:
+                lines += ["### Context Summary ###", fh.read().rstrip("\n"), ""]
+        lines += ["### Available Memory Files ###", *[f"- {self.rel(n)}" for n in self.listing()], "",
+                  "=== END RESUME CONTEXT ==="]
+        return lines
+
+    def handoff(self):
+        state = self.state()
+        context_line = self.context()
+        phase = _text(state.get("current_state"), "IDLE")
+        text = "\n".join([
+            "# Next Actions for Resume",
+            f"Generated: {store.utc_now()}",
+            "",
+            "## Immediate Actions",
+            "1. Run `/auto-continue`",
+            f"2. Read `{self.rel(CONTEXT)}`",
+            f"3. Continue from phase: {phase}",
+            "",
+            "## Do NOT",
+            "- Restart completed phases",
+            "- Discard branches of unfinished tasks",
+            "- Skip verification of the current group",
+            "",
+            "## Files to Read",
+            f"- {self.rel(CONTEXT)}",
+            *[f"- {self.rel(n)}" for n in self.listing() if n != NEXT_ACTIONS],
+            "",
+        ])
+        self._write(NEXT_ACTIONS, text)
+        return ["Preparing session handoff...", context_line, "Handoff prepared. Run /auto-continue in new session."]
+
+    def cleanup(self):
+        """Archive every memory file (Markdown and group YAML) out of the memory directory."""
+        names = self.listing() + ([CONTEXT] if os.path.isfile(os.path.join(self.dir, CONTEXT)) else [])
+        if not os.path.isdir(self.dir):
+            return []
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime())
+        target = os.path.join(self.archive_root, f"archive-{stamp}")
+        suffix = 1
+        while os.path.exists(target):
+            suffix += 1
+            target = os.path.join(self.archive_root, f"archive-{stamp}-{suffix}")
+        os.makedirs(target)
+        for name in names:
+            os.replace(os.path.join(self.dir, name), os.path.join(target, name))
+        return [f"Memory files archived to: {self.layout.rel(target)}"]
+
+
+def _text(value, default=""):
+    return statefile._as_text(value, default)
+
+
+class _Literal(str):
+    """A string the YAML dumper writes as a literal block (`|`), whatever it contains."""
+
+
+def _dump_with_literals(data, header):
+    yaml = store._yaml_module()
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+    class Dumper(dumper):
+        pass
+
+    def literal(d, value):
+        text = str(value)
+        # A literal block cannot hold trailing spaces on a line or some control characters;
+        # the dumper falls back to a quoted scalar for those, which is just as valid.
+        return d.represent_scalar("tag:yaml.org,2002:str", text, style="|" if text.strip() else None)
+
+    Dumper.add_representer(_Literal, literal)
+    body = yaml.dump(data, Dumper=Dumper, default_flow_style=None, sort_keys=False, allow_unicode=True,
+                     width=100000)
+    return header + "\n\n" + body
+

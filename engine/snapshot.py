@@ -1,0 +1,182 @@
+"""Restorable checkpoints: what `execution/checkpoint-manager.md` promised (create, list,
+restore, verify) and the original script never had.
+
+A checkpoint is a directory `.claude/checkpoints/<id>/` holding byte copies of the state
+machine, the progress file and the pool state (those that exist), and `manifest.json`
+with the id, time, reason, each file's SHA-256, the tips of the branches the pool and
+progress name, and a checksum over the manifest itself. `restore` verifies, then writes
+each file back atomically under its own lock and journals the restore; `verify` checks
+the checksums and that the named branches still exist.
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import time
+
+from engine import git, store
+from engine.errors import InvalidValue, OrchestratorError
+from engine.paths import Layout
+
+FILES = ("auto-state-machine.yaml", "auto-progress.yaml", "pool-state.json")
+MANIFEST = "manifest.json"
+_ID = re.compile(r"cp-\d{8}-\d{6}(-\d+)?")
+
+
+def check_id(value):
+    if not value or not _ID.fullmatch(value):
+        shown = (value or "").encode("unicode_escape").decode("ascii")
+        raise InvalidValue(f"ERROR: invalid checkpoint id '{shown}' (expected cp-YYYYMMDD-HHMMSS[-N])")
+    return value
+
+
+def _sha(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def _manifest_sum(manifest):
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    return _sha(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8"))
+
+
+class Snapshots:
+    def __init__(self, layout=None):
+        self.layout = layout or Layout()
+        self.dir = os.path.join(self.layout.claude, "checkpoints")
+
+    def path(self, cp_id):
+        return os.path.join(self.dir, check_id(cp_id))
+
+    def _branches(self, contents):
+        """Branch -> tip for the branches named by the pool and progress files."""
+        names = set()
+        pool = contents.get("pool-state.json")
+        if pool:
+            try:
+                for slot in json.loads(pool).get("worktrees", []):
+                    if isinstance(slot, dict) and isinstance(slot.get("branch"), str):
+                        names.add(slot["branch"])
+            except (ValueError, AttributeError):
+                pass
+        progress = contents.get("auto-progress.yaml")
+        if progress:
+            try:
+                data = store.parse_yaml(progress.decode("utf-8", "replace"), "auto-progress.yaml") or {}
+            except OrchestratorError:
+                data = {}
+            tasks = data.get("tasks") if isinstance(data, dict) else None
+            for task in (tasks or {}).values() if isinstance(tasks, dict) else []:
+                if isinstance(task, dict) and isinstance(task.get("branch"), str):
+                    names.add(task["branch"])
+        tips = {}
+        try:
+            repo = git.toplevel(self.layout.root)
+        except OrchestratorError:
+            return tips
+        for name in sorted(names):
+            tip = git.branch_commit(repo, name) if not name.startswith("-") else None
+            if tip:
+                tips[name] = tip
+        return tips
+
+    def create(self, reason=""):
+        if any(c in reason for c in "\x00\r") or len(reason) > 4096:
+            raise InvalidValue("ERROR: reason contains control characters or is too long")
+        contents = {}
+        for name in FILES:
+            path = os.path.join(self.layout.claude, name)
+            with store.file_lock(path) if os.path.exists(path) else contextlib.nullcontext():
+                try:
+                    with open(path, "rb") as fh:
+                        contents[name] = fh.read()
+                except FileNotFoundError:
+                    pass
+        if not contents:
+            raise OrchestratorError("ERROR: nothing to checkpoint (no state, progress or pool file)")
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime())
+        cp_id, n = f"cp-{stamp}", 1
+        while os.path.exists(os.path.join(self.dir, cp_id)):
+            n += 1
+            cp_id = f"cp-{stamp}-{n}"
+        staging = os.path.join(self.dir, f".{cp_id}.partial")
+        os.makedirs(staging)
+        for name, data in contents.items():
+            store.atomic_write(os.path.join(staging, name), data, keep_last_good=False)
+        manifest = {"id": cp_id, "created_at": store.utc_now(), "reason": reason,
+                    "files": {name: _sha(data) for name, data in contents.items()},
+                    "branches": self._branches(contents)}
+        manifest["checksum"] = _manifest_sum(manifest)
+        store.write_json(os.path.join(staging, MANIFEST), manifest)
+        os.replace(staging, os.path.join(self.dir, cp_id))  # a checkpoint appears whole or not at all
+        store.Journal(self.layout.journal).append("checkpoint-create", id=cp_id, reason=reason)
+        return manifest
+
+    def manifest(self, cp_id):
+        path = os.path.join(self.path(cp_id), MANIFEST)
+        data = store.load_json(path)
+        if data is None:
+            raise OrchestratorError(f"ERROR: no checkpoint {cp_id}")
+        return data
+
+    def list(self):
+        try:
+            names = sorted(n for n in os.listdir(self.dir) if _ID.fullmatch(n))
+        except FileNotFoundError:
+            return []
+        result = []
+        for name in names:
+            try:
+                result.append(self.manifest(name))
+            except OrchestratorError as exc:
+                result.append({"id": name, "created_at": "?", "reason": f"unreadable: {exc.message}", "files": {}})
+        return result
+
+    def latest(self):
+        items = self.list()
+        if not items:
+            raise OrchestratorError("NO_CHECKPOINTS")
+        return items[-1]["id"]
+
+    def verify(self, cp_id):
+        """A list of problems (empty when the checkpoint is intact and its branches exist)."""
+        manifest = self.manifest(cp_id)
+        problems = []
+        if manifest.get("checksum") != _manifest_sum(manifest):
+            problems.append("manifest checksum mismatch")
+        for name, digest in (manifest.get("files") or {}).items():
+            if name not in FILES:
+                problems.append(f"unexpected file {name}")
+                continue
+            try:
+                with open(os.path.join(self.path(cp_id), name), "rb") as fh:
+                    if _sha(fh.read()) != digest:
+                        problems.append(f"{name} does not match its checksum")
+            except FileNotFoundError:
+                problems.append(f"{name} is missing")
+        branches = manifest.get("branches") or {}
+        if branches:
+            try:
+                repo = git.toplevel(self.layout.root)
+            except OrchestratorError:
+                repo = None
+            for branch in sorted(branches):
+                if repo is None or not git.branch_exists(repo, branch):
+                    problems.append(f"branch {branch} no longer exists")
+        return problems
+
+    def restore(self, cp_id):
+        problems = [p for p in self.verify(cp_id) if not p.startswith("branch ")]
+        if problems:
+            raise OrchestratorError(f"ERROR: checkpoint {cp_id} failed verification: {'; '.join(problems)}")
+        manifest = self.manifest(cp_id)
+        for name in manifest["files"]:
+            with open(os.path.join(self.path(cp_id), name), "rb") as fh:
+                data = fh.read()
+            target = os.path.join(self.layout.claude, name)
+            with store.file_lock(target):
+                store.atomic_write(target, data)
+        store.Journal(self.layout.journal).append("checkpoint-restore", id=cp_id, files=sorted(manifest["files"]))
+        return manifest
+
