@@ -6,15 +6,24 @@ class OrchestratorError(Exception):
     """An expected failure: shown as one line on stderr, no traceback."""
 
     exit_code = 1
+    PREFIXES = ("ERROR", "[ERROR]", "Usage:")
 
-    def __init__(self, message, exit_code=None):
+    def __init__(self, message, exit_code=None, verbatim=False):
         super().__init__(message)
         if exit_code is not None:
             self.exit_code = exit_code
+        self.verbatim = verbatim
 
     @property
     def message(self):
         return self.args[0]
+
+    @property
+    def line(self):
+        """The stderr line: the message, with `ERROR: ` unless it carries its own prefix."""
+        if self.verbatim or self.message.startswith(self.PREFIXES):
+            return self.message
+        return f"ERROR: {self.message}"
 
 
 class UsageError(OrchestratorError):

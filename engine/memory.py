@@ -181,7 +181,7 @@ class Memory:
     def write_group(self, number, status, summary=""):
         n = check_group(number)
         if status not in GROUP_STATUSES:
-            raise InvalidValue(f"Unknown status: {status}. Use pre|post|failed")
+            raise InvalidValue(f"Unknown status: {status}. Use pre|post|failed", verbatim=True)
         state = self.state()
         progress = self.progress()
         groups = progress.get("parallel_groups") if isinstance(progress.get("parallel_groups"), dict) else {}

@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import ROOT, SCRIPTS
 
-SHIMS = ["state-transition.sh"]
+SHIMS = ["state-transition.sh", "pool-manager.sh", "setup-worktree.sh", "merge-branches.sh", "checkpoint-manager.sh"]
 
 
 @pytest.mark.parametrize("name", SHIMS)
@@ -16,7 +16,8 @@ def test_static_contract(name):
     path = os.path.join(SCRIPTS, name)
     assert os.access(path, os.X_OK)
     text = open(path).read()
-    assert text.splitlines()[0] == "#!/bin/bash"
+    # the originals' shebangs: pool-manager used env, the other four /bin/bash
+    assert text.splitlines()[0] == ("#!/usr/bin/env bash" if name == "pool-manager.sh" else "#!/bin/bash")
     assert any(line.startswith("set -euo pipefail") for line in text.splitlines())
     assert "bc" not in text
     assert "bc" not in open(os.path.join(SCRIPTS, "lib", "shim.sh")).read()
@@ -57,3 +58,16 @@ def test_fallback_without_venv_uses_python3_on_the_checkout(tmp_path):
     work.mkdir()
     r = run([str(copy / "scripts" / "state-transition.sh"), "state"], work, env)
     assert (r.returncode, r.stdout) == (0, "IDLE\n"), r.stderr
+
+
+@pytest.mark.parametrize("name,args,code,first", [
+    ("pool-manager.sh", ["status"], 1, ""),
+    ("setup-worktree.sh", ["t1"], 1, ""),
+    ("merge-branches.sh", [], 1, ""),
+    ("checkpoint-manager.sh", ["bogus"], 0, "Checkpoint Manager v3.0"),
+])
+def test_every_shim_passes_exit_codes_through(tmp_path, name, args, code, first):
+    r = run([os.path.join(SCRIPTS, name), *args], tmp_path)
+    assert r.returncode == code, r.stderr
+    assert (r.stdout.splitlines() or [""])[0] == first
+    assert "Traceback" not in r.stderr and len(r.stderr.splitlines()) <= 1

@@ -29,8 +29,7 @@ def run(group, default_prog, args=None):
     try:
         result = group.main(args=args, prog_name=prog_name(default_prog), standalone_mode=False)
     except OrchestratorError as exc:
-        click.echo(exc.message if exc.message.startswith(("ERROR", "[ERROR]", "Usage")) else f"ERROR: {exc.message}",
-                   err=True)
+        click.echo(exc.line, err=True)
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
