@@ -132,6 +132,16 @@ def unique_commits(repo, branch, base):
     return int(proc.stdout.strip() or 0) if proc.returncode == 0 else None
 
 
+def branch_tips(repo):
+    """{branch: commit} for every local branch, in one call."""
+    text = out(repo, "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/")
+    tips = {}
+    for line in text.splitlines():
+        sha, _, ref = line.partition(" ")
+        tips[ref[len("refs/heads/"):]] = sha
+    return tips
+
+
 def local_branches(repo, prefix="refs/heads/"):
     text = out(repo, "for-each-ref", "--format=%(refname)", prefix)
     return [line[len("refs/heads/"):] for line in text.splitlines() if line]

@@ -112,10 +112,11 @@ def merge_branches(repo, target, branches, message="feat: Merge {branch}", delet
     if target.startswith("-") or not git.branch_exists(repo, target):
         raise OrchestratorError(f"ERROR: target branch does not exist: {target}")
     report = MergeReport(target=target, branches=list(branches), dry_run=dry_run)
-    start = git.branch_commit(repo, target)
+    tips = git.branch_tips(repo)
+    start = tips[target]
     current = start
     for branch in branches:
-        tip = git.branch_commit(repo, branch) if not branch.startswith("-") else None
+        tip = tips.get(branch)
         if tip is None:
             report.failed.append((branch, "branch not found", []))
             continue
@@ -143,13 +144,15 @@ def merge_branches(repo, target, branches, message="feat: Merge {branch}", delet
         report.merged = list(report.already)
         return report
     report.new_commit = current
-    if delete_merged:
-        for branch in report.merged:
-            if _checked_out_in(repo, branch):
-                report.kept.append(branch)  # a pool slot still has it; release deletes it
-            elif git.branch_exists(repo, branch) and git.is_ancestor(repo, f"refs/heads/{branch}", current):
-                git.delete_branch(repo, branch)
-                report.deleted.append(branch)
+    if delete_merged and report.merged:
+        # Every merged tip is an ancestor of the new target by construction, so this is the
+        # safe delete; a branch still checked out (a pool slot) is kept for its release.
+        checked_out = {e["branch"] for e in git.worktrees(repo) if not e["prunable"]}
+        report.kept = [b for b in report.merged if b in checked_out]
+        doomed = [b for b in report.merged if b not in checked_out]
+        if doomed:
+            git.run(repo, "branch", "-D", "--", *doomed)
+            report.deleted = doomed
     return report
 
 
