@@ -1,7 +1,8 @@
-"""`make demo`: a walkthrough of the drop-in commands in a throwaway git repository.
+"""`make demo`: the whole pipeline on a throwaway repository with a bundled fake agent.
 
-Every command is run through the bash shims in scripts/, exactly as an agent or a Makefile
-would call them, and its stdout/exit code is shown.
+Seven tasks in three dependency layers; `cli` fails QA once and passes on retry. The run
+stops at each session boundary (after every group), and `orchestrator resume` continues,
+exactly as a person or an agent would drive it. Then the drop-in scripts are shown briefly.
 """
 
 import os
@@ -12,74 +13,82 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(ROOT, "scripts")
+AGENT = os.path.join(ROOT, "engine", "demo_agent.py")
+
+PLAN = """\
+# A small app in three dependency layers. Swap `agent` for a real one, e.g.
+#   agent: claude -p "$TASK_DESCRIPTION" --permission-mode acceptEdits
+work_type: BACKEND
+base: main
+agent: {agent}
+tasks:
+  - {{id: models, description: Data models, files: [app/models.py], verify: "{check} models", expected_output: models ok}}
+  - {{id: utils, description: Helpers, files: [app/utils.py], verify: "{check} utils", expected_output: utils ok}}
+  - {{id: config, description: Configuration, files: [app/config.py], verify: "{check} config", expected_output: config ok}}
+  - {{id: api, description: HTTP API, depends_on: [models, utils], verify: "{check} api", expected_output: api ok}}
+  - {{id: cli, description: Command line, depends_on: [config], verify: "{check} cli", expected_output: cli ok}}
+  - {{id: tests, description: Test suite, depends_on: [api, cli], verify: "{check} tests", expected_output: tests ok}}
+  - {{id: docs, description: Documentation, depends_on: [api], verify: "{check} docs", expected_output: docs ok}}
+"""
 
 
-def sh(cwd, *argv, show=True):
-    cmd = list(argv)
-    if cmd[0].endswith(".sh"):
-        cmd[0] = os.path.join(SCRIPTS, cmd[0])
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-    if show:
-        shown = " ".join(shlex.quote(a) for a in argv)
-        print(f"$ {shown}")
-        for line in proc.stdout.splitlines():
-            print(f"  {line}")
-        for line in proc.stderr.splitlines():
-            print(f"  (stderr) {line}")
-        if proc.returncode:
-            print(f"  (exit {proc.returncode})")
-    return proc
+def check_command():
+    return (f"{shlex.quote(sys.executable)} -c 'import sys, importlib; "
+            f"m = importlib.import_module(\\\"app.\\\" + sys.argv[1]); print(getattr(m, sys.argv[1])())'")
+
+
+def write_plan(path, agent=None):
+    with open(path, "w") as fh:
+        fh.write(PLAN.format(agent=agent or f"{shlex.quote(sys.executable)} {shlex.quote(AGENT)}",
+                             check=check_command()))
 
 
 def make_repo(base):
     repo = os.path.join(base, "demo-app")
-    os.makedirs(repo)
+    os.makedirs(os.path.join(repo, "app"))
+    os.makedirs(os.path.join(repo, ".claude"))
+    with open(os.path.join(repo, "app", "__init__.py"), "w") as fh:
+        fh.write('"""The demo app."""\n')
+    with open(os.path.join(repo, "README.md"), "w") as fh:
+        fh.write("# demo app\n")
+    with open(os.path.join(repo, ".claude", "auto-context.yaml"), "w") as fh:
+        fh.write("parallelization:\n  enabled: true\n  min_tasks: 3\n  max_agents: 3\n  retry_on_failure: 2\n")
     env = dict(os.environ, GIT_AUTHOR_NAME="demo", GIT_AUTHOR_EMAIL="demo@example.com",
                GIT_COMMITTER_NAME="demo", GIT_COMMITTER_EMAIL="demo@example.com")
-    for args in (["init", "-q", "-b", "main"],):
+    for args in (["init", "-q", "-b", "main"], ["add", "app", "README.md"], ["commit", "-q", "-m", "initial app"]):
         subprocess.run(["git", *args], cwd=repo, check=True, env=env)
-    with open(os.path.join(repo, "app.py"), "w") as fh:
-        fh.write("def main():\n    return 'hello'\n")
-    subprocess.run(["git", "add", "-A"], cwd=repo, check=True, env=env)
-    subprocess.run(["git", "commit", "-q", "-m", "initial app"], cwd=repo, check=True, env=env)
     return repo
 
 
-def walkthrough(repo):
-    print("== state-transition: the /auto parallel path (CONTRACT.md §5.1) ==")
-    sh(repo, "state-transition.sh", "work-type", "BACKEND", "api,db", "0.9")
-    sh(repo, "state-transition.sh", "transition", "PARALLELIZE")
-    sh(repo, "state-transition.sh", "transition", "INTEGRATE")
-    sh(repo, "state-transition.sh", "transition", "INTEGRATE")
-    print("\n== an illegal edge is refused, the file untouched; --force overrides and is journaled ==")
-    sh(repo, "state-transition.sh", "transition", "SMART_VERIFY")
-    sh(repo, "state-transition.sh", "transition", "--force", "SMART_VERIFY")
-    sh(repo, "state-transition.sh", "transition", "COMPLETE")
-    print("\n== checkpoints, tokens, hostile values stay data ==")
-    sh(repo, "state-transition.sh", "checkpoint", "src/api.py", "first endpoint")
-    sh(repo, "state-transition.sh", "tokens", "165000")
-    sh(repo, "state-transition.sh", "tokens", "name[$(touch pwned)]")
-    print(f"  pwned file exists: {os.path.exists(os.path.join(repo, 'pwned'))}")
-    print("\n== called from a subdirectory: same .claude/ ==")
-    os.makedirs(os.path.join(repo, "src", "deep"), exist_ok=True)
-    sh(os.path.join(repo, "src", "deep"), "state-transition.sh", "state")
-    print("\n== resume, history and the machine ==")
-    sh(repo, "state-transition.sh", "resume")
-    sh(repo, "state-transition.sh", "history")
-    graph = sh(repo, "state-transition.sh", "graph", show=False).stdout.splitlines()
-    print(f"$ state-transition.sh graph   ({len(graph)} lines of Mermaid; first 4:)")
-    for line in graph[:4]:
-        print(f"  {line}")
+def orchestrator(repo, *args, env=None):
+    print(f"\n$ orchestrator {' '.join(args)}", flush=True)
+    return subprocess.run([sys.executable, "-m", "engine.cli.orchestrator", *args], cwd=repo, env=env).returncode
 
 
 def main():
-    keep = os.environ.get("DEMO_DIR")
-    base = keep or tempfile.mkdtemp(prefix="orchestrator-demo-")
+    base = os.environ.get("DEMO_DIR") or tempfile.mkdtemp(prefix="orchestrator-demo-")
     os.makedirs(base, exist_ok=True)
     repo = make_repo(base)
-    walkthrough(repo)
-    print(f"\nDemo repository left at {repo}")
-    return 0
+    plan = os.path.join(base, "plan.yaml")
+    write_plan(plan)
+    env = dict(os.environ, PYTHONPATH=ROOT, DEMO_FLAKY="cli", DEMO_AGENT_SLEEP="0.3")
+    orchestrator(repo, "validate", plan, env=env)
+    code = orchestrator(repo, "run", plan, env=env)
+    for _ in range(10):
+        status = subprocess.run([sys.executable, "-m", "engine.cli.orchestrator", "status", "--json"], cwd=repo,
+                                env=env, capture_output=True, text=True)
+        if '"status": "complete"' in status.stdout:
+            break
+        code = orchestrator(repo, "resume", env=env)
+    orchestrator(repo, "status", env=env)
+    print("\n$ git log --oneline --graph main")
+    subprocess.run(["git", "log", "--oneline", "--graph", "main"], cwd=repo)
+    print("\n$ scripts/state-transition.sh resume")
+    subprocess.run([os.path.join(SCRIPTS, "state-transition.sh"), "resume"], cwd=repo)
+    print("\n$ scripts/checkpoint-manager.sh read")
+    subprocess.run([os.path.join(SCRIPTS, "checkpoint-manager.sh"), "read"], cwd=repo)
+    print(f"\nDemo repository: {repo}\nPlan: {plan}")
+    return code
 
 
 if __name__ == "__main__":

@@ -75,16 +75,19 @@ class Memory:
             return None
 
     def _latest_plan(self, lines=50):
+        """The newest `.claude/plans/auto-*.md`, else the plan of the orchestrator's run."""
         plans = os.path.join(self.layout.claude, "plans")
         try:
-            names = [n for n in os.listdir(plans) if n.startswith("auto-") and n.endswith(".md")]
+            names = [os.path.join(plans, n) for n in os.listdir(plans) if n.startswith("auto-") and n.endswith(".md")]
         except OSError:
+            names = []
+        run_plan = self.progress().get("plan_file")
+        path = max(names, key=os.path.getmtime) if names else run_plan if isinstance(run_plan, str) else None
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                return "".join(fh.readlines()[:lines]).rstrip("\n")
+        except (OSError, TypeError):
             return None
-        if not names:
-            return None
-        newest = max(names, key=lambda n: os.path.getmtime(os.path.join(plans, n)))
-        with open(os.path.join(plans, newest), encoding="utf-8", errors="replace") as fh:
-            return "".join(fh.readlines()[:lines]).rstrip("\n")
 
     def listing(self, include_yaml=True):
         """Memory files for `read` and the context summary (archives are elsewhere)."""

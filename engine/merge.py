@@ -32,6 +32,7 @@ class MergeReport:
     new_commit: str = None
     dry_run: bool = False
     error: str = None  # set when the target could not be moved: nothing was merged
+    candidate: str = None  # the commit the target would (dry run) or did move to
 
 
 def detect_branches(repo):
@@ -133,6 +134,7 @@ def merge_branches(repo, target, branches, message="feat: Merge {branch}", delet
         msg = message.format(branch=branch)
         current = git.committing(repo, "commit-tree", tree, "-p", current, "-p", tip, "-m", msg).stdout.strip()
         report.merged.append(branch)
+    report.candidate = current
     if dry_run or current == start:
         return report
     try:

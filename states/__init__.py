@@ -1,22 +1,29 @@
 """Pipeline state handlers, one module per state.
 
-`HANDLERS` maps a state name to the dotted path of its handler; handlers are imported
-lazily so that a CLI call only pays for the state it runs. The handlers themselves arrive
-with the pipeline (issue 5); until then the registry is empty and `handler_for` says so.
+`HANDLERS` maps a state name to the module whose `handle(run)` returns the next state.
+Modules are imported lazily so a CLI call only pays for the state it runs.
 """
+
+import importlib
 
 from engine.errors import OrchestratorError
 
-HANDLERS = {}
+HANDLERS = {
+    "DECOMPOSE": "states.decompose",
+    "PARALLELIZE": "states.parallelize",
+    "EXECUTE": "states.execute",
+    "QA": "states.qa",
+    "E2E": "states.e2e",
+    "INTEGRATE": "states.integrate",
+    "CHECKPOINT": "states.checkpoint",
+}
 
 
 def handler_for(state):
-    """Return the handler callable registered for `state`."""
+    """Return the `handle(run)` function registered for `state`."""
     try:
-        dotted = HANDLERS[state]
+        module = HANDLERS[state]
     except KeyError:
-        raise OrchestratorError(f"no handler registered for state {state}") from None
-    import importlib
-
-    module_name, _, attr = dotted.rpartition(".")
-    return getattr(importlib.import_module(module_name), attr)
+        raise OrchestratorError(f"ERROR: the pipeline has no step for state {state}; "
+                                "start with `orchestrator run PLAN`") from None
+    return importlib.import_module(module).handle

@@ -1,0 +1,197 @@
+"""`orchestrator`: run a plan end to end, resume it, watch it, steer it.
+
+Also mirrors the five drop-in commands as groups (`orchestrator pool acquire t1`, ...)."""
+
+import json
+import os
+import signal
+import time
+
+import click
+
+from engine.cli.common import exit_with
+
+PROG = "orchestrator"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli():
+    """Run coding agents in parallel git worktrees, QA each task, merge in dependency order."""
+
+
+def _options(all_groups, agent=None, quiet=False):
+    from engine.runner import Options
+
+    return Options(all_groups=all_groups, agent=agent, quiet=quiet)
+
+
+def _terminate_on_sigterm():
+    """SIGTERM (e.g. from `orchestrator abort`) unwinds like Ctrl-C, so running agents are stopped."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+@cli.command("run")
+@click.argument("plan", type=click.Path(dir_okay=False))
+@click.option("--all-groups", is_flag=True, help="Do not stop at session boundaries (after each group).")
+@click.option("--agent", help="Default agent command for tasks without one (overrides the plan's).")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+def run_cmd(plan, all_groups, agent, quiet):
+    """Run PLAN (YAML, JSON or the skill's markdown task list) from the start."""
+    from engine import runner
+
+    _terminate_on_sigterm()
+    return runner.start(plan, _options(all_groups, agent, quiet))
+
+
+@cli.command("resume")
+@click.option("--all-groups", is_flag=True, help="Do not stop at session boundaries.")
+@click.option("--quiet", is_flag=True)
+def resume_cmd(all_groups, quiet):
+    """Continue the run exactly where it stopped (boundary, Ctrl-C, SIGKILL, reboot)."""
+    from engine import runner
+
+    _terminate_on_sigterm()
+    return runner.resume(_options(all_groups, quiet=quiet))
+
+
+@cli.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--watch", is_flag=True, help="Refresh every second until Ctrl-C.")
+def status_cmd(as_json, watch):
+    """Where every task stands."""
+    from engine import statefile
+    from engine.paths import Layout
+    from engine.progress import Progress
+    from engine.view import status_table
+
+    layout = Layout()
+    while True:
+        data = Progress(layout).load()
+        state = statefile.get_state(layout)
+        if as_json:
+            click.echo(json.dumps({"state": state, **data}, ensure_ascii=False, default=str))
+            return 0
+        if not data.get("tasks"):
+            click.echo("NO_SESSION")
+            return 1
+        text = (f"State: {state} | Run: {data.get('status')} | Group: {data.get('current_group')}/"
+                f"{data.get('total_groups')} | Mode: {data.get('mode', '-')} | Base: {data.get('base')}\n"
+                + status_table(data))
+        if not watch:
+            click.echo(text)
+            return 0
+        click.clear()
+        click.echo(text)
+        time.sleep(1)
+
+
+@cli.command("validate")
+@click.argument("plan", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def validate_cmd(plan, as_json):
+    """Check PLAN (ids, dependencies, cycles, shared files) and show its parallel groups."""
+    from engine import config, plan as plans
+    from engine.paths import Layout
+
+    settings = config.load(Layout().root)
+    p = plans.load(plan, settings.max_agents)
+    if as_json:
+        click.echo(json.dumps({"tasks": p.order, "groups": p.groups,
+                               "implicit_dependencies": {t: p.tasks[t].implicit_deps for t in p.order
+                                                         if p.tasks[t].implicit_deps}}))
+        return 0
+    click.echo(f"Plan OK: {len(p.order)} tasks, {len(p.groups)} groups (max_agents {settings.max_agents})")
+    for n, group in enumerate(p.groups, 1):
+        click.echo(f"  Group {n}: {', '.join(group)}")
+    for t in p.order:
+        if p.tasks[t].implicit_deps:
+            click.echo(f"  {t} runs after {', '.join(p.tasks[t].implicit_deps)} (shared files)")
+    return 0
+
+
+@cli.command("graph")
+@click.argument("plan", required=False, type=click.Path(dir_okay=False))
+def graph_cmd(plan):
+    """The task DAG and its groups as Mermaid (the current run's plan by default)."""
+    from engine import config, plan as plans
+    from engine.errors import OrchestratorError
+    from engine.paths import Layout
+    from engine.progress import Progress
+
+    layout = Layout()
+    data = Progress(layout).load()
+    path = plan or data.get("plan_file")
+    if not path:
+        raise OrchestratorError("ERROR: no plan given and no run in progress")
+    p = plans.load(path, config.load(layout.root).max_agents)
+    statuses = {t: v.get("status") for t, v in (data.get("tasks") or {}).items()} if not plan else {}
+    click.echo(plans.mermaid(p, statuses), nl=False)
+
+
+@cli.command("abort")
+def abort_cmd():
+    """Stop the running orchestrator and its agents, release slots; branches and journal stay."""
+    from engine import statefile, store
+    from engine.executor import alive, stop_group
+    from engine.paths import Layout
+    from engine.pool import Pool
+    from engine.progress import Progress
+
+    layout = Layout()
+    progress = Progress(layout)
+    data = progress.load()
+    if not data.get("tasks"):
+        click.echo("NO_SESSION")
+        return 1
+    pid = data.get("orchestrator_pid")
+    if isinstance(pid, int) and pid != os.getpid() and alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            if not alive(pid):
+                break
+            time.sleep(0.05)
+    stopped = [t for t, v in data["tasks"].items() if v.get("pid") and stop_group(v["pid"], v.get("pid_start"))]
+    pool = Pool(layout)
+    released = []
+    if os.path.exists(pool.state_path):
+        for slot in pool.status()["worktrees"]:
+            if slot.get("status") == "busy" and slot.get("task_id") in data["tasks"]:
+                pool.release(slot["id"], quiet=True)
+                released.append(slot["id"])
+
+    def mark(d):
+        d["status"] = "aborted"
+        for t in (d.get("tasks") or {}).values():
+            if t.get("status") == "running":
+                t.update(status="pending", pid=None)
+
+    progress.update(mark)
+    store.Journal(layout.journal).append("abort", stopped=stopped, released=released)
+    statefile.transition("FAILED", layout=layout)
+    click.echo(f"Aborted: {len(stopped)} agent(s) stopped, {len(released)} slot(s) released; "
+               "branches and journal kept (`orchestrator resume` continues)")
+    return 0
+
+
+def _mirror():
+    from engine.cli import checkpoint_manager, merge_branches, pool_manager, setup_worktree, state_transition
+
+    cli.add_command(state_transition.cli, "state")
+    cli.add_command(pool_manager.cli, "pool")
+    cli.add_command(setup_worktree.cli, "worktree")
+    cli.add_command(merge_branches.cli, "merge")
+    cli.add_command(checkpoint_manager.cli, "checkpoint")
+
+
+_mirror()
+
+
+def main():
+    exit_with(cli, PROG)
+
+
+if __name__ == "__main__":
+    main()

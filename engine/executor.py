@@ -1,0 +1,110 @@
+"""Running agents: one interface, a local default.
+
+An agent is a shell command run in its worktree, in its own session (so it and everything
+it starts can be stopped together), with task data only in environment variables and its
+output appended to a per-task log. `LocalExecutor` runs up to N at once on this machine;
+another backend (a cluster scheduler) can implement `submit` with the same AgentSpec.
+"""
+
+import os
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+
+@dataclass
+class AgentSpec:
+    task_id: str
+    command: str
+    cwd: str
+    env: dict = field(default_factory=dict)
+    log_path: str = None
+    timeout: float = None
+
+
+@dataclass
+class AgentResult:
+    task_id: str
+    exit_code: int
+    timed_out: bool
+    duration: float
+
+
+def process_start_time(pid):
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def alive(pid, start=None):
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return start is None or process_start_time(pid) == start
+
+
+def stop_group(pid, start=None, grace=2.0):
+    """Stop a process and its session (TERM, then KILL after `grace`)."""
+    if not alive(pid, start):
+        return False
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        deadline = time.time() + grace
+        while time.time() < deadline:
+            if not alive(pid, start):
+                return True
+            time.sleep(0.05)
+    return True
+
+
+def run_agent(spec, on_start=None):
+    """Run one agent to completion; `on_start(pid, start_time)` is called once it runs."""
+    env = dict(os.environ, **spec.env)
+    os.makedirs(os.path.dirname(spec.log_path), exist_ok=True)
+    started = time.time()
+    with open(spec.log_path, "ab") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {spec.task_id}: {spec.command}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(["/bin/sh", "-c", spec.command], cwd=spec.cwd, env=env, stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        if on_start:
+            on_start(proc.pid, process_start_time(proc.pid))
+        try:
+            code = proc.wait(timeout=spec.timeout)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            stop_group(proc.pid)
+            code = proc.wait()
+            timed_out = True
+        except BaseException:
+            stop_group(proc.pid, grace=1.0)
+            proc.wait()
+            raise
+    return AgentResult(spec.task_id, code, timed_out, time.time() - started)
+
+
+class LocalExecutor:
+    """Up to `max_workers` jobs at once; each job may run an agent subprocess."""
+
+    def __init__(self, max_workers):
+        self.pool = ThreadPoolExecutor(max_workers=max(1, max_workers), thread_name_prefix="agent")
+
+    def submit(self, fn, *args):
+        return self.pool.submit(fn, *args)
+
+    def shutdown(self):
+        self.pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,308 @@
+"""Plans: load (YAML, JSON, the skill's `features:` list, its markdown task list), validate,
+and layer the task DAG into parallel groups.
+
+Validation refuses, with one clear line, before anything is created: an empty task list,
+an invalid or duplicate id, an unknown dependency, a cycle (named: `a -> b -> a`). Tasks
+that declare the same file are made sequential: in topological order, each such task gets
+an implicit dependency on the previous one that touches the file (edges that follow a
+topological order cannot create a cycle). Groups are the DAG's levels, each split into
+chunks of at most `max_agents` tasks.
+"""
+
+import json
+import re
+from dataclasses import dataclass, field
+
+from engine import git, store
+from engine.errors import OrchestratorError
+
+COMPLEXITIES = ("S", "M", "L", "XL")
+
+
+class PlanError(OrchestratorError):
+    """A plan that cannot run."""
+
+
+@dataclass
+class Task:
+    id: str
+    description: str = ""
+    depends_on: list = field(default_factory=list)
+    files: list = field(default_factory=list)
+    agent: str = None
+    verify: str = None
+    expected_output: str = None
+    complexity: str = None
+    timeout: float = None
+    implicit_deps: list = field(default_factory=list)
+
+    @property
+    def branch(self):
+        return f"auto/{self.id}"
+
+    @property
+    def all_deps(self):
+        return list(dict.fromkeys(self.depends_on + self.implicit_deps))
+
+
+@dataclass
+class Plan:
+    tasks: dict
+    order: list
+    groups: list
+    work_type: str = ""
+    base: str = None
+    agent: str = None
+    e2e: str = None
+    source: str = None
+
+    def group_of(self, task_id):
+        for n, group in enumerate(self.groups, 1):
+            if task_id in group:
+                return n
+        raise KeyError(task_id)
+
+
+# --------------------------------------------------------------------------- loading
+def load(path, max_agents=5):
+    """Read and validate the plan at PATH; raises PlanError (one line) when it cannot run."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        raise PlanError(f"ERROR: plan not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PlanError(f"ERROR: cannot read plan {path}: {exc}") from None
+    return parse(text, path, max_agents)
+
+
+def parse(text, source="<plan>", max_agents=5):
+    stripped = text.lstrip()
+    if source.endswith(".md") or (stripped.startswith("#") and re.search(r"(?m)^#+\s*Task\s+\w+\s*:", text)):
+        data = parse_markdown(text)
+    elif stripped.startswith(("{", "[")) and source.endswith(".json"):
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise PlanError(f"ERROR: cannot parse plan {source}: {exc}") from None
+    else:
+        try:
+            data = store.parse_yaml(text, source)
+        except OrchestratorError as exc:
+            raise PlanError(exc.line) from None
+    if isinstance(data, list):
+        data = {"tasks": data}
+    if not isinstance(data, dict):
+        raise PlanError(f"ERROR: plan {source} must be a mapping with a `tasks` list")
+    raw_tasks = data.get("tasks")
+    if raw_tasks is None and "features" in data:
+        raw_tasks = data["features"]
+    return build(data, raw_tasks, source, max_agents)
+
+
+def _str_list(value, what, task_id):
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, (str, int)) for v in value):
+        raise PlanError(f"ERROR: task {task_id}: `{what}` must be a list of strings")
+    return [str(v) for v in value]
+
+
+def _opt_str(entry, key, task_id):
+    value = entry.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, (str, int, float)):
+        raise PlanError(f"ERROR: task {task_id}: `{key}` must be a string")
+    return str(value)
+
+
+def build(data, raw_tasks, source, max_agents):
+    if not isinstance(raw_tasks, list) or not raw_tasks:
+        raise PlanError(f"ERROR: plan {source} has no tasks")
+    tasks, order = {}, []
+    for n, entry in enumerate(raw_tasks, 1):
+        if not isinstance(entry, dict):
+            raise PlanError(f"ERROR: task #{n} in {source} is not a mapping")
+        raw_id = entry.get("id", entry.get("name") if "features" in data and "id" not in entry else None)
+        if raw_id is None:
+            raise PlanError(f"ERROR: task #{n} in {source} has no id")
+        task_id = str(raw_id)
+        try:
+            git.check_ref_component(task_id, "task id")
+        except OrchestratorError as exc:
+            raise PlanError(exc.line.replace("[ERROR] ", "ERROR: ")) from None
+        if task_id in tasks:
+            raise PlanError(f"ERROR: duplicate task id '{task_id}'")
+        timeout = entry.get("timeout")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+            raise PlanError(f"ERROR: task {task_id}: `timeout` must be a positive number of seconds")
+        tasks[task_id] = Task(
+            id=task_id,
+            description=_opt_str(entry, "description", task_id) or _opt_str(entry, "name", task_id) or "",
+            depends_on=_str_list(entry.get("depends_on"), "depends_on", task_id),
+            files=_str_list(entry.get("files"), "files", task_id),
+            agent=_opt_str(entry, "agent", task_id),
+            verify=_opt_str(entry, "verify", task_id),
+            expected_output=_opt_str(entry, "expected_output", task_id),
+            complexity=_opt_str(entry, "complexity", task_id),
+            timeout=timeout,
+        )
+        order.append(task_id)
+    for task in tasks.values():
+        for dep in task.depends_on:
+            if dep not in tasks:
+                raise PlanError(f"ERROR: task {task.id} depends on unknown task '{dep}'")
+            if dep == task.id:
+                raise PlanError(f"ERROR: task {task.id} depends on itself")
+    topo = topological_order(tasks, order)
+    serialize_shared_files(tasks, topo)
+    groups = layer(tasks, topo, max_agents)
+    work_type = data.get("work_type") or ""
+    base = data.get("base")
+    for key, value in (("work_type", work_type), ("base", base), ("agent", data.get("agent")),
+                       ("e2e", data.get("e2e"))):
+        if value is not None and not isinstance(value, str):
+            raise PlanError(f"ERROR: plan `{key}` must be a string")
+    return Plan(tasks=tasks, order=order, groups=groups, work_type=work_type, base=base,
+                agent=data.get("agent"), e2e=data.get("e2e"), source=source)
+
+
+# --------------------------------------------------------------------------- the DAG
+def topological_order(tasks, order):
+    """Kahn's algorithm, stable in plan order; a cycle raises PlanError naming it."""
+    index = {t: i for i, t in enumerate(order)}
+    indegree = {t: len(set(tasks[t].depends_on)) for t in order}
+    dependents = {t: [] for t in order}
+    for t in order:
+        for dep in set(tasks[t].depends_on):
+            dependents[dep].append(t)
+    import heapq
+
+    ready = [index[t] for t in order if indegree[t] == 0]
+    heapq.heapify(ready)
+    result = []
+    while ready:
+        t = order[heapq.heappop(ready)]
+        result.append(t)
+        for nxt in dependents[t]:
+            indegree[nxt] -= 1
+            if indegree[nxt] == 0:
+                heapq.heappush(ready, index[nxt])
+    if len(result) != len(order):
+        raise PlanError(f"ERROR: dependency cycle: {' -> '.join(find_cycle(tasks, set(order) - set(result)))}")
+    return result
+
+
+def find_cycle(tasks, candidates):
+    """One cycle among `candidates` (tasks left after Kahn), as [a, b, ..., a]."""
+    start = min(candidates)
+    seen, path = {}, []
+    node = start
+    while node not in seen:
+        seen[node] = len(path)
+        path.append(node)
+        node = next(d for d in sorted(tasks[node].depends_on) if d in candidates)
+    cycle = path[seen[node]:]  # each task depends on the next
+    return cycle + [cycle[0]]
+
+
+def serialize_shared_files(tasks, topo):
+    last_toucher = {}
+    for t in topo:
+        for f in tasks[t].files:
+            prev = last_toucher.get(f)
+            if prev is not None and prev not in tasks[t].depends_on and prev not in tasks[t].implicit_deps:
+                tasks[t].implicit_deps.append(prev)
+            last_toucher[f] = t
+
+
+def layer(tasks, topo, max_agents):
+    level = {}
+    for t in topo:
+        level[t] = 1 + max((level[d] for d in tasks[t].all_deps), default=0)
+    by_level = {}
+    for t in topo:
+        by_level.setdefault(level[t], []).append(t)
+    cap = max(1, int(max_agents))
+    groups = []
+    for n in sorted(by_level):
+        members = by_level[n]
+        groups += [members[i:i + cap] for i in range(0, len(members), cap)]
+    return groups
+
+
+# --------------------------------------------------------------------------- markdown
+_TASK_HEADING = re.compile(r"^#{1,6}\s*Task\s+([A-Za-z0-9_.-]+)\s*:\s*(.*)$")
+_FIELD = re.compile(r"^\s*[-*]\s*(Depends on|Files|Done when|Complexity|Verify|Expected output|Agent)\s*:\s*(.*)$",
+                    re.IGNORECASE)
+
+
+def _md_id(token):
+    token = token.strip().strip("`*")
+    m = re.fullmatch(r"(?:Task\s+)?([A-Za-z0-9_.-]+)", token, re.IGNORECASE)
+    if not m:
+        return token
+    value = m.group(1)
+    return f"task-{value}" if value.isdigit() else value
+
+
+def parse_markdown(text):
+    """The skill's markdown task list: `Task N: title` headings with `- Depends on:`,
+    `- Files:`, `- Done when:` (a `command` in backticks becomes `verify`), `- Complexity:`."""
+    tasks = []
+    current = None
+    for line in text.splitlines():
+        heading = _TASK_HEADING.match(line)
+        if heading:
+            current = {"id": _md_id(heading.group(1)), "description": heading.group(2).strip()}
+            tasks.append(current)
+            continue
+        if current is None:
+            continue
+        m = _FIELD.match(line)
+        if not m:
+            continue
+        key, value = m.group(1).lower(), m.group(2).strip()
+        if key == "depends on":
+            if value.lower() not in ("", "none", "-", "n/a", "nothing"):
+                current["depends_on"] = [_md_id(v) for v in re.split(r",|\band\b", value) if v.strip()]
+        elif key == "files":
+            current["files"] = [v.strip().strip("`") for v in value.split(",") if v.strip()]
+        elif key in ("done when", "verify"):
+            command = re.search(r"`([^`]+)`", value)
+            if command:
+                current["verify"] = command.group(1)
+            current["done_when"] = value
+        elif key == "complexity":
+            current["complexity"] = value
+        elif key == "expected output":
+            current["expected_output"] = value.strip("`")
+        elif key == "agent":
+            current["agent"] = value.strip("`")
+    return {"tasks": tasks}
+
+
+def mermaid(plan, statuses=None):
+    """The task DAG as Mermaid, one subgraph per parallel group."""
+    statuses = statuses or {}
+    lines = ["graph TD"]
+    for n, group in enumerate(plan.groups, 1):
+        lines.append(f"    subgraph group_{n}[\"Group {n}\"]")
+        for t in group:
+            label = t + (f" ({statuses[t]})" if t in statuses else "")
+            lines.append(f"        {_node(t)}[\"{label}\"]")
+        lines.append("    end")
+    for t in plan.order:
+        for dep in plan.tasks[t].depends_on:
+            lines.append(f"    {_node(dep)} --> {_node(t)}")
+        for dep in plan.tasks[t].implicit_deps:
+            lines.append(f"    {_node(dep)} -.->|shared file| {_node(t)}")
+    return "\n".join(lines) + "\n"
+
+
+def _node(task_id):
+    return "t_" + re.sub(r"[^A-Za-z0-9_]", "_", task_id)
+

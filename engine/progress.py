@@ -1,0 +1,42 @@
+"""`.claude/auto-progress.yaml`: the run's task table, written so the checkpoint commands
+finally see real data (`tasks.<id>.status/branch/group/iterations/retry_count/qa_*`,
+`parallel_groups.group_N.tasks`). Every update is one locked read-modify-write; a
+process-local lock also serializes the executor's threads.
+"""
+
+import os
+import threading
+
+from engine import store
+
+TERMINAL = ("merged", "failed", "blocked")
+
+
+class Progress:
+    def __init__(self, layout):
+        self.path = os.path.join(layout.claude, "auto-progress.yaml")
+        self._lock = threading.Lock()
+
+    def load(self):
+        data, _ = store.load_yaml_mapping(self.path)
+        return data or {}
+
+    def exists(self):
+        return os.path.exists(self.path)
+
+    def update(self, change):
+        """Apply change(data) under the locks and write; returns what change returned."""
+        with self._lock, store.file_lock(self.path):
+            data, header = store.load_yaml_mapping(self.path)
+            data = data or {}
+            result = change(data)
+            store.write_yaml(self.path, data, header or "# parallel-orchestrator run progress")
+            return result
+
+    def set_task(self, task_id, **fields):
+        def change(data):
+            data.setdefault("tasks", {}).setdefault(task_id, {}).update(fields)
+        self.update(change)
+
+    def task(self, task_id):
+        return (self.load().get("tasks") or {}).get(task_id) or {}

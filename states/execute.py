@@ -1,0 +1,101 @@
+"""EXECUTE: run each pending task's agent in its own pooled worktree, up to the group's
+concurrency; commit what an agent leaves uncommitted; retry failures.
+
+Re-entrant: a task left `running` by a dead orchestrator is re-run from its branch tip
+(its orphaned agent was stopped by reconcile, its partial edits are discarded)."""
+
+from engine import git, store, worktree
+from engine.executor import AgentSpec, LocalExecutor, run_agent
+from engine.runner import pending_tasks
+
+RUNNABLE = ("pending", "running", "rejected")
+
+
+def _ensure_pool(run, size):
+    from engine.errors import NotInitialized
+
+    pool = run.pool
+    try:
+        status = pool.status()
+    except NotInitialized:
+        pool.init(size)
+        return
+    if status["pool_size"] < size and status["busy"] == 0:
+        pool.init(size, force=True)
+
+
+def _slot_for(run, task_id):
+    """The slot this task already holds (a resumed attempt), or a fresh lease."""
+    for slot in run.pool.status()["worktrees"]:
+        if slot.get("status") == "busy" and slot.get("task_id") == task_id:
+            path = run.pool.slot_path(slot["id"])
+            git.run(path, "reset", "-q", "--hard")  # discard a killed attempt's partial edits
+            git.run(path, "clean", "-q", "-ffd")
+            return slot["id"], path
+    slot_id, path, _ = run.pool.acquire(task_id, run.base)
+    return slot_id, path
+
+
+def run_task(run, task_id):
+    task = run.plan.tasks[task_id]
+    settings = run.settings
+    command = task.agent or run.options.agent or run.progress.load().get("agent")
+    slot_id, path = _slot_for(run, task_id)
+    while True:
+        state = run.task_state(task_id)
+        attempt = int(state.get("iterations") or 0) + 1
+        run.progress.set_task(task_id, status="running", slot=slot_id, iterations=attempt,
+                              started_at=state.get("started_at") or store.utc_now())
+        run.journal.append("agent-start", task=task_id, slot=slot_id, attempt=attempt)
+        run.reporter.task(task_id, f"running in {slot_id} (attempt {attempt})")
+        env = {"TASK_ID": task_id, "TASK_DESCRIPTION": task.description, "WORKTREE": path, "BRANCH": task.branch,
+               "BASE": run.base, "QA_FEEDBACK": state.get("qa_feedback") or "", "TASK_ATTEMPT": str(attempt),
+               "TASK_FILES": "\n".join(task.files), "TASK_VERIFY": task.verify or "",
+               "ORCHESTRATOR_ROOT": run.layout.root}
+        spec = AgentSpec(task_id, command, path, env, run.log_path(task_id), task.timeout or settings.agent_timeout)
+        result = run_agent(spec, on_start=lambda pid, start: run.progress.set_task(task_id, pid=pid, pid_start=start))
+        run.journal.append("agent-exit", task=task_id, code=result.exit_code, timed_out=result.timed_out)
+        elapsed = (state.get("elapsed") or 0) + result.duration
+        if result.exit_code == 0 and not result.timed_out:
+            if worktree.commit_leftovers(path, f"{task_id}: uncommitted work left by the agent"):
+                run.reporter.task(task_id, "committed what the agent left uncommitted")
+            run.progress.set_task(task_id, status="executed", pid=None, elapsed=round(elapsed, 2))
+            run.reporter.task(task_id, f"agent done in {result.duration:.1f}s")
+            return
+        retries = int(state.get("retry_count") or 0) + 1
+        why = "timed out" if result.timed_out else f"exit {result.exit_code}"
+        if retries > settings.retry_on_failure:
+            run.progress.set_task(task_id, status="failed", pid=None, retry_count=retries - 1,
+                                  failure=f"agent {why}; retries exhausted", elapsed=round(elapsed, 2))
+            run.reporter.task(task_id, f"agent {why}: failed (retries exhausted, see {spec.log_path})")
+            return
+        run.progress.set_task(task_id, retry_count=retries, pid=None, elapsed=round(elapsed, 2))
+        run.reporter.task(task_id, f"agent {why}: retry {retries}/{settings.retry_on_failure}")
+        git.run(path, "reset", "-q", "--hard")
+        git.run(path, "clean", "-q", "-ffd")
+
+
+def handle(run):
+    todo = pending_tasks(run, RUNNABLE)
+    data = run.progress.load()
+    concurrency = int(data.get("concurrency") or 1)
+    if todo:
+        _ensure_pool(run, max(run.settings.max_agents, concurrency))
+        executor = LocalExecutor(concurrency)
+        try:
+            futures = [executor.submit(run_task, run, t) for t in todo]
+            errors = []
+            for future in futures:
+                try:
+                    future.result()
+                except Exception as exc:  # one task's infrastructure failure must not lose the others
+                    errors.append(exc)
+            if errors:
+                raise errors[0]
+        finally:
+            executor.shutdown()
+        tasks = run.progress.load().get("tasks") or {}
+        run.reporter.group_progress(data.get("mode", "PARALLEL"),
+                                    {t: (tasks.get(t) or {}).get("status") for t in run.group_tasks()})
+    return "QA"
+
