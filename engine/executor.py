@@ -6,7 +6,9 @@ output appended to a per-task log. `LocalExecutor` runs up to N at once on this 
 another backend (a cluster scheduler) can implement `submit` with the same AgentSpec.
 """
 
+import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -22,6 +24,7 @@ class AgentSpec:
     env: dict = field(default_factory=dict)
     log_path: str = None
     timeout: float = None
+    exit_path: str = None  # where the agent's exit status lands, even if we die first
 
 
 @dataclass
@@ -71,15 +74,49 @@ def stop_group(pid, start=None, grace=2.0):
     return True
 
 
+def _wrapped(spec):
+    """The agent command plus a trailer that records its exit status atomically in
+    `exit_path`, so a resumed orchestrator can collect the result of an agent that outlived
+    the orchestrator that started it."""
+    if not spec.exit_path:
+        return spec.command
+    target = shlex.quote(spec.exit_path)
+    return (f"{spec.command}\n__orchestrator_status=$?\n"
+            f"printf '%s' \"$__orchestrator_status\" > {target}.tmp && mv -f {target}.tmp {target}\n"
+            "exit $__orchestrator_status\n")
+
+
+def read_exit(path):
+    """The exit status an agent recorded, or None."""
+    try:
+        with open(path, encoding="ascii") as fh:
+            return int(fh.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def wait_for(pid, start=None, timeout=None, poll=0.1):
+    """Wait for a process we did not start (an orphan of a dead run); True if it ended."""
+    deadline = None if timeout is None else time.time() + timeout
+    while alive(pid, start):
+        if deadline is not None and time.time() > deadline:
+            return False
+        time.sleep(poll)
+    return True
+
+
 def run_agent(spec, on_start=None):
     """Run one agent to completion; `on_start(pid, start_time)` is called once it runs."""
     env = dict(os.environ, **spec.env)
     os.makedirs(os.path.dirname(spec.log_path), exist_ok=True)
+    if spec.exit_path:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(spec.exit_path)
     started = time.time()
     with open(spec.log_path, "ab") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {spec.task_id}: {spec.command}\n".encode())
         log.flush()
-        proc = subprocess.Popen(["/bin/sh", "-c", spec.command], cwd=spec.cwd, env=env, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(["/bin/sh", "-c", _wrapped(spec)], cwd=spec.cwd, env=env, stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         if on_start:
             on_start(proc.pid, process_start_time(proc.pid))

