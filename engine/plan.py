@@ -57,10 +57,9 @@ class Plan:
     source: str = None
 
     def group_of(self, task_id):
-        for n, group in enumerate(self.groups, 1):
-            if task_id in group:
-                return n
-        raise KeyError(task_id)
+        if not hasattr(self, "_group_index"):
+            self._group_index = {t: n for n, group in enumerate(self.groups, 1) for t in group}
+        return self._group_index[task_id]
 
 
 # --------------------------------------------------------------------------- loading

@@ -4,6 +4,7 @@ finally see real data (`tasks.<id>.status/branch/group/iterations/retry_count/qa
 process-local lock also serializes the executor's threads.
 """
 
+import copy
 import os
 import threading
 
@@ -16,10 +17,22 @@ class Progress:
     def __init__(self, layout):
         self.path = os.path.join(layout.claude, "auto-progress.yaml")
         self._lock = threading.Lock()
+        self._cache = (None, None)
 
     def load(self):
-        data, _ = store.load_yaml_mapping(self.path)
-        return data or {}
+        """The parsed file (a private copy). Re-parsed only when the file changed: every
+        write is a rename, so (inode, size, mtime) identifies a version."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return {}
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        cached_key, cached = self._cache
+        if cached_key != key:
+            data, _ = store.load_yaml_mapping(self.path)
+            cached = data or {}
+            self._cache = (key, cached)
+        return copy.deepcopy(cached)
 
     def exists(self):
         return os.path.exists(self.path)

@@ -12,9 +12,13 @@ def handle(run):
     data = run.progress.load()
     states = {t: (data.get("tasks") or {}).get(t, {}) for t in tasks}
     failed = [t for t, s in states.items() if s.get("status") != "merged"]
-    for slot in run.pool.status()["worktrees"]:
-        if slot.get("status") == "busy" and slot.get("task_id") in tasks:
-            run.pool.release(slot["id"], quiet=True)
+    held = [s for s in run.pool.status()["worktrees"] if s.get("status") == "busy" and s.get("task_id") in tasks]
+    if held:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(8, len(held))) as workers:  # independent slots: release together
+            list(workers.map(lambda slot: run.pool.release(slot["id"], quiet=True), held))
+        for slot in held:
             run.journal.append("release", slot=slot["id"], task=slot["task_id"])
     _drop_merged_branches(run, [t for t in tasks if t not in failed])
     memory = Memory(run.layout)

@@ -13,9 +13,10 @@ def handle(run):
         tasks = data.setdefault("tasks", {})
         for task_id in plan.order:
             task = plan.tasks[task_id]
-            entry = tasks.setdefault(task_id, {"status": "pending", "iterations": 0, "retry_count": 0})
-            entry.update(name=task.description, branch=task.branch, group=plan.group_of(task_id),
-                         depends_on=task.all_deps)
+            entry = tasks.setdefault(task_id, {"status": "pending"})  # counters appear when they count
+            entry.update(name=task.description, branch=task.branch, group=plan.group_of(task_id))
+            if task.all_deps:
+                entry["depends_on"] = task.all_deps
         data["parallel_groups"] = {f"group_{n}": {"tasks": list(group),
                                                   "status": (data.get("parallel_groups") or {}).get(
                                                       f"group_{n}", {}).get("status", "pending")}

@@ -1,0 +1,83 @@
+"""The pipeline: 16 tasks whose agent sleeps 1 s and commits a file, run at max_agents 8
+and at max_agents 1 in the same benchmark (speedup = time at 1 / time at 8); and DECOMPOSE
+(load, validate, layer, write the progress file) for a generated 10,000-task DAG."""
+
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import report  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def make_repo(base, name, max_agents):
+    from engine import demo
+
+    repo = demo.make_repo(os.path.join(base, name))
+    with open(os.path.join(repo, ".claude", "auto-context.yaml"), "w") as fh:
+        fh.write(f"parallelization:\n  max_agents: {max_agents}\n  min_tasks: 2\n")
+    plan = os.path.join(base, name, "plan.yaml")
+    with open(plan, "w") as fh:
+        fh.write(f"base: main\nagent: {sys.executable} {os.path.join(ROOT, 'engine', 'demo_agent.py')}\ntasks:\n")
+        for i in range(16):
+            fh.write(f"  - {{id: t{i}, description: task {i}}}\n")
+    return repo, plan
+
+
+def timed_run(base, name, max_agents):
+    repo, plan = make_repo(base, name, max_agents)
+    env = dict(os.environ, PYTHONPATH=ROOT, DEMO_AGENT_SLEEP="1")
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "engine.cli.orchestrator", "run", "--all-groups", "--quiet", plan],
+                   cwd=repo, env=env, check=True)
+    return time.perf_counter() - start
+
+
+def decompose_10k(base):
+    from engine import plan as plans
+    from engine.paths import Layout
+    from engine.runner import Options, Run
+
+    rng = random.Random(1)
+    path = os.path.join(base, "big.yaml")
+    with open(path, "w") as fh:
+        fh.write("agent: 'true'\ntasks:\n")
+        for i in range(10000):
+            deps = sorted({f"t{rng.randrange(i)}" for _ in range(rng.randint(0, 3))}) if i else []
+            fh.write(f"  - {{id: t{i}, depends_on: [{', '.join(deps)}]}}\n")
+    start = time.perf_counter()
+    p = plans.load(path, max_agents=8)
+    load_time = time.perf_counter() - start
+    root = os.path.join(base, "big")
+    os.makedirs(os.path.join(root, ".claude"))
+    run = Run(Layout(root), Options(quiet=True))
+    run.progress.update(lambda d: d.update(plan_file=path, base="main"))
+    from states import decompose
+
+    start = time.perf_counter()
+    run._plan = None
+    decompose.handle(run)
+    handler_time = time.perf_counter() - start
+    return load_time, handler_time, len(p.groups)
+
+
+def main():
+    with tempfile.TemporaryDirectory() as base:
+        sequential = timed_run(base, "one", 1)
+        parallel = timed_run(base, "eight", 8)
+        report("16 x 1 s tasks, max_agents 1 (baseline)", sequential, sequential, "")
+        report("16 x 1 s tasks, max_agents 8", parallel, sequential, "max_agents 1")
+        print(f"{'speedup':<48} {sequential / parallel:8.2f}x")
+        load_time, handler_time, groups = decompose_10k(base)
+        print(f"{'plan load+validate+layer, 10,000 tasks':<48} {load_time * 1000:8.1f} ms   ({groups} groups)")
+        print(f"{'DECOMPOSE handler (load + progress file), 10k':<48} {handler_time * 1000:8.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
