@@ -30,6 +30,7 @@ import shutil
 import socket
 
 from engine import git, store, worktree
+from engine.procs import alive, process_start_time
 from engine.ui import warn
 from engine.errors import GitError, InvalidValue, NotInitialized, OrchestratorError, StateFileError
 from engine.paths import Layout
@@ -67,33 +68,15 @@ def check_slot_id(value):
     return value
 
 
-def _process_start(pid):
-    """The kernel's start time of pid (guards against pid reuse), or None if unknown."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
 def make_owner(pid):
-    return {"pid": pid, "host": socket.gethostname(), "since": local_timestamp(), "start": _process_start(pid)}
+    return {"pid": pid, "host": socket.gethostname(), "since": local_timestamp(), "start": process_start_time(pid)}
 
 
 def owner_alive(owner):
     """True/False for an owner on this host; None when it cannot be judged (other host)."""
-    if not owner or not isinstance(owner.get("pid"), int):
+    if not owner or not isinstance(owner.get("pid"), int) or owner.get("host") != socket.gethostname():
         return None
-    if owner.get("host") != socket.gethostname():
-        return None
-    try:
-        os.kill(owner["pid"], 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    start = owner.get("start")
-    return start is None or _process_start(owner["pid"]) == start
+    return alive(owner["pid"], owner.get("start"))
 
 
 def idle_slot(slot_id, rel_path):
@@ -286,13 +269,17 @@ class Pool:
         if branch and git.branch_exists(repo, branch) and base_commit and \
                 git.unique_commits(repo, branch, base_commit) == 0 and not self._checked_out(repo, branch):
             git.delete_branch(repo, branch)
+        self.mark_idle(slot_id)
+        self.journal.append("acquire-rollback", slot=slot_id, branch=branch)
+
+    def mark_idle(self, slot_id):
+        """Reset one slot to the contract's idle record (all task fields null)."""
         with self.lock():
             data = self.load()
             slot = self.find(data, slot_id)
             slot.clear()
-            slot.update(idle_slot(slot_id, self.rel(path)))
+            slot.update(idle_slot(slot_id, self.rel(self.slot_path(slot_id))))
             self.save(data)
-        self.journal.append("acquire-rollback", slot=slot_id, branch=branch)
 
     def _mark(self, slot_id, **fields):
         """Set (or, with None, remove) fields of one slot under the lock."""
@@ -344,12 +331,7 @@ class Pool:
         except BaseException:
             self._mark(slot_id, releasing=None, owner=snapshot_owner)  # still busy, as before
             raise
-        with self.lock():
-            data = self.load()
-            slot = self.find(data, slot_id)
-            slot.clear()
-            slot.update(idle_slot(slot_id, self.rel(self.slot_path(slot_id))))
-            self.save(data)
+        self.mark_idle(slot_id)
         self.journal.append("release-done", slot=slot_id, branch=snapshot.get("branch"), kept=kept)
         return slot_id
 

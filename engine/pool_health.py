@@ -156,12 +156,7 @@ def _recreate(pool, sid, branch):
     if branch and git.branch_exists(repo, branch) and not pool._checked_out(repo, branch):
         worktree.add_worktree(repo, path, branch, discard=lambda: pool._discard_broken(repo, path))
         return
-    with pool.lock():
-        data = pool.load()
-        slot = pool.find(data, sid)
-        slot.clear()
-        slot.update(idle_slot(sid, pool.rel(path)))
-        pool.save(data)
+    pool.mark_idle(sid)
     with git.worktree_lock(repo):
         pool._discard_broken(repo, path)
 

@@ -19,7 +19,7 @@ import time
 from engine import git, statefile, store
 from engine.config import load as load_settings
 from engine.errors import OrchestratorError
-from engine.executor import alive, stop_group, wait_for
+from engine.procs import alive, stop_group, wait_for
 from engine.paths import Layout
 from engine.plan import load as load_plan
 from engine.progress import TERMINAL, Progress

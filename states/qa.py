@@ -5,7 +5,7 @@ QA_FEEDBACK, counted against the retries) or QA_BLOCKED (the check itself cannot
 import subprocess
 
 from engine import store
-from engine.executor import stop_group
+from engine.procs import stop_group
 from engine.runner import pending_tasks
 
 BLOCKED_CODES = (126, 127)  # not executable / command not found: the check cannot run

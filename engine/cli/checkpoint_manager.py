@@ -5,7 +5,7 @@ import json
 
 import click
 
-from engine.cli.common import DATA_ARGS, ContractGroup, echo_lines, exit_with, prog_name
+from engine.cli.common import DATA_ARGS, echo_lines, exit_with, help_group, prog_name
 from engine.errors import UsageError
 
 PROG = "checkpoint-manager"
@@ -39,17 +39,7 @@ def _usage(rest):
     return UsageError(f"Usage: {prog_name(PROG)} {rest}")
 
 
-@click.group(cls=ContractGroup, fallback="help", invoke_without_command=True,
-             context_settings={"help_option_names": []})
-@click.pass_context
-def cli(ctx):
-    if ctx.invoked_subcommand is None:
-        click.echo(HELP)
-
-
-@cli.command("help", context_settings=dict(DATA_ARGS, allow_extra_args=True))
-def help_cmd():
-    click.echo(HELP)
+cli = help_group(HELP)
 
 
 @cli.command("write", context_settings=DATA_ARGS)

@@ -87,3 +87,20 @@ class ContractGroup(click.Group):
 # A context setting for commands whose arguments are free-form data: "-5" or "-rf" is a
 # value, not an unknown option.
 DATA_ARGS = {"ignore_unknown_options": True, "help_option_names": []}
+
+
+def help_group(text):
+    """A contract-style group: no subcommand, `help`, an unknown word or any option print
+    TEXT and exit 0 (state-transition.sh and checkpoint-manager.sh behave so)."""
+    @click.group(cls=ContractGroup, fallback="help", invoke_without_command=True,
+                 context_settings={"help_option_names": []})
+    @click.pass_context
+    def group(ctx):
+        if ctx.invoked_subcommand is None:
+            click.echo(text)
+
+    @group.command("help", context_settings=dict(DATA_ARGS, allow_extra_args=True))
+    def help_cmd():
+        click.echo(text)
+
+    return group

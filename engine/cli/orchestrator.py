@@ -135,7 +135,7 @@ def graph_cmd(plan):
 def abort_cmd():
     """Stop the running orchestrator and its agents, release slots; branches and journal stay."""
     from engine import statefile, store
-    from engine.executor import alive, stop_group
+    from engine.procs import alive, stop_group
     from engine.paths import Layout
     from engine.pool import Pool
     from engine.progress import Progress
