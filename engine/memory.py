@@ -192,7 +192,7 @@ class Memory:
         in_group = [_text(t) for t in group.get("tasks") or [] if t is not None]
         tasks = progress.get("tasks") if isinstance(progress.get("tasks"), dict) else {}
         completed = [_text(tid) for tid, t in tasks.items()
-                     if status == "post" and isinstance(t, dict) and t.get("status") == "done"
+                     if status == "post" and isinstance(t, dict) and t.get("status") in ("done", "merged")
                      and str(t.get("group")) == str(n)]
         prefix = {"pre": f"Starting execution of parallel group {n}. ",
                   "post": f"Completed parallel group {n}. All tasks verified. ",

@@ -7,7 +7,7 @@ import os
 import pytest
 import yaml
 
-from tests.conftest import commit_file, git
+from tests.conftest import commit_file
 
 MEM = ".claude/auto-memory"
 

@@ -58,12 +58,11 @@ def test_demo_plan_end_to_end(orch, demo_repo, monkeypatch):
     mem = ".claude/auto-memory"
     for n in (1, 2, 3):
         post = yaml.safe_load(open(f"{mem}/parallel-group-{n}-post.yaml"))
-        assert post["completed_tasks"] == [] or set(post["completed_tasks"]) <= set(TASKS)
+        assert post["completed_tasks"] == data["parallel_groups"][f"group_{n}"]["tasks"]
         assert post["tasks_in_group"] == data["parallel_groups"][f"group_{n}"]["tasks"]
     assert os.path.exists(f"{mem}/context-summary.md") and os.path.exists(f"{mem}/next-actions.md")
     state = yaml.safe_load(open(".claude/auto-state-machine.yaml"))
     assert state["current_state"] == "COMPLETE" and state["work_type"] == "BACKEND"
-    assert "Agent" not in open(".claude/auto-logs/cli.log").read() or True
     assert "attempt 2, feedback: True" in open(".claude/auto-logs/cli.log").read()
     status = orch("status")
     assert status.code == 0 and "State: COMPLETE" in status.out and "cli" in status.out

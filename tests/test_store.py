@@ -40,7 +40,7 @@ def test_journal_skips_tampered_lines_but_keeps_them(tmp_path):
 def test_journal_tail_window_larger_than_file_boundary(tmp_path, monkeypatch):
     monkeypatch.setattr(store.Journal, "TAIL_BYTES", 64)
     j = store.Journal(str(tmp_path / "j.jsonl"))
-    for i in range(20):
+    for _ in range(20):
         j.append("e", payload="x" * 50)
     assert j.last()["seq"] == 20
 
