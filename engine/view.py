@@ -18,8 +18,8 @@ def _box(lines):
 
 
 def _width(text):
-    # emoji used in the boxes take two columns
-    return sum(2 if ord(c) > 0x2000 and c not in "─│┌┐└┘├└█░…→" else 1 for c in text)
+    # emoji used in the boxes take two columns; a variation selector takes none
+    return sum(0 if c == "\ufe0f" else 2 if ord(c) > 0x2000 and c not in "─│┌┐└┘├└█░…→•" else 1 for c in text)
 
 
 def bar(done, total, width=16):
@@ -70,7 +70,8 @@ class Reporter:
             return
         icon = {"executed": "✅", "approved": "✅", "merged": "✅", "failed": "❌", "blocked": "⛔",
                 "running": "⏳", "rejected": "🔁"}
-        lines = [f"⚡ Execution Mode: {mode}", f"   Progress: {bar(done, len(statuses))} agents complete", ""]
+        icon_mode = "⚡" if mode == "PARALLEL" else "⏸️"
+        lines = [f"{icon_mode} Execution Mode: {mode}", f"   Progress: {bar(done, len(statuses))} agents complete", ""]
         for t, s in statuses.items():
             lines.append(f"   {icon.get(s, '⏳')} {t} ({s})")
         self._emit(_box(lines))
