@@ -175,3 +175,31 @@ def test_mirrored_groups(orch, repo):
     assert orch("pool", "init", "2").out == "Pool initialized: 2 slots available\n"
     assert orch("pool", "acquire", "t1").out.startswith("wt-1|")
     assert orch("checkpoint", "bogus").lines[0] == "Checkpoint Manager v3.0"
+
+
+def test_markdown_task_list_runs_with_agent_option(orch, demo_repo, tmp_path):
+    import shlex
+    import sys
+
+    repo, _ = demo_repo
+    md = tmp_path / "plan.md"
+    md.write_text("# Plan\n\n### Task 1: Models\n- Files: app/task_1.py\n- Done when: `test -f app/task_1.py`\n"
+                  "- Complexity: S\n\n### Task 2: API\n- Depends on: Task 1\n- Done when: `test -f app/task_1.py "
+                  "&& test -f app/task_2.py`\n")
+    agent = f"{shlex.quote(sys.executable)} {shlex.quote(demo.AGENT)}"
+    r = orch("run", "--all-groups", "--agent", agent, str(md))
+    assert r.code == 0, r
+    assert git(repo, "show", "main:app/task_2.py").endswith('return "task-2 ok"')
+    assert progress()["tasks"]["task-2"]["depends_on"] == ["task-1"]
+
+
+def test_task_data_reaches_the_agent_only_as_environment(orch, demo_repo, tmp_path):
+    repo, _ = demo_repo
+    plan = tmp_path / "hostile.yaml"
+    plan.write_text("agent: 'printf %s \"$TASK_DESCRIPTION\" > desc.txt && git add desc.txt && "
+                    "git -c user.name=a -c user.email=a@a commit -qm desc'\n"
+                    "tasks:\n  - {id: t1, description: '$(touch pwned); `touch pwned2`; \"quotes\"'}\n")
+    r = orch("run", "--all-groups", str(plan))
+    assert r.code == 0, r
+    assert git(repo, "show", "main:desc.txt") == '$(touch pwned); `touch pwned2`; "quotes"'
+    assert not any(os.path.exists(p) for p in ("pwned", "pwned2", os.path.join(repo, "pwned")))
