@@ -65,13 +65,15 @@ class Reporter:
 
     def group_progress(self, mode, statuses):
         done = sum(1 for s in statuses.values() if s in ("executed", "approved", "merged", "failed", "blocked"))
+        elapsed = f"{time.time() - self.started:.1f}s"
         if not self.boxes:
-            self._emit([f"[orchestrator] progress {done}/{len(statuses)} agents complete"])
+            self._emit([f"[orchestrator] progress {done}/{len(statuses)} agents complete, {elapsed} elapsed"])
             return
         icon = {"executed": "✅", "approved": "✅", "merged": "✅", "failed": "❌", "blocked": "⛔",
                 "running": "⏳", "rejected": "🔁"}
         icon_mode = "⚡" if mode == "PARALLEL" else "⏸️"
-        lines = [f"{icon_mode} Execution Mode: {mode}", f"   Progress: {bar(done, len(statuses))} agents complete", ""]
+        lines = [f"{icon_mode} Execution Mode: {mode}",
+                 f"   Progress: {bar(done, len(statuses))} agents complete, {elapsed}", ""]
         for t, s in statuses.items():
             lines.append(f"   {icon.get(s, '⏳')} {t} ({s})")
         self._emit(_box(lines))

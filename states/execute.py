@@ -81,6 +81,7 @@ def run_task(run, task_id):
                 run.reporter.task(task_id, "committed what the agent left uncommitted")
             run.progress.set_task(task_id, status="executed", pid=None, elapsed=round(elapsed, 2))
             run.reporter.task(task_id, f"agent done in {result.duration:.1f}s")
+            _show_progress(run)
             return
         retries = int(state.get("retry_count") or 0) + 1
         why = "timed out" if result.timed_out else f"exit {result.exit_code}"
@@ -88,6 +89,7 @@ def run_task(run, task_id):
             run.progress.set_task(task_id, status="failed", pid=None, retry_count=retries - 1,
                                   failure=f"agent {why}; retries exhausted", elapsed=round(elapsed, 2))
             run.reporter.task(task_id, f"agent {why}: failed (retries exhausted, see {run.log_path(task_id)})")
+            _show_progress(run)
             return
         run.progress.set_task(task_id, status="pending", retry_count=retries, pid=None, elapsed=round(elapsed, 2))
         run.reporter.task(task_id, f"agent {why}: retry {retries}/{settings.retry_on_failure}")
@@ -114,8 +116,13 @@ def handle(run):
                 raise errors[0]
         finally:
             executor.shutdown()
-        tasks = run.progress.load().get("tasks") or {}
-        run.reporter.group_progress(data.get("mode", "PARALLEL"),
-                                    {t: (tasks.get(t) or {}).get("status") for t in run.group_tasks()})
     return "QA"
+
+
+def _show_progress(run):
+    """The skill's progress box, after every agent completion."""
+    data = run.progress.load()
+    tasks = data.get("tasks") or {}
+    run.reporter.group_progress(data.get("mode", "PARALLEL"),
+                                {t: (tasks.get(t) or {}).get("status") for t in run.group_tasks()})
 
