@@ -151,25 +151,28 @@ def start(plan_path, options=None, layout=None):
     run = Run(layout, options)
     with RunLock(layout):
         previous = run.progress.load()
-        if previous.get("status") == "running" and previous.get("plan_digest") != plan_digest(plan_path):
+        if previous.get("status") in ("running", "stopped") and previous.get("plan_digest") != plan_digest(plan_path):
             raise OrchestratorError("ERROR: another run is in progress; `orchestrator resume` it or "
                                     "`orchestrator abort` it first")
-        run.progress.update(lambda data: _begin(data, plan_path, plan, base, agent))
+        fresh = run.progress.update(lambda data: _begin(data, plan_path, plan, base, agent))
         state = statefile.get_state(layout)
-        if state not in PIPELINE:
+        if fresh or state not in PIPELINE:
             statefile.transition("DECOMPOSE", force=state not in ("IDLE", "COMPLETE", "FAILED", "PLAN"),
                                  layout=layout)
         return loop(run)
 
 
 def _begin(data, plan_path, plan, base, agent):
+    """Record the run; True when it starts afresh (a new plan, or the last run ended)."""
     digest = plan_digest(plan_path)
-    if data.get("plan_digest") != digest or data.get("status") in ("complete", "aborted"):
+    fresh = data.get("plan_digest") != digest or data.get("status") in ("complete", "aborted")
+    if fresh:
         data.clear()
     data.update(plan_file=plan_path, plan_digest=digest, base=base, work_type=plan.work_type or "",
                 agent=agent, status="running", orchestrator_pid=os.getpid())
     data.setdefault("run_id", time.strftime("run-%Y%m%d-%H%M%S"))
     data.setdefault("started_at", store.utc_now())
+    return fresh
 
 
 def resume(options=None, layout=None):

@@ -1,12 +1,18 @@
 """PARALLELIZE: pick the next unfinished group and decide PARALLEL or SEQUENTIAL the way
 the skill does (`enabled`, `min_tasks`, `max_agents`)."""
 
+from engine.errors import OrchestratorError
 from engine.memory import Memory
 from engine.runner import group_finished
 
 
 def handle(run):
     plan, settings = run.plan, run.settings
+    known = run.progress.load().get("tasks") or {}
+    missing = [t for t in plan.order if t not in known]
+    if missing:
+        raise OrchestratorError(f"ERROR: the progress file does not list task {missing[0]} of the plan; "
+                                "start over with `orchestrator abort` and `orchestrator run PLAN`")
     n = next((i for i in range(1, len(plan.groups) + 1) if not group_finished(run, i)), None)
     if n is None:
         return "COMPLETE"

@@ -203,3 +203,29 @@ def test_task_data_reaches_the_agent_only_as_environment(orch, demo_repo, tmp_pa
     assert r.code == 0, r
     assert git(repo, "show", "main:desc.txt") == '$(touch pwned); `touch pwned2`; "quotes"'
     assert not any(os.path.exists(p) for p in ("pwned", "pwned2", os.path.join(repo, "pwned")))
+
+
+def test_a_new_plan_while_a_run_is_stopped_is_refused_then_allowed_after_abort(orch, demo_repo, tmp_path):
+    repo, plan = demo_repo
+    assert orch("run", plan).code == 0  # stopped at the first session boundary
+    other = tmp_path / "other.yaml"
+    other.write_text(open(plan).read().replace("description: Data models", "description: Other models"))
+    r = orch("run", str(other))
+    assert r.code == 1 and "another run is in progress" in r.err
+    assert orch("abort").code == 0
+    r = orch("run", "--all-groups", str(other))
+    assert r.code == 0, r
+    data = progress()
+    assert data["status"] == "complete" and data["plan_file"] == str(other)
+    assert all(v["status"] == "merged" for v in data["tasks"].values())
+
+
+def test_run_again_after_completion_starts_afresh(orch, demo_repo):
+    repo, plan = demo_repo
+    assert orch("run", "--all-groups", plan).code == 0
+    first = progress()["run_id"]
+    assert orch("run", "--all-groups", plan).code == 0  # same plan: a new run, already-merged work recognised
+    data = progress()
+    assert data["status"] == "complete" and all(v["status"] == "merged" for v in data["tasks"].values())
+    assert git(repo, "log", "--merges", "--format=%s", "main").count("feat: Merge auto/models") >= 1
+    assert data["run_id"] >= first
