@@ -125,14 +125,17 @@ def test_work_type_unknown_type_is_accepted_as_data(st):
     assert data["work_type"] == hostile and data["current_state"] == "IDLE"
 
 
-@pytest.mark.parametrize("confidence", ["high", "1.0; touch p", "nan", "inf", "", "0x10", "1,5"])
+def test_work_type_empty_confidence_means_default(st):
+    r = st("work-type", "BACKEND", "", "")  # `work-type "$T" "$F" "$C"` with $C unset, as bash's ${4:-1.0}
+    assert r.lines[-1] == "Work type set to: BACKEND (confidence: 1.0)"
+    assert load()["classification_confidence"] == 1.0
+
+
+@pytest.mark.parametrize("confidence", ["high", "1.0; touch p", "nan", "inf", "0x10", "1,5", " "])
 def test_work_type_bad_confidence_changes_nothing(st, confidence):
     st("init")
     before = raw()
     r = st("work-type", "BACKEND", "", confidence)
-    if confidence == "":
-        # An explicitly empty confidence is not a number either.
-        assert r.code == 1
     assert r.code == 1 and r.out == ""
     assert "confidence must be" in r.err and len(r.err.splitlines()) == 1
     assert raw() == before
@@ -381,6 +384,7 @@ def test_skills_defaults_from_file_and_unknown_state(st):
     assert st("skills").out == "superpowers:brainstorming,superpowers:writing-plans,architecture-patterns\n"
     assert st("skills", "NOPE").out == "\n"
     assert st("skills", "EXECUTE").out == "superpowers:test-driven-development\n"
+    assert st("skills", "", "").out == st("skills").out  # empty arguments mean "current", as in bash
 
 
 # ----------------------------------------------------------------------------- help

@@ -69,7 +69,8 @@ def work_type_cmd(work_type, focus, confidence):
     if not work_type:
         click.echo(statefile.get_work_type())
         return
-    echo_lines(statefile.set_work_type(work_type, focus, confidence))
+    # bash's ${4:-1.0}: an empty confidence (an unset $CONFIDENCE in the caller) means 1.0
+    echo_lines(statefile.set_work_type(work_type, focus, confidence or "1.0"))
 
 
 @cli.command("transition", context_settings=DATA_ARGS)
@@ -115,7 +116,8 @@ def resume_cmd(as_json):
 @click.argument("state", required=False)
 @click.argument("work_type", required=False)
 def skills_cmd(state, work_type):
-    click.echo(",".join(statefile.skills(state, work_type)))
+    # bash's ${2:-current}: an empty argument means the current value
+    click.echo(",".join(statefile.skills(state or None, work_type or None)))
 
 
 @cli.command("history")
