@@ -310,7 +310,7 @@ def test_merge_busy_branches_into_target(pm, repo):
     git(repo, "checkout", "-q", "-b", "other")
     r = pm("merge", "main")
     assert r.code == 0, r
-    assert "Merged: auto/a auto/b" in r.out
+    assert "Merged: auto/a auto/b" in r.out and r.lines[-1] == "Status: ✅ ALL MERGED SUCCESSFULLY"
     assert git(repo, "show", "main:a.txt") == "a" and git(repo, "show", "main:b.txt") == "b"
     assert git(repo, "log", "-1", "--format=%s", "main") == "Merge auto/b (Agent Pool)"
     assert git(repo, "rev-parse", "other") != git(repo, "rev-parse", "main")  # HEAD branch untouched
@@ -324,6 +324,7 @@ def test_merge_failure_exits_nonzero(pm, repo):
     commit_file(p2, "same.txt", "b\n")
     r = pm("merge")
     assert r.code == 1 and "Failed: auto/b" in r.out and "Conflicts in: same.txt" in r.out
+    assert r.lines[-2:] == ["Status: ⚠️  SOME MERGES FAILED", "  - wt-2:auto/b"]
     assert git(repo, "show", "main:same.txt") == "a"
     assert not os.path.exists(".git/MERGE_HEAD")
 

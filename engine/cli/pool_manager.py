@@ -126,12 +126,20 @@ def merge_cmd(target):
     from engine import merge
 
     pool = _pool()
-    branches = [s["branch"] for s in pool.status()["worktrees"] if s.get("status") == "busy" and s.get("branch")]
-    report = merge.merge_branches(pool.repo, target, branches, message="Merge {branch} (Agent Pool)",
-                                  delete_merged=False)
+    busy = [s for s in pool.status()["worktrees"] if s.get("status") == "busy" and s.get("branch")]
+    report = merge.merge_branches(pool.repo, target, [s["branch"] for s in busy],
+                                  message="Merge {branch} (Agent Pool)", delete_merged=False)
     for line in merge.branch_lines(report) + merge.summary_lines(report):
         click.echo(line)
-    return 0 if not report.failed else 1
+    failed = {b for b, _, _ in report.failed}
+    if not failed:
+        click.echo("Status: ✅ ALL MERGED SUCCESSFULLY")
+        return 0
+    click.echo("Status: ⚠️  SOME MERGES FAILED")
+    for slot in busy:
+        if slot["branch"] in failed:
+            click.echo(f"  - {slot['id']}:{slot['branch']}")
+    return 1
 
 
 @cli.command("health")
