@@ -134,7 +134,10 @@ def _roll_forward(layout, data):
     if not last or last.get("event") != "transition":
         return False
     seq = data.get("journal_seq")
-    if not isinstance(seq, int) or seq != last["seq"] - 1 or current_state_of(data) != last.get("from"):
+    # `prev_seq` is the journal_seq the file had when the transition was decided; other
+    # events (the runner's) may sit between the two records.
+    if not isinstance(seq, int) or seq != last.get("prev_seq", last["seq"] - 1) or \
+            current_state_of(data) != last.get("from"):
         return False
     _apply_transition(data, last["from"], last["to"], last["ts"])
     data["journal_seq"] = last["seq"]
@@ -228,7 +231,8 @@ def transition(new_state, force=False, layout=None):
             if not force:
                 machine.check_transition(source, new_state)
             forced = force and source in machine.EDGES and new_state not in machine.EDGES[source]
-            record = journal.append("transition", **{"from": source, "to": new_state, "forced": forced})
+            record = journal.append("transition", **{"from": source, "to": new_state, "forced": forced,
+                                                     "prev_seq": data.get("journal_seq")})
             _apply_transition(data, source, new_state, record["ts"])
             data["journal_seq"] = record["seq"]
             _save(layout, data, header)

@@ -99,3 +99,26 @@ def test_yaml_round_trip(doc):
 def test_timestamps_stay_strings():
     assert store.parse_yaml("t: 2026-01-01T10:00:00Z\nd: 2026-01-01\n", "x") == \
         {"t": "2026-01-01T10:00:00Z", "d": "2026-01-01"}
+
+
+def test_roll_forward_across_interleaved_runner_events(tmp_path):
+    """The runner journals its own events between transitions; a kill right after a
+    transition record must still be rolled forward by the next call."""
+    import yaml
+
+    from engine import statefile
+    from engine.paths import Layout
+
+    layout = Layout(str(tmp_path))
+    statefile.init("PARALLELIZE", layout=layout)
+    journal = store.Journal(layout.journal)
+    journal.append("agent-start", task="t1")
+    journal.append("agent-exit", task="t1", code=0)
+    before = open(layout.state_file, "rb").read()
+    # simulate a kill between the journal append and the file replace of `transition EXECUTE`
+    data = yaml.safe_load(before)
+    journal.append("transition", **{"from": "PARALLELIZE", "to": "EXECUTE", "forced": False,
+                                   "prev_seq": data["journal_seq"]})
+    assert statefile.get_state(layout) == "PARALLELIZE"
+    lines = statefile.transition("QA", layout=layout)  # the next call rolls forward first
+    assert lines[0] == "Transitioned: EXECUTE -> QA"
