@@ -18,12 +18,18 @@ class OrchestratorError(Exception):
     def message(self):
         return self.args[0]
 
+    MAX_LINE = 600
+
     @property
     def line(self):
-        """The stderr line: the message, with `ERROR: ` unless it carries its own prefix."""
-        if self.verbatim or self.message.startswith(self.PREFIXES):
-            return self.message
-        return f"ERROR: {self.message}"
+        """The stderr line: the message, with `ERROR: ` unless it carries its own prefix,
+        always one line (control characters in echoed values escaped) and of bounded length."""
+        text = self.message if self.verbatim or self.message.startswith(self.PREFIXES) else f"ERROR: {self.message}"
+        text = "".join(ch if ch >= " " and ch != "\x7f" else ch.encode("unicode_escape").decode("ascii")
+                       for ch in text)
+        if len(text) > self.MAX_LINE:
+            text = text[:self.MAX_LINE // 2] + " … " + text[-self.MAX_LINE // 2:]
+        return text
 
 
 class UsageError(OrchestratorError):

@@ -37,7 +37,7 @@ def run(group, default_prog, args=None):
         click.echo("Aborted.", err=True)
         return 130
     except click.ClickException as exc:
-        click.echo(f"ERROR: {exc.format_message()}", err=True)
+        click.echo(OrchestratorError(f"ERROR: {exc.format_message()}").line, err=True)
         return 1
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
@@ -52,8 +52,8 @@ def run(group, default_prog, args=None):
     except Exception as exc:  # a bug, not bad input: one line, the traceback on request
         if os.environ.get("ORCH_DEBUG"):
             raise
-        click.echo(f"ERROR: internal error ({type(exc).__name__}: {exc}); set ORCH_DEBUG=1 for the traceback",
-                   err=True)
+        click.echo(OrchestratorError(f"ERROR: internal error ({type(exc).__name__}: {exc}); "
+                                     "set ORCH_DEBUG=1 for the traceback").line, err=True)
         return 70
     return result if isinstance(result, int) else 0
 
