@@ -59,7 +59,8 @@ def test_init_rejects_invalid_state_and_creates_nothing(st, bad):
         return
     assert r.code == 1
     assert r.out == ""
-    assert r.err.startswith(f"ERROR: Invalid state '{bad}'. Valid states: IDLE DETECT")
+    shown = bad.replace("\n", "\\n")  # echoed values are escaped: the error stays one line
+    assert r.err.startswith(f"ERROR: Invalid state '{shown}'. Valid states: IDLE DETECT")
     assert not os.path.exists(".claude")
     assert not os.path.exists("p")
 
