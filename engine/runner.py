@@ -14,6 +14,7 @@ One orchestrator per project at a time: `run`/`resume` hold an exclusive flock o
 import fcntl
 import hashlib
 import os
+import threading
 import time
 
 from engine import git, statefile, store
@@ -49,6 +50,7 @@ class Run:
         self._settings = None
         self._pool = None
         self.stop_requested = False  # set by CHECKPOINT at a session boundary
+        self.cancel = threading.Event()  # set on Ctrl-C/SIGTERM: no new agent attempts
 
     # ------------------------------------------------------------------ lazily built parts
     @property

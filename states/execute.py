@@ -6,6 +6,7 @@ Re-entrant: a task left `running` by a dead orchestrator is re-run from its bran
 
 from engine import git, store, worktree
 from engine.executor import AgentResult, AgentSpec, LocalExecutor, read_exit, run_agent
+from engine.procs import stop_group
 from engine.runner import pending_tasks
 
 RUNNABLE = ("pending", "running", "rejected")
@@ -54,7 +55,7 @@ def run_task(run, task_id):
     command = task.agent or run.options.agent or run.progress.load().get("agent")
     slot_id, path = _slot_for(run, task_id, keep_edits=_collect_orphan(run, task_id, run.task_state(task_id))
                               is not None)
-    while True:
+    while not run.cancel.is_set():
         state = run.task_state(task_id)
         result = _collect_orphan(run, task_id, state)
         if result is None:
@@ -114,6 +115,14 @@ def handle(run):
                     errors.append(exc)
             if errors:
                 raise errors[0]
+        except BaseException:
+            # Ctrl-C, SIGTERM (abort) or a failure: no new attempts, stop the running agents;
+            # their tasks stay `running` and a resume re-runs or collects them.
+            run.cancel.set()
+            for t, v in (run.progress.load().get("tasks") or {}).items():
+                if v.get("status") == "running" and v.get("pid"):
+                    stop_group(v["pid"], v.get("pid_start"), grace=1.0)
+            raise
         finally:
             executor.shutdown()
     return "QA"

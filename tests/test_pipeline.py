@@ -229,3 +229,32 @@ def test_run_again_after_completion_starts_afresh(orch, demo_repo):
     assert data["status"] == "complete" and all(v["status"] == "merged" for v in data["tasks"].values())
     assert git(repo, "log", "--merges", "--format=%s", "main").count("feat: Merge auto/models") >= 1
     assert data["run_id"] >= first
+
+
+def test_abort_stops_a_running_orchestrator_and_its_agents(orch, demo_repo):
+    import subprocess
+    import time
+
+    from engine.procs import alive
+    from tests.conftest import PYTHON, python_env
+
+    repo, plan = demo_repo
+    env = dict(python_env(), DEMO_AGENT_SLEEP="30")
+    proc = subprocess.Popen([PYTHON, "-m", "engine.cli.orchestrator", "run", "--quiet", plan], cwd=repo, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        tasks = (progress() if os.path.exists(".claude/auto-progress.yaml") else {}).get("tasks") or {}
+        if sum(1 for t in tasks.values() if t.get("status") == "running" and t.get("pid")) == 3:
+            break
+        time.sleep(0.1)
+    agents = [(t["pid"], t.get("pid_start")) for t in progress()["tasks"].values() if t.get("pid")]
+    assert len(agents) == 3
+    r = orch("abort")
+    assert r.code == 0, r
+    proc.wait(timeout=20)  # the orchestrator itself is gone too
+    assert not any(alive(pid, start) for pid, start in agents)
+    data = progress()
+    assert data["status"] == "aborted"
+    assert all(t.get("iterations", 0) <= 1 for t in data["tasks"].values())  # no new attempt was started
+    assert json.loads(orch("pool", "status", "--json").out)["busy"] == 0  # slots released
