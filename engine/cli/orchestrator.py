@@ -179,11 +179,13 @@ def abort_cmd():
 def _mirror():
     from engine.cli import checkpoint_manager, merge_branches, pool_manager, setup_worktree, state_transition
 
-    cli.add_command(state_transition.cli, "state")
-    cli.add_command(pool_manager.cli, "pool")
-    cli.add_command(setup_worktree.cli, "worktree")
-    cli.add_command(merge_branches.cli, "merge")
-    cli.add_command(checkpoint_manager.cli, "checkpoint")
+    for module, name, what in ((state_transition, "state", "state-transition: the state machine file"),
+                               (pool_manager, "pool", "pool-manager: the worktree pool"),
+                               (setup_worktree, "worktree", "setup-worktree: one single-use worktree"),
+                               (merge_branches, "merge", "merge-branches: merge task branches"),
+                               (checkpoint_manager, "checkpoint", "checkpoint-manager: memory files, snapshots")):
+        module.cli.short_help = what
+        cli.add_command(module.cli, name)
 
 
 _mirror()
