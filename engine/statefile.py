@@ -251,21 +251,18 @@ def add_checkpoint(path, description="", layout=None):
     layout = layout or Layout()
     _validate_text("checkpoint file", path)
     _validate_text("description", description, allow_newlines=True)
-    if not os.path.exists(layout.state_file):
-        raise NotInitialized("ERROR: State machine not initialized")
-    with store.file_lock(layout.state_file):
-        data, header = _load(layout)
-        if data is None:
-            raise NotInitialized("ERROR: State machine not initialized")
-        _roll_forward(layout, data)
+
+    def change(data):
         memory_file = os.path.join(layout.memory_dir, f"{_memory_name(current_state_of(data))}-checkpoint.md")
         block = [f"## Checkpoint: {path}", f"- Time: {_now_utc()}"]
         if description:
             block.append("- Description: " + description.replace("\n", "\n  "))
-        store.append_text(memory_file, "\n".join(block) + "\n\n")
+        store.append_text(memory_file, "\n".join(block) + "\n\n")  # first: the list never names a missing note
         files = data.get("checkpoint_files")
         data["checkpoint_files"] = (list(files) if isinstance(files, list) else []) + [path]
-        _save(layout, data, header)
+
+    if not _update_if_present(layout, change):
+        raise NotInitialized("ERROR: State machine not initialized")
     return [f"Checkpoint added: {path}"]
 
 
@@ -320,31 +317,26 @@ def _percent(ratio):
 
 def add_tokens(amount, layout=None):
     """Add AMOUNT to token_usage.estimated; return (lines, exit code 0/1/2)."""
-    layout = layout or Layout()
     delta = _parse_tokens(amount)
-    if not os.path.exists(layout.state_file):
-        return [], 0  # the contract: silent no-op without a session
-    with store.file_lock(layout.state_file):
-        data, header = _load(layout)
-        if data is None:
-            return [], 0  # the contract: silent no-op without a session
-        _roll_forward(layout, data)
+    numbers = {}
+
+    def change(data):
         usage = data.get("token_usage")
-        if not isinstance(usage, dict):
-            usage = {}
-        estimated = _token_number(usage, "estimated") + delta
-        budget = _token_number(usage, "budget")
-        warning = _token_number(usage, "warning_threshold")
-        checkpoint = _token_number(usage, "checkpoint_threshold")
-        usage["estimated"] = estimated
+        usage = usage if isinstance(usage, dict) else {}
+        for key in DEFAULT_TOKENS:
+            numbers[key] = _token_number(usage, key)
+        numbers["estimated"] += delta
+        usage["estimated"] = numbers["estimated"]
         data["token_usage"] = usage
-        _save(layout, data, header)
-    if budget <= 0:
+
+    if not _update_if_present(layout, change):
+        return [], 0  # the contract: silent no-op without a session
+    if numbers["budget"] <= 0:
         return [], 0
-    ratio = estimated / budget  # compared unrounded (§6 item 11)
-    if ratio >= checkpoint:
+    ratio = numbers["estimated"] / numbers["budget"]  # compared unrounded (§6 item 11)
+    if ratio >= numbers["checkpoint_threshold"]:
         return [f"TOKEN_CHECKPOINT: Usage at {_percent(ratio)}% - checkpoint required"], 2
-    if ratio >= warning:
+    if ratio >= numbers["warning_threshold"]:
         return [f"TOKEN_WARNING: Usage at {_percent(ratio)}% - start summarization"], 1
     return [], 0
 
