@@ -40,26 +40,31 @@ STALE = ("DETECT", "CLASSIFY", "PLAN", "PARALLELIZE", "EXECUTE", "INTEGRATE", "R
          "DECOMPOSE", "QA", "E2E", "CHECKPOINT")
 
 
+UNIVERSAL = ("IDLE", "COMPLETE", "FAILED")  # reachable from every state
+
+# The documented chain and the pipeline's own edges.
+CHAIN = [
+    ("IDLE", "DETECT"), ("DETECT", "CLASSIFY"), ("CLASSIFY", "PLAN"),
+    ("PLAN", "EXECUTE"), ("PLAN", "DECOMPOSE"),
+    ("DECOMPOSE", "PARALLELIZE"), ("PARALLELIZE", "EXECUTE"),
+    ("EXECUTE", "QA"), ("QA", "EXECUTE"), ("QA", "E2E"), ("QA", "INTEGRATE"),
+    ("E2E", "INTEGRATE"), ("INTEGRATE", "CHECKPOINT"), ("CHECKPOINT", "PARALLELIZE"),
+    ("INTEGRATE", "REVIEW"), ("REVIEW", "COMPLETE"), ("RESEARCH", "COMPLETE"),
+    ("SMART_ANALYZE", "SMART_DIRECT"), ("SMART_ANALYZE", "SMART_ORCHESTRATED"),
+    ("SMART_DIRECT", "SMART_VERIFY"), ("SMART_ORCHESTRATED", "SMART_VERIFY"),
+    ("SMART_VERIFY", "COMPLETE"),
+]
+
+
 def _edges():
     edges = {state: set() for state in STATES}
     for state in STATES:
-        edges[state].update(("IDLE", "COMPLETE", "FAILED"))
+        edges[state].update(UNIVERSAL)
     for state in RESTARTABLE:
         edges[state].update(START_STATES)
     for state in STALE:
         edges[state].update(("PARALLELIZE", "INTEGRATE"))
-    chain = [
-        ("IDLE", "DETECT"), ("DETECT", "CLASSIFY"), ("CLASSIFY", "PLAN"),
-        ("PLAN", "EXECUTE"), ("PLAN", "DECOMPOSE"),
-        ("DECOMPOSE", "PARALLELIZE"), ("PARALLELIZE", "EXECUTE"),
-        ("EXECUTE", "QA"), ("QA", "EXECUTE"), ("QA", "E2E"), ("QA", "INTEGRATE"),
-        ("E2E", "INTEGRATE"), ("INTEGRATE", "CHECKPOINT"), ("CHECKPOINT", "PARALLELIZE"),
-        ("INTEGRATE", "REVIEW"), ("REVIEW", "COMPLETE"), ("RESEARCH", "COMPLETE"),
-        ("SMART_ANALYZE", "SMART_DIRECT"), ("SMART_ANALYZE", "SMART_ORCHESTRATED"),
-        ("SMART_DIRECT", "SMART_VERIFY"), ("SMART_ORCHESTRATED", "SMART_VERIFY"),
-        ("SMART_VERIFY", "COMPLETE"),
-    ]
-    for source, dest in chain:
+    for source, dest in CHAIN:
         edges[source].add(dest)
     edges["FAILED"].discard("FAILED")
     return {state: frozenset(targets) for state, targets in edges.items()}
@@ -107,15 +112,20 @@ def build_machine(initial="IDLE"):
 
 
 def mermaid(current=None):
-    """The machine as a Mermaid state diagram; the current state, if any, is highlighted."""
+    """The machine as a Mermaid state diagram; the current state, if any, is highlighted.
+
+    Edges into IDLE, COMPLETE and FAILED exist from every state; drawing them all would
+    bury the rest, so they are one note (and drawn only where the chain itself has them)."""
     machine, _ = build_machine()
-    lines = ["stateDiagram-v2", "    [*] --> IDLE"]
+    chain = set(CHAIN)
+    lines = ["stateDiagram-v2", "    [*] --> IDLE",
+             "    note right of IDLE: every state may also go to IDLE, COMPLETE or FAILED"]
     for dest in STATES:
         event = machine.events.get(f"to_{dest}")
         if event is None:
             continue
         for source in STATES:
-            if source in event.transitions:
+            if source in event.transitions and (dest not in UNIVERSAL or (source, dest) in chain):
                 lines.append(f"    {source} --> {dest}")
     if current in STATES:
         lines.append("    classDef current fill:#f96,stroke:#333,stroke-width:3px")
