@@ -14,9 +14,10 @@ State lives in `pool-state.json` (CONTRACT.md §3.2; extra fields allowed). Desi
 - **Crash safety.** A slot left `preparing`/`releasing` by a dead process is an interrupted
   operation that `health --repair` rolls back or finishes. Intent and outcome of every
   acquire/release go to `.claude/pool-journal.jsonl`.
-- **Leases.** A ready slot records `owner.pid` only when `POOL_OWNER_PID` names the process
-  that holds the lease (the orchestrator sets it); the short-lived `pool-manager` process
-  itself is never the owner, so `health` does not mistake a normal lease for a dead one.
+- **Leases.** A ready slot records its owner: host and time always, and `owner.pid` when
+  `POOL_OWNER_PID` names the process that holds the lease (the orchestrator sets it to
+  itself; a shell can pass `POOL_OWNER_PID=$$`). The short-lived `pool-manager` process is
+  never recorded as the owner, so `health` does not mistake a normal lease for a dead one.
 
 Paths: `POOL_DIR` and `POOL_STATE_FILE` relative values resolve against the project root
 (engine.paths), not the cwd. The `path` field keeps the contract's relative form; `acquire`
@@ -68,8 +69,10 @@ def check_slot_id(value):
     return value
 
 
-def make_owner(pid):
-    return {"pid": pid, "host": socket.gethostname(), "since": local_timestamp(), "start": process_start_time(pid)}
+def make_owner(pid=None):
+    """Who holds a slot: host and time always; the pid when one is known to hold the lease."""
+    return {"pid": pid, "host": socket.gethostname(), "since": local_timestamp(),
+            "start": process_start_time(pid) if pid else None}
 
 
 def owner_alive(owner):
@@ -203,7 +206,7 @@ class Pool:
             if current.get("task_id") != task or not current.get("preparing"):
                 raise OrchestratorError(f"[ERROR] {slot['id']} was taken over while being prepared")
             current.pop("preparing", None)
-            current["owner"] = make_owner(int(self.lease_pid)) if str(self.lease_pid or "").isdigit() else None
+            current["owner"] = make_owner(int(self.lease_pid) if str(self.lease_pid or "").isdigit() else None)
             current["created_branch"] = created_branch
             self.save(data)
         self.journal.append("acquire-done", slot=slot["id"], task=task, branch=branch)

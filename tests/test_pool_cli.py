@@ -94,6 +94,7 @@ def test_acquire_one_line_worktree_branch_and_state(pm, repo):
     assert (s["status"], s["task_id"], s["branch"], s["path"]) == ("busy", "task-a", "auto/task-a",
                                                                   ".claude/worktree-pool/wt-1")
     assert s["acquired_at"] and "preparing" not in s
+    assert s["owner"]["host"] and s["owner"]["since"] and s["owner"]["pid"] is None  # no lease pid named
 
 
 def test_acquire_requires_task_and_exhaustion(pm, repo):
@@ -349,6 +350,7 @@ def test_health_finds_and_repairs_every_drift(pm, repo, monkeypatch):
     _, p1, _ = acquire_ok(pm, "gone")
     monkeypatch.setenv("POOL_OWNER_PID", "999999")  # a lease owner that does not exist
     _, p2, _ = acquire_ok(pm, "orphaned")
+    assert state()["worktrees"][1]["owner"]["pid"] == 999999
     monkeypatch.delenv("POOL_OWNER_PID")
     commit_file(p2, "o.txt", "work\n")
     subprocess.run(["rm", "-rf", p1], check=True)  # busy slot without worktree (and a stale entry)
