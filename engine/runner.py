@@ -212,7 +212,7 @@ def reconcile(run):
         from engine import pool_health
 
         run.pool.adopt(set(tasks), os.getpid())
-        _, remaining, repaired = pool_health.health(run.pool, repair=True)
+        _, _, repaired = pool_health.health(run.pool, repair=True)
         for line in repaired:
             run.reporter.line(f"pool repaired: {line}")
 
@@ -227,8 +227,8 @@ def loop(run):
         if state == "COMPLETE":
             run.progress.update(lambda d: d.update(status="complete", completed_at=store.utc_now()))
             run.reporter.final(run)
-            return 0 if not any(t.get("status") != "merged" for t in (run.progress.load().get("tasks") or {}).values()) \
-                else 1
+            tasks = (run.progress.load().get("tasks") or {}).values()
+            return 0 if all(t.get("status") == "merged" for t in tasks) else 1
         handler = handler_for(state)
         run.journal.append("state-enter", state=state)
         next_state = handler(run)
