@@ -470,3 +470,23 @@ def test_root_env_override(st, tmp_path, monkeypatch):
     st("init")
     assert os.path.exists(tmp_path / "elsewhere" / STATE)
     assert not os.path.exists(".claude")
+
+
+def test_read_only_state_directory_is_one_clear_line(st):
+    if os.geteuid() == 0:
+        pytest.skip("root ignores directory permissions")
+    st("init")
+    os.chmod(".claude", 0o500)
+    try:
+        r = st("transition", "DETECT")
+        assert r.code == 1 and r.err.startswith("ERROR: Permission denied") and len(r.err.splitlines()) == 1
+    finally:
+        os.chmod(".claude", 0o755)
+
+
+def test_filesystem_errors_are_one_clear_line(st, monkeypatch):
+    """Whatever the filesystem refuses (here: the state file's directory is a file)."""
+    os.makedirs(".claude")
+    open(".claude/auto-memory", "w").close()  # where init wants a directory
+    r = st("init")
+    assert r.code == 1 and r.err.startswith("ERROR: File exists") and len(r.err.splitlines()) == 1

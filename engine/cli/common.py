@@ -49,6 +49,10 @@ def run(group, default_prog, args=None):
         except OSError:
             pass
         return 0
+    except OSError as exc:  # the filesystem said no (read-only, full disk, permissions)
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        click.echo(OrchestratorError(f"ERROR: {exc.strerror or exc}{where}").line, err=True)
+        return 1
     except Exception as exc:  # a bug, not bad input: one line, the traceback on request
         if os.environ.get("ORCH_DEBUG"):
             raise
