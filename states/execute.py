@@ -1,8 +1,9 @@
 """EXECUTE: run each pending task's agent in its own pooled worktree, up to the group's
 concurrency; commit what an agent leaves uncommitted; retry failures.
 
-Re-entrant: a task left `running` by a dead orchestrator is re-run from its branch tip
-(its orphaned agent was stopped by reconcile, its partial edits are discarded)."""
+Re-entrant: for a task left `running` by a dead orchestrator, reconcile has waited for its
+orphaned agent; if that agent recorded an exit status, the result is collected (its work
+kept); otherwise the attempt is re-run from the branch tip with partial edits discarded."""
 
 from engine import git, store, worktree
 from engine.executor import AgentResult, AgentSpec, LocalExecutor, read_exit, run_agent
@@ -53,11 +54,11 @@ def run_task(run, task_id):
     task = run.plan.tasks[task_id]
     settings = run.settings
     command = task.agent or run.options.agent or run.progress.load().get("agent")
-    slot_id, path = _slot_for(run, task_id, keep_edits=_collect_orphan(run, task_id, run.task_state(task_id))
-                              is not None)
+    collected = _collect_orphan(run, task_id, run.task_state(task_id))
+    slot_id, path = _slot_for(run, task_id, keep_edits=collected is not None)
     while not run.cancel.is_set():
         state = run.task_state(task_id)
-        result = _collect_orphan(run, task_id, state)
+        result, collected = collected, None
         if result is None:
             attempt = int(state.get("iterations") or 0) + 1
             run.progress.set_task(task_id, status="running", slot=slot_id, iterations=attempt,
