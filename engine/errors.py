@@ -2,6 +2,19 @@
 and an exit code; nothing below the CLI prints errors or exits."""
 
 
+MAX_LINE = 600
+
+
+def one_line(text):
+    """Any message as one bounded stderr line: control characters in echoed values are
+    escaped (a newline in a hostile id cannot split the line) and long values are cut."""
+    text = "".join(ch if ch >= " " and ch != "\x7f" else ch.encode("unicode_escape").decode("ascii")
+                   for ch in text)
+    if len(text) > MAX_LINE:
+        text = text[:MAX_LINE // 2] + " … " + text[-MAX_LINE // 2:]
+    return text
+
+
 class OrchestratorError(Exception):
     """An expected failure: shown as one line on stderr, no traceback."""
 
@@ -18,18 +31,11 @@ class OrchestratorError(Exception):
     def message(self):
         return self.args[0]
 
-    MAX_LINE = 600
-
     @property
     def line(self):
-        """The stderr line: the message, with `ERROR: ` unless it carries its own prefix,
-        always one line (control characters in echoed values escaped) and of bounded length."""
+        """The stderr line: the message, with `ERROR: ` unless it carries its own prefix."""
         text = self.message if self.verbatim or self.message.startswith(self.PREFIXES) else f"ERROR: {self.message}"
-        text = "".join(ch if ch >= " " and ch != "\x7f" else ch.encode("unicode_escape").decode("ascii")
-                       for ch in text)
-        if len(text) > self.MAX_LINE:
-            text = text[:self.MAX_LINE // 2] + " … " + text[-self.MAX_LINE // 2:]
-        return text
+        return one_line(text)
 
 
 class UsageError(OrchestratorError):

@@ -147,8 +147,18 @@ def local_branches(repo, prefix="refs/heads/"):
     return [line[len("refs/heads/"):] for line in text.splitlines() if line]
 
 
-def delete_branch(repo, branch):
-    run(repo, "branch", "-D", "--", branch)  # callers check for unmerged work first
+def delete_branch(repo, *branches, check=True):
+    """`branch -D` (callers check for unmerged work first); git itself refuses a branch that
+    is checked out somewhere, which `check=False` callers read from the result."""
+    return run(repo, "branch", "-D", "--", *branches, check=check)
+
+
+def checked_out_at(repo, branch, listing=None):
+    """The path of the live worktree that has BRANCH checked out, or None."""
+    for entry in worktrees(repo) if listing is None else listing:
+        if entry["branch"] == branch and not entry["prunable"]:
+            return entry["path"]
+    return None
 
 
 def worktrees(repo):
@@ -210,9 +220,8 @@ def check_ref_component(value, what="task id"):
         raise OrchestratorError(f"[ERROR] invalid {what} (longer than 100 characters)")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value) or ".." in value or value.endswith(
             (".lock", ".")):
-        shown = value.encode("unicode_escape").decode("ascii")
         raise OrchestratorError(
-            f"[ERROR] invalid {what} '{shown}': use letters, digits, '.', '_' and '-' "
+            f"[ERROR] invalid {what} '{value}': use letters, digits, '.', '_' and '-' "
             "(not starting with '-' or '.', no '..')")
     return value
 

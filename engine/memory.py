@@ -25,8 +25,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 def check_name(value, what):
     if not value or not _NAME.fullmatch(value) or ".." in value:
-        shown = value.encode("unicode_escape").decode("ascii")
-        raise InvalidValue(f"ERROR: invalid {what} '{shown}': use letters, digits, '_', '.' and '-'")
+        raise InvalidValue(f"ERROR: invalid {what} '{value}': use letters, digits, '_', '.' and '-'")
     return value
 
 
@@ -291,8 +290,7 @@ class Memory:
         return [f"Memory files archived to: {self.layout.rel(target)}"]
 
 
-def _text(value, default=""):
-    return statefile._as_text(value, default)
+_text = statefile.as_text  # how yq -r prints a scalar
 
 
 class _Literal(str):

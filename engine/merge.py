@@ -100,13 +100,6 @@ def progress_dependencies(root):
     return result
 
 
-def _checked_out_in(repo, branch):
-    for entry in git.worktrees(repo):
-        if entry["branch"] == branch and not entry["prunable"]:
-            return entry["path"]
-    return None
-
-
 def merge_branches(repo, target, branches, message="feat: Merge {branch}", delete_merged=True, dry_run=False):
     """Merge BRANCHES into TARGET in the given order; see the module docstring."""
     target = target or default_target(repo)
@@ -153,14 +146,14 @@ def merge_branches(repo, target, branches, message="feat: Merge {branch}", delet
         report.kept = [b for b in report.merged if b in checked_out]
         doomed = [b for b in report.merged if b not in checked_out]
         if doomed:
-            git.run(repo, "branch", "-D", "--", *doomed)
+            git.delete_branch(repo, *doomed)
             report.deleted = doomed
     return report
 
 
 def _move_target(repo, target, old, new):
     """Advance TARGET from old to new (a descendant) without touching uncommitted work."""
-    where = _checked_out_in(repo, target)
+    where = git.checked_out_at(repo, target)
     if where is None:
         git.run(repo, "update-ref", "-m", "parallel-orchestrator merge", f"refs/heads/{target}", new, old)
         return

@@ -64,8 +64,7 @@ def check_slot_id(value):
     if not value:
         raise InvalidValue("[ERROR] Worktree ID required")
     if not SLOT_ID.fullmatch(value):
-        shown = value.encode("unicode_escape").decode("ascii")
-        raise InvalidValue(f"[ERROR] invalid worktree id '{shown}' (expected wt-N)")
+        raise InvalidValue(f"[ERROR] invalid worktree id '{value}' (expected wt-N)")
     return value
 
 
@@ -215,10 +214,9 @@ class Pool:
     def _refuse_if_checked_out_elsewhere(self, repo, branch):
         """Refuse a branch checked out outside the pool; return the worktree listing."""
         listing = git.worktrees(repo)
-        for entry in listing:
-            if entry["branch"] == branch and not entry["prunable"]:
-                if os.path.dirname(os.path.realpath(entry["path"])) != os.path.realpath(self.dir):
-                    raise OrchestratorError(f"[ERROR] Branch {branch} is checked out in {entry['path']}")
+        where = git.checked_out_at(repo, branch, listing)
+        if where and os.path.dirname(os.path.realpath(where)) != os.path.realpath(self.dir):
+            raise OrchestratorError(f"[ERROR] Branch {branch} is checked out in {where}")
         return listing
 
     def _prepare(self, repo, path, branch, base_commit, listing):
@@ -234,7 +232,7 @@ class Pool:
         real = os.path.realpath(path)
         entry = next((e for e in listing if os.path.realpath(e["path"]) == real), None)
         if entry is not None and not entry["prunable"] and os.path.isfile(os.path.join(path, ".git")):
-            _clear_stale_locks(path, branch, repo)
+            clear_stale_locks(path, branch, repo)
             try:
                 if reuse:
                     git.run(path, "checkout", "-q", "-f", branch, "--")
@@ -263,14 +261,14 @@ class Pool:
             slot = self.find(data, slot_id)
             branch, base_commit = slot.get("branch"), slot.get("base_commit")
         path = self.slot_path(slot_id)
-        _clear_stale_locks(path, branch, repo, shared=takeover)
+        clear_stale_locks(path, branch, repo, shared=takeover)
         if worktree.worktree_healthy(repo, path):
             git.run(path, "checkout", "-q", "-f", "--detach", check=False)
         elif os.path.lexists(path):
             with git.worktree_lock(repo):  # a `worktree add` cut short: start the slot afresh
                 self._discard_broken(repo, path)
         if branch and git.branch_exists(repo, branch) and base_commit and \
-                git.unique_commits(repo, branch, base_commit) == 0 and not self._checked_out(repo, branch):
+                git.unique_commits(repo, branch, base_commit) == 0 and not git.checked_out_at(repo, branch):
             git.delete_branch(repo, branch)
         self.mark_idle(slot_id)
         self.journal.append("acquire-rollback", slot=slot_id, branch=branch)
@@ -295,10 +293,6 @@ class Pool:
                 else:
                     slot[key] = value
             self.save(data)
-
-    @staticmethod
-    def _checked_out(repo, branch):
-        return any(e["branch"] == branch and not e["prunable"] for e in git.worktrees(repo))
 
     # ------------------------------------------------------------------ release
     def release(self, slot_id, force=False, quiet=False):
@@ -347,7 +341,7 @@ class Pool:
         repo = self.repo
         path = self.slot_path(slot["id"])
         branch = slot.get("branch")
-        _clear_stale_locks(path, branch, repo, shared=takeover)
+        clear_stale_locks(path, branch, repo, shared=takeover)
         if os.path.isfile(os.path.join(path, ".git")):
             try:
                 current, dirty = git.status(path, *worktree.leftover_pathspec())
@@ -378,7 +372,7 @@ class Pool:
             warn(f"[WARN] Keeping branch {branch}: {unique} commit(s) not in {slot.get('base') or 'the base'} "
                  "(use --force to delete)")
             return True
-        proc = git.run(repo, "branch", "-D", "--", branch, check=False)
+        proc = git.delete_branch(repo, branch, check=False)
         if proc.returncode != 0:
             warn(f"[WARN] Keeping branch {branch}: {proc.stderr.strip().splitlines()[-1:] or ''}")
             return True
@@ -475,7 +469,7 @@ def stale_git_locks(path, branch=None, repo=None):
     return [f for f in found if os.path.exists(f)]
 
 
-def _clear_stale_locks(path, branch=None, repo=None, shared=False):
+def clear_stale_locks(path, branch=None, repo=None, shared=False):
     """Only called when nobody else can be running git for this slot: we hold its lease, or
     its previous owner is dead. With `shared`, also the repository-wide packed-refs.lock,
     which any ref deletion takes: it is removed only once it is older than git ever holds it."""

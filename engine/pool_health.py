@@ -10,7 +10,8 @@ from typing import Callable, Optional
 
 from engine import git, worktree
 from engine.errors import NotInitialized, StateFileError
-from engine.pool import SHARED_LOCK_STALE_AFTER, SHARED_LOCKS, SLOT_ID, _clear_stale_locks, clear_if_stale, idle_slot, local_timestamp, owner_alive, stale_git_locks
+from engine.pool import (SHARED_LOCK_STALE_AFTER, SHARED_LOCKS, SLOT_ID, clear_if_stale, clear_stale_locks,
+                         idle_slot, local_timestamp, owner_alive, stale_git_locks)
 
 
 @dataclass
@@ -93,9 +94,10 @@ def find_issues(pool):
         elif healthy and entry and entry["branch"]:
             issues.append(Issue("idle-holds-branch", sid, f"idle slot {sid} still has {entry['branch']} "
                                 "checked out", lambda path=path, sid=sid: _detach(path, sid)))
-        if not busy and stale_git_locks(path):
-            issues.append(Issue("stale-lock", sid, f"stale git lock file in idle slot {sid}: "
-                                f"{', '.join(stale_git_locks(path))}", lambda path=path: _clear_stale_locks(path)))
+        locks = [] if busy else stale_git_locks(path)
+        if locks:
+            issues.append(Issue("stale-lock", sid, f"stale git lock file in idle slot {sid}: {', '.join(locks)}",
+                                lambda path=path: clear_stale_locks(path)))
 
     import time
 
@@ -153,7 +155,7 @@ def _size_on_disk(pool):
 def _recreate(pool, sid, branch):
     repo = pool.repo
     path = pool.slot_path(sid)
-    if branch and git.branch_exists(repo, branch) and not pool._checked_out(repo, branch):
+    if branch and git.branch_exists(repo, branch) and not git.checked_out_at(repo, branch):
         worktree.add_worktree(repo, path, branch, discard=lambda: pool._discard_broken(repo, path))
         return
     pool.mark_idle(sid)

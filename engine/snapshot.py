@@ -27,8 +27,7 @@ _ID = re.compile(r"cp-\d{8}-\d{6}(-\d+)?")
 
 def check_id(value):
     if not value or not _ID.fullmatch(value):
-        shown = (value or "").encode("unicode_escape").decode("ascii")
-        raise InvalidValue(f"ERROR: invalid checkpoint id '{shown}' (expected cp-YYYYMMDD-HHMMSS[-N])")
+        raise InvalidValue(f"ERROR: invalid checkpoint id '{value or ''}' (expected cp-YYYYMMDD-HHMMSS[-N])")
     return value
 
 

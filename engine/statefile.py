@@ -87,7 +87,7 @@ def _template(state):
     }
 
 
-def _as_text(value, default=""):
+def as_text(value, default=""):
     """How yq -r would print a scalar: null -> default, everything else as text."""
     if value is None:
         return default
@@ -100,12 +100,12 @@ def _as_list(value):
     if value is None:
         return []
     if isinstance(value, list):
-        return [_as_text(v) for v in value]
-    return [_as_text(value)]
+        return [as_text(v) for v in value]
+    return [as_text(value)]
 
 
 def current_state_of(data):
-    return _as_text(data.get("current_state"), "IDLE") if data is not None else "IDLE"
+    return as_text(data.get("current_state"), "IDLE") if data is not None else "IDLE"
 
 
 def _load(layout):
@@ -125,7 +125,7 @@ def _apply_transition(data, source, dest, when):
     if source not in phases:  # append-only, without the original's duplicates
         phases.append(source)
     data["completed_phases"] = phases
-    data["mandatory_skills"] = mandatory_skills(dest, _as_text(data.get("work_type")))
+    data["mandatory_skills"] = mandatory_skills(dest, as_text(data.get("work_type")))
 
 
 def _roll_forward(layout, data):
@@ -145,6 +145,9 @@ def _roll_forward(layout, data):
 
 
 def _init_data(layout, state, via):
+    """A fresh template at STATE, journaled; the memory directory exists afterwards (as the
+    original `init` made it)."""
+    os.makedirs(layout.memory_dir, exist_ok=True)
     data = _template(state)
     record = store.Journal(layout.journal).append("init", to=state, via=via, forced=False)
     data["journal_seq"] = record["seq"]
@@ -165,7 +168,6 @@ def init(state="IDLE", layout=None):
             _load(layout)
         except StateFileError:
             os.replace(layout.state_file, layout.state_file + ".corrupt")
-        os.makedirs(layout.memory_dir, exist_ok=True)
         data = _init_data(layout, state, via="init")
         _save(layout, data, HEADER)
     return [_init_line(layout)]
@@ -183,7 +185,7 @@ def get_state(layout=None):
 
 def get_work_type(layout=None):
     data = read(layout)
-    return _as_text(data.get("work_type")) if data is not None else ""
+    return as_text(data.get("work_type")) if data is not None else ""
 
 
 def set_work_type(work_type, focus="", confidence="1.0", layout=None):
@@ -196,7 +198,6 @@ def set_work_type(work_type, focus="", confidence="1.0", layout=None):
     with store.file_lock(layout.state_file):
         data, header = _load(layout)
         if data is None:
-            os.makedirs(layout.memory_dir, exist_ok=True)
             data = _init_data(layout, "IDLE", via="work-type")
             lines.append(_init_line(layout))
         else:
@@ -220,7 +221,6 @@ def transition(new_state, force=False, layout=None):
         journal = store.Journal(layout.journal)
         if data is None:
             # The contract initialises at the target; we also compute its skills (§6 item 29).
-            os.makedirs(layout.memory_dir, exist_ok=True)
             data = _init_data(layout, new_state, via="transition")
             data["mandatory_skills"] = mandatory_skills(new_state, "")
             _save(layout, data, HEADER)
@@ -351,9 +351,9 @@ def resume_info(layout=None):
     if os.path.isdir(layout.memory_dir):
         memory = [layout.rel(os.path.join(layout.memory_dir, name)) for name in sorted(os.listdir(layout.memory_dir))]
     return {
-        "session_id": _as_text(data.get("session_id")),
+        "session_id": as_text(data.get("session_id")),
         "current_state": current_state_of(data),
-        "work_type": _as_text(data.get("work_type")),
+        "work_type": as_text(data.get("work_type")),
         "completed_phases": _as_list(data.get("completed_phases")),
         "memory_files": memory,
     }
@@ -376,7 +376,7 @@ def skills(state=None, work_type=None, layout=None):
     if state is None or work_type is None:
         data = read(layout) or {}
         state = current_state_of(data) if state is None else state
-        work_type = _as_text(data.get("work_type")) if work_type is None else work_type
+        work_type = as_text(data.get("work_type")) if work_type is None else work_type
     return mandatory_skills(state, work_type)
 
 

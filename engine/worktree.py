@@ -217,9 +217,9 @@ def create_task_worktree(root, task=None, base=None):
     if os.path.lexists(path):
         raise OrchestratorError(f"[ERROR] {path} exists and is not a worktree of this repository; "
                                 "move it away first")
-    for e in listing:
-        if e["branch"] == branch and not e["prunable"]:
-            raise OrchestratorError(f"[ERROR] Branch {branch} is checked out in {e['path']}")
+    where = git.checked_out_at(repo, branch, listing)
+    if where:
+        raise OrchestratorError(f"[ERROR] Branch {branch} is checked out in {where}")
     reuse = git.branch_exists(repo, branch) and git.unique_commits(repo, branch, base_commit) > 0
     os.makedirs(base_dir, mode=0o700, exist_ok=True)
     if reuse:

@@ -47,4 +47,4 @@ def _drop_merged_branches(run, merged):
     for task_id in merged:
         branch = run.plan.tasks[task_id].branch
         if git.unique_commits(run.repo, branch, f"refs/heads/{run.base}") == 0:
-            git.run(run.repo, "branch", "-D", "--", branch, check=False)
+            git.delete_branch(run.repo, branch, check=False)

@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from engine.errors import OrchestratorError
+from engine.errors import OrchestratorError, one_line
 
 PROG_ENV = "ORCH_PROG"  # set by the bash shims so messages name the script the user called
 
@@ -37,7 +37,7 @@ def run(group, default_prog, args=None):
         click.echo("Aborted.", err=True)
         return 130
     except click.ClickException as exc:
-        click.echo(OrchestratorError(f"ERROR: {exc.format_message()}").line, err=True)
+        click.echo(one_line(f"ERROR: {exc.format_message()}"), err=True)
         return 1
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
@@ -51,13 +51,13 @@ def run(group, default_prog, args=None):
         return 0
     except OSError as exc:  # the filesystem said no (read-only, full disk, permissions)
         where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
-        click.echo(OrchestratorError(f"ERROR: {exc.strerror or exc}{where}").line, err=True)
+        click.echo(one_line(f"ERROR: {exc.strerror or exc}{where}"), err=True)
         return 1
     except Exception as exc:  # a bug, not bad input: one line, the traceback on request
         if os.environ.get("ORCH_DEBUG"):
             raise
-        click.echo(OrchestratorError(f"ERROR: internal error ({type(exc).__name__}: {exc}); "
-                                     "set ORCH_DEBUG=1 for the traceback").line, err=True)
+        click.echo(one_line(f"ERROR: internal error ({type(exc).__name__}: {exc}); "
+                            "set ORCH_DEBUG=1 for the traceback"), err=True)
         return 70
     return result if isinstance(result, int) else 0
 
