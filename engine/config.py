@@ -1,13 +1,23 @@
 """Parallelization settings: `.claude/auto-context.yaml` `parallelization:` with the skill's
 defaults, then the file's `overrides:` block (a mapping of the same keys, or keyed by work
 type), then `AUTO_PARALLEL_<KEY>` environment variables (e.g. AUTO_PARALLEL_MAX_AGENTS=2).
+
+Every value is checked where it is read, and every block is checked on every load (all
+work types' overrides, not only the one this run uses), so a file that loads for
+`orchestrator validate` is a file no later step can trip over. Numbers must be finite and
+in the documented range (`LIMITS`); booleans are real booleans or the usual words.
+Unknown keys are tolerated (the skill's file carries other sections, e.g. `setup_command`).
 """
 
+import math
 import os
 from dataclasses import dataclass
 
 from engine import store
 from engine.errors import OrchestratorError
+
+MAX_AGENTS = 256  # the pool's largest size (engine.pool.MAX_SIZE): one slot per agent
+MAX_SECONDS = 30 * 24 * 3600  # 30 days: longer is a typo, and beyond a float timeout's reach
 
 
 @dataclass
@@ -21,50 +31,132 @@ class Parallelization:
     qa_timeout: float = 900.0
 
 
-_TYPES = {"enabled": bool, "min_tasks": int, "max_agents": int, "auto_cleanup": bool, "retry_on_failure": int,
-          "agent_timeout": float, "qa_timeout": float}
+# key -> (kind, lowest, highest); the README's configuration section lists the same ranges.
+LIMITS = {"enabled": (bool, None, None), "min_tasks": (int, 0, 10000), "max_agents": (int, 1, MAX_AGENTS),
+          "auto_cleanup": (bool, None, None), "retry_on_failure": (int, 0, 100),
+          "agent_timeout": (float, 1, MAX_SECONDS), "qa_timeout": (float, 1, MAX_SECONDS)}
+
+TRUE_WORDS = ("1", "true", "yes", "on", "y")
+FALSE_WORDS = ("0", "false", "no", "off", "n")
 
 
-def _coerce(key, value, where):
-    kind = _TYPES[key]
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes", "on"):
+class ConfigError(OrchestratorError):
+    """A configuration value that no run could use."""
+
+
+def boolean(value):
+    """A real boolean, 0/1, or one of the usual words; None when it is none of them."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in TRUE_WORDS:
             return True
-        if text in ("0", "false", "no", "off"):
+        if text in FALSE_WORDS:
             return False
-    else:
+    return None
+
+
+def number(value, whole=False):
+    """A finite int/float (or its text); None for anything else (bools, NaN, inf, 2.5 when whole)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        text = value.strip()
         try:
-            number = kind(str(value).strip()) if not isinstance(value, bool) else None
+            value = int(text) if whole and text.lstrip("+-").isdigit() else float(text)
         except ValueError:
-            number = None
-        if number is not None and number >= 0 and (key not in ("max_agents",) or number >= 1):
-            return number
-    raise OrchestratorError(f"ERROR: {where}: `{key}` has an invalid value {value!r}")
+            return None
+    if not isinstance(value, (int, float)) or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    if whole:
+        if isinstance(value, float) and not value.is_integer():
+            return None
+        return int(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond any float
+        return None
+
+
+def _show(value):
+    """A short, printable rendering of a bad value for the error line."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int) and value.bit_length() > 200:
+        return "a number with more than 60 digits"
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 40 else text[:40] + "…"
+
+
+def check_value(key, value, where):
+    """The value of setting KEY, or raise ConfigError naming WHERE and the allowed range."""
+    kind, low, high = LIMITS[key]
+    if kind is bool:
+        result = boolean(value)
+        if result is None:
+            raise ConfigError(f"ERROR: {where}: `{key}` must be true or false, got {_show(value)}")
+        return result
+    result = number(value, whole=kind is int)
+    if result is None or not low <= result <= high:
+        what = "a whole number" if kind is int else "a number of seconds"
+        raise ConfigError(f"ERROR: {where}: `{key}` must be {what} from {low} to {high}, got {_show(value)}")
+    return result
+
+
+def seconds(value, where, key="timeout"):
+    """A task's own timeout, held to the same range as agent_timeout and qa_timeout."""
+    result = number(value)
+    low, high = LIMITS["agent_timeout"][1:]
+    if result is None or not low <= result <= high:
+        raise ConfigError(f"ERROR: {where}: `{key}` must be a number of seconds from {low} to {high}, "
+                          f"got {_show(value)}")
+    return result
+
+
+def _layers(data):
+    """Every block of settings in the file as (where, mapping, work type or None), all checked
+    for shape: `parallelization`, the `overrides` keys, and each `overrides.<TYPE>` block."""
+    rel = os.path.join(".claude", "auto-context.yaml")
+    layers = []
+    section = data.get("parallelization")
+    if section is not None and not isinstance(section, dict):
+        raise ConfigError(f"ERROR: {rel}: `parallelization` must be a mapping")
+    layers.append((f"{rel} parallelization", section or {}, None))
+    overrides = data.get("overrides")
+    if overrides is None:
+        return layers
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"ERROR: {rel}: `overrides` must be a mapping")
+    layers.append((f"{rel} overrides", {k: v for k, v in overrides.items() if k in LIMITS}, None))
+    for work_type, block in overrides.items():
+        if work_type in LIMITS:
+            continue
+        if not isinstance(block, dict):
+            raise ConfigError(f"ERROR: {rel} overrides: `{_show(work_type)}` must be a mapping of settings "
+                              f"(or a setting: {', '.join(LIMITS)})")
+        layers.append((f"{rel} overrides.{work_type}", block, str(work_type)))
+    return layers
 
 
 def load(root, work_type="", env=None):
+    """The settings for WORK_TYPE; raises ConfigError (one line) for any bad value anywhere in
+    the file or in AUTO_PARALLEL_* -- including other work types' blocks."""
     env = os.environ if env is None else env
-    path = os.path.join(root, ".claude", "auto-context.yaml")
-    data, _ = store.load_yaml_mapping(path)
-    data = data or {}
+    data, _ = store.load_yaml_mapping(os.path.join(root, ".claude", "auto-context.yaml"))
     settings = Parallelization()
-    layers = [(data.get("parallelization"), f"{path} parallelization")]
-    overrides = data.get("overrides")
-    if isinstance(overrides, dict):
-        by_type = overrides.get(work_type) if work_type else None
-        layers.append(({k: v for k, v in overrides.items() if k in _TYPES}, f"{path} overrides"))
-        if isinstance(by_type, dict):
-            layers.append((by_type, f"{path} overrides.{work_type}"))
-    for layer, where in layers:
-        if isinstance(layer, dict):
-            for key, value in layer.items():
-                if key in _TYPES and value is not None:
-                    setattr(settings, key, _coerce(key, value, where))
-    for key in _TYPES:
-        value = env.get(f"AUTO_PARALLEL_{key.upper()}")
+    for where, block, block_type in _layers(data or {}):
+        for key, value in block.items():
+            if key not in LIMITS or value is None:
+                continue
+            checked = check_value(key, value, where)
+            if block_type is None or block_type == work_type:
+                setattr(settings, key, checked)
+    for key in LIMITS:
+        name = f"AUTO_PARALLEL_{key.upper()}"
+        value = env.get(name)
         if value not in (None, ""):
-            setattr(settings, key, _coerce(key, value, f"AUTO_PARALLEL_{key.upper()}"))
+            setattr(settings, key, check_value(key, value, name))
     return settings

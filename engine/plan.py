@@ -10,6 +10,7 @@ chunks of at most `max_agents` tasks.
 """
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -63,19 +64,31 @@ class Plan:
 
 
 # --------------------------------------------------------------------------- loading
-def load(path, max_agents=5):
-    """Read and validate the plan at PATH; raises PlanError (one line) when it cannot run."""
+def read(path):
+    """The raw mapping of the plan file at PATH (any supported format); PlanError if unreadable."""
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
     except FileNotFoundError:
         raise PlanError(f"ERROR: plan not found: {path}") from None
+    except IsADirectoryError:
+        raise PlanError(f"ERROR: plan {path} is a directory") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise PlanError(f"ERROR: cannot read plan {path}: {exc}") from None
-    return parse(text, path, max_agents)
+    return parse_data(text, path)
+
+
+def load(path, max_agents=5):
+    """Read and validate the plan at PATH; raises PlanError (one line) when it cannot run."""
+    return from_data(read(path), path, max_agents)
 
 
 def parse(text, source="<plan>", max_agents=5):
+    return from_data(parse_data(text, source), source, max_agents)
+
+
+def parse_data(text, source="<plan>"):
+    """Text -> a mapping with a `tasks` (or `features`) list, before any validation."""
     stripped = text.lstrip()
     if source.endswith(".md") or (stripped.startswith("#") and re.search(r"(?m)^#+\s*Task\s+\w+\s*:", text)):
         data = parse_markdown(text)
@@ -93,10 +106,57 @@ def parse(text, source="<plan>", max_agents=5):
         data = {"tasks": data}
     if not isinstance(data, dict):
         raise PlanError(f"ERROR: plan {source} must be a mapping with a `tasks` list")
+    return data
+
+
+def from_data(data, source, max_agents):
     raw_tasks = data.get("tasks")
     if raw_tasks is None and "features" in data:
         raw_tasks = data["features"]
     return build(data, raw_tasks, source, max_agents)
+
+
+def _plan_str(data, key):
+    """A plan-level string field (`work_type`, `base`, `e2e`), or None."""
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise PlanError(f"ERROR: plan `{key}` must be a string, got {_kind(value)}")
+    return value
+
+
+def _kind(value):
+    """How a wrong value reads in an error line: `true`, `integer 1`, `a list`."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return f"{type(value).__name__.replace('int', 'integer')} {value}" if abs(value) < 1e15 else "a number"
+    return {dict: "a mapping", list: "a list"}.get(type(value), type(value).__name__)
+
+
+def agent_field(value, where):
+    """The agent of a plan or a task: a shell command string, or None when not given.
+
+    Kept in one function so another form of the field (e.g. a preset mapping) changes only this."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise PlanError(f"ERROR: {where}: `agent` must be a command string, got {_kind(value)}")
+    if "\0" in value:
+        raise PlanError(f"ERROR: {where}: `agent` contains a NUL byte")
+    return value if value.strip() else None
+
+
+def _task_id(entry, n, source, features):
+    raw_id = entry.get("id", entry.get("name") if features and "id" not in entry else None)
+    if raw_id is None:
+        raise PlanError(f"ERROR: task #{n} in {source} has no id")
+    if not isinstance(raw_id, str):
+        raise PlanError(f"ERROR: task #{n} in {source}: `id` must be a string, got {_kind(raw_id)} "
+                        "(quote it in YAML)")
+    try:
+        return git.check_ref_component(raw_id, "task id")
+    except OrchestratorError as exc:
+        raise PlanError(exc.line.replace("[ERROR] ", "ERROR: ")) from None
 
 
 def _str_list(value, what, task_id):
@@ -104,50 +164,55 @@ def _str_list(value, what, task_id):
         return []
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
-    if not isinstance(value, list) or not all(isinstance(v, (str, int)) for v in value):
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise PlanError(f"ERROR: task {task_id}: `{what}` must be a list of strings")
-    return [str(v) for v in value]
+    return list(value)
 
 
 def _opt_str(entry, key, task_id):
     value = entry.get(key)
     if value is None:
         return None
-    if not isinstance(value, (str, int, float)):
-        raise PlanError(f"ERROR: task {task_id}: `{key}` must be a string")
-    return str(value)
+    if not isinstance(value, str):
+        raise PlanError(f"ERROR: task {task_id}: `{key}` must be a string, got {_kind(value)}")
+    if "\0" in value and key in ("verify", "expected_output"):
+        raise PlanError(f"ERROR: task {task_id}: `{key}` contains a NUL byte")
+    return value
+
+
+def _timeout(entry, task_id):
+    from engine import config
+
+    if entry.get("timeout") is None:
+        return None
+    try:
+        return config.seconds(entry["timeout"], f"task {task_id}")
+    except OrchestratorError as exc:
+        raise PlanError(exc.line) from None
 
 
 def build(data, raw_tasks, source, max_agents):
     if not isinstance(raw_tasks, list) or not raw_tasks:
         raise PlanError(f"ERROR: plan {source} has no tasks")
     tasks, order = {}, []
+    features = "features" in data and "tasks" not in data
     for n, entry in enumerate(raw_tasks, 1):
         if not isinstance(entry, dict):
             raise PlanError(f"ERROR: task #{n} in {source} is not a mapping")
-        raw_id = entry.get("id", entry.get("name") if "features" in data and "id" not in entry else None)
-        if raw_id is None:
-            raise PlanError(f"ERROR: task #{n} in {source} has no id")
-        task_id = str(raw_id)
-        try:
-            git.check_ref_component(task_id, "task id")
-        except OrchestratorError as exc:
-            raise PlanError(exc.line.replace("[ERROR] ", "ERROR: ")) from None
+        task_id = _task_id(entry, n, source, features)
         if task_id in tasks:
             raise PlanError(f"ERROR: duplicate task id '{task_id}'")
-        timeout = entry.get("timeout")
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
-            raise PlanError(f"ERROR: task {task_id}: `timeout` must be a positive number of seconds")
         tasks[task_id] = Task(
             id=task_id,
-            description=_opt_str(entry, "description", task_id) or _opt_str(entry, "name", task_id) or "",
+            description=_opt_str(entry, "description", task_id) or (
+                _opt_str(entry, "name", task_id) if isinstance(entry.get("name"), str) else None) or "",
             depends_on=_str_list(entry.get("depends_on"), "depends_on", task_id),
             files=_str_list(entry.get("files"), "files", task_id),
-            agent=_opt_str(entry, "agent", task_id),
+            agent=agent_field(entry.get("agent"), f"task {task_id}"),
             verify=_opt_str(entry, "verify", task_id),
             expected_output=_opt_str(entry, "expected_output", task_id),
             complexity=_opt_str(entry, "complexity", task_id),
-            timeout=timeout,
+            timeout=_timeout(entry, task_id),
         )
         order.append(task_id)
     for task in tasks.values():
@@ -156,17 +221,79 @@ def build(data, raw_tasks, source, max_agents):
                 raise PlanError(f"ERROR: task {task.id} depends on unknown task '{dep}'")
             if dep == task.id:
                 raise PlanError(f"ERROR: task {task.id} depends on itself")
+    work_type, base, e2e = (_plan_str(data, key) for key in ("work_type", "base", "e2e"))
+    agent = agent_field(data.get("agent"), "plan")
+    if base is not None and (not base.strip() or base.startswith("-") or any(c in base for c in "\0\n\r\t ")):
+        raise PlanError(f"ERROR: plan `base` is not a branch name: {base!r}")
     topo = topological_order(tasks, order)
     serialize_shared_files(tasks, topo)
     groups = layer(tasks, topo, max_agents)
-    work_type = data.get("work_type") or ""
-    base = data.get("base")
-    for key, value in (("work_type", work_type), ("base", base), ("agent", data.get("agent")),
-                       ("e2e", data.get("e2e"))):
-        if value is not None and not isinstance(value, str):
-            raise PlanError(f"ERROR: plan `{key}` must be a string")
-    return Plan(tasks=tasks, order=order, groups=groups, work_type=work_type, base=base,
-                agent=data.get("agent"), e2e=data.get("e2e"), source=source)
+    return Plan(tasks=tasks, order=order, groups=groups, work_type=work_type or "", base=base,
+                agent=agent, e2e=e2e, source=source)
+
+
+def check_for_run(plan_path, layout, agent=None, require_repo=True):
+    """Everything `orchestrator run` refuses, checked before anything is created; `validate`
+    calls the same function, so a plan that validates runs. Returns (plan, settings, base).
+
+    Checks: the plan (see `build`), the configuration for the plan's work type and every other
+    block of it (engine.config.load), an agent for every task (task, plan or AGENT), and in a
+    repository the base branch and that no task branch `auto/<id>` is blocked (checked out
+    outside the pool, or a ref name clash). Outside a repository, with require_repo False,
+    the git checks are skipped and base is the plan's own (possibly None)."""
+    from engine import config
+
+    data = read(plan_path)
+    work_type = _plan_str(data, "work_type") or ""
+    try:
+        settings = config.load(layout.root, work_type)
+    except OrchestratorError as exc:
+        raise PlanError(exc.line) from None
+    plan = from_data(data, plan_path, settings.max_agents)
+    command = agent_field(agent, "--agent") or plan.agent
+    missing = [t for t in plan.order if not (plan.tasks[t].agent or command)]
+    if missing:
+        raise PlanError(f"ERROR: no agent command for task {missing[0]} (set `agent` in the plan or the task, "
+                        "or pass --agent)")
+    try:
+        repo = git.toplevel(layout.root)
+    except OrchestratorError:
+        if require_repo:
+            raise
+        return plan, settings, plan.base
+    base = plan.base or git.current_branch(repo)
+    if not base:
+        raise PlanError("ERROR: HEAD is detached; name a `base` branch in the plan")
+    if not git.branch_exists(repo, base):
+        raise PlanError(f"ERROR: base branch does not exist: {base}")
+    _check_task_branches(repo, plan, layout)
+    return plan, settings, base
+
+
+def _check_task_branches(repo, plan, layout):
+    """A task branch that git could not create, or that is checked out outside the pool,
+    would fail that task's every attempt: refuse the plan instead."""
+    existing = set(git.local_branches(repo, "refs/heads/auto"))  # `auto` itself and auto/*
+    if "auto" in existing:
+        raise PlanError("ERROR: a branch named `auto` exists, so no task branch auto/<id> can be created; "
+                        "rename it first")
+    listing = git.worktrees(repo)
+    for t in plan.order:
+        branch = plan.tasks[t].branch
+        clash = next((b for b in existing if b.startswith(branch + "/")), None)
+        if clash:
+            raise PlanError(f"ERROR: task {t}: branch {branch} cannot be created beside the existing {clash}")
+        where = git.checked_out_at(repo, branch, listing)
+        if where and not _inside_pool(where, layout):
+            raise PlanError(f"ERROR: task {t}: branch {branch} is checked out in {where}; switch that checkout "
+                            "to another branch first")
+
+
+def _inside_pool(path, layout):
+    from engine.pool import Pool
+
+    pool_dir = os.path.realpath(Pool(layout).dir)
+    return os.path.dirname(os.path.realpath(path)) == pool_dir
 
 
 # --------------------------------------------------------------------------- the DAG

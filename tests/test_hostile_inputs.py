@@ -63,3 +63,72 @@ def test_refused_cleanly_nothing_changed(ready, command, args):
     assert len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err, r.err
     assert snapshot(ready) == before
     assert not os.path.exists(ready / "p") and not os.path.exists(ready.parent / "x")
+
+
+# ---------------------------------------------------------------------------- plans and configs
+GOOD_TASKS = "agent: 'true'\ntasks:\n  - {id: a}\n  - {id: b, depends_on: [a]}\n"
+BAD_PLANS = [
+    "tasks: [{id: true}]", "tasks: [{id: 1}]", "tasks: [{id: null}]", "tasks: [{id: [a]}]",
+    "tasks: [{id: a, timeout: .nan}]", "tasks: [{id: a, timeout: .inf}]", "tasks: [{id: a, timeout: 1e20}]",
+    "tasks: [{id: a, timeout: 0}]", "tasks: [{id: a, timeout: '60; rm -rf ~'}]", "tasks: [{id: a, timeout: true}]",
+    "tasks: [{id: a, verify: true}]", "tasks: [{id: a, verify: [make]}]", "tasks: [{id: a, depends_on: [1]}]",
+    "tasks: [{id: a, files: [{x: 1}]}]", "tasks: [{id: a, agent: 5}]", "tasks: [{id: a}]\nagent: {x: 1}",
+    "tasks: [{id: a}]",  # no agent anywhere
+    "tasks: [{id: a}]\nagent: '   '",
+    "tasks: [{id: a}]\nagent: x\nbase: no-such-branch", "tasks: [{id: a}]\nagent: x\nbase: '-rf'",
+    "tasks: [{id: a}]\nagent: x\nwork_type: [BACKEND]", "tasks: [{id: a}]\nagent: x\ne2e: 3",
+    "agent: x\ntasks: {a: 1}", "agent: x\ntasks: [{id: a}, {id: a}]", "\x00\x01",
+]
+BAD_CONFIGS = [
+    "parallelization: {qa_timeout: .inf}", "parallelization: {qa_timeout: 1e20}", "parallelization: {qa_timeout: 0}",
+    "parallelization: {agent_timeout: .nan}", "parallelization: {max_agents: 300}",
+    "parallelization: {max_agents: 0}", "parallelization: {enabled: perhaps}", "parallelization: {min_tasks: x}",
+    "parallelization: {retry_on_failure: -1}", "parallelization: {auto_cleanup: 7}",
+    "overrides: {BACKEND: {max_agents: 0}}", "overrides: {OTHER_TYPE: {qa_timeout: .inf}}",
+    "overrides: {BACKEND: 3}", "overrides: 3", "parallelization: 3", "parallelization: {max_agents: [",
+    "- a list",
+]
+
+
+def _validate_and_run_refuse(repo, tmp_path, plan_text):
+    from engine.cli.orchestrator import cli as orchestrator
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(plan_text)
+    before = snapshot(repo)
+    for command in ("validate", "run"):
+        r = invoke(orchestrator, "orchestrator", command, str(plan))
+        assert r.code == 1 and r.out == "", (command, r)
+        assert len(r.err.strip().splitlines()) == 1 and r.err.startswith("ERROR: ") and "Traceback" not in r.err, r
+        assert snapshot(repo) == before
+    return r.err
+
+
+@pytest.mark.parametrize("text", BAD_PLANS, ids=range(len(BAD_PLANS)))
+def test_bad_plan_refused_by_validate_and_run(ready, tmp_path, text):
+    _validate_and_run_refuse(ready, tmp_path, text + "\n")
+
+
+@pytest.mark.parametrize("text", BAD_CONFIGS, ids=range(len(BAD_CONFIGS)))
+def test_bad_config_refused_by_validate_and_run(ready, tmp_path, text):
+    (ready / ".claude" / "auto-context.yaml").write_text(text + "\n")
+    err = _validate_and_run_refuse(ready, tmp_path, "work_type: BACKEND\n" + GOOD_TASKS)
+    assert "auto-context.yaml" in err
+
+
+@pytest.mark.parametrize("name,value", [("AUTO_PARALLEL_QA_TIMEOUT", "inf"), ("AUTO_PARALLEL_MAX_AGENTS", "300"),
+                                        ("AUTO_PARALLEL_AGENT_TIMEOUT", "nan"), ("AUTO_PARALLEL_ENABLED", "2")])
+def test_bad_environment_refused_by_validate_and_run(ready, tmp_path, monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    assert name in _validate_and_run_refuse(ready, tmp_path, GOOD_TASKS)
+
+
+def test_good_plan_and_config_validate(ready, tmp_path):
+    from engine.cli.orchestrator import cli as orchestrator
+
+    (ready / ".claude" / "auto-context.yaml").write_text(
+        "parallelization: {max_agents: 256, qa_timeout: 2592000, enabled: 'yes'}\noverrides: {BACKEND: {max_agents: 1}}\n")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("work_type: BACKEND\n" + GOOD_TASKS)
+    r = invoke(orchestrator, "orchestrator", "validate", str(plan))
+    assert r.code == 0 and r.lines[0] == "Plan OK: 2 tasks, 2 groups (max_agents 1), base main", r

@@ -92,6 +92,15 @@ def test_groups_capped_by_max_agents():
     ("tasks: [a, b]", "is not a mapping"),
     ("- [unclosed", "cannot parse"),
     ("just a string", "must be a mapping"),
+    ("tasks: [{id: true}]", "task #1 in p.yaml: `id` must be a string, got true (quote it in YAML)"),
+    ("tasks: [{id: 7}]", "`id` must be a string, got integer 7"),
+    ("tasks: [{id: a, timeout: .nan}]", "task a: `timeout` must be a number of seconds from 1 to 2592000, got nan"),
+    ("tasks: [{id: a, timeout: .inf}]", "got inf"),
+    ("tasks: [{id: a, timeout: 0}]", "got 0"),
+    ("tasks: [{id: a, verify: true}]", "task a: `verify` must be a string, got true"),
+    ("tasks: [{id: a, depends_on: [1]}]", "`depends_on` must be a list of strings"),
+    ("tasks: [{id: a, agent: [x]}]", "task a: `agent` must be a command string, got a list"),
+    ("tasks: [{id: a}]\nbase: '-x'", "plan `base` is not a branch name"),
 ])
 def test_invalid_plans_refused(text, message):
     with pytest.raises(PlanError) as info:
@@ -156,3 +165,69 @@ def test_validate_and_run_refuse_clearly_nothing_created(repo, tmp_path):
         assert not os.path.exists(".claude")
     r = invoke(cli, "orchestrator", "run", str(tmp_path / "missing.yaml"))
     assert r.code == 1 and "plan not found" in r.err
+
+
+def test_timeout_in_range_kept():
+    assert parse("tasks: [{id: a, timeout: 90}, {id: b, timeout: '2.5'}]").tasks["b"].timeout == 2.5
+
+
+def _check(repo, text, agent=None, require_repo=True, name="p.yaml"):
+    from engine.paths import Layout
+
+    path = repo / name
+    path.write_text(text)
+    return plans.check_for_run(str(path), Layout(str(repo)), agent=agent, require_repo=require_repo)
+
+
+def test_check_for_run_agent_from_task_plan_or_option(repo):
+    with pytest.raises(PlanError, match="no agent command for task b"):
+        _check(repo, "tasks: [{id: a, agent: x}, {id: b}]")
+    plan, settings, base = _check(repo, "tasks: [{id: a, agent: x}, {id: b}]", agent="y")
+    assert (base, settings.max_agents, plan.order) == ("main", 5, ["a", "b"])
+    assert _check(repo, "agent: z\ntasks: [{id: a}]")[2] == "main"
+
+
+def test_check_for_run_groups_with_the_plans_work_type(repo):
+    from tests.conftest import git
+
+    (repo / ".claude").mkdir()
+    (repo / ".claude" / "auto-context.yaml").write_text("overrides: {BACKEND: {max_agents: 1}}\n")
+    plan, settings, _ = _check(repo, "work_type: BACKEND\nagent: x\ntasks: [{id: a}, {id: b}]")
+    assert settings.max_agents == 1 and plan.groups == [["a"], ["b"]]
+    git(repo, "branch", "-q", "release")
+    assert _check(repo, "base: release\nagent: x\ntasks: [{id: a}]")[2] == "release"
+
+
+def test_check_for_run_refuses_what_git_would_refuse(repo):
+    from tests.conftest import git
+
+    good = "agent: x\ntasks: [{id: a}, {id: b}]"
+    git(repo, "checkout", "-q", "--detach")
+    with pytest.raises(PlanError, match="HEAD is detached"):
+        _check(repo, good)
+    git(repo, "checkout", "-q", "main")
+    git(repo, "branch", "auto/b/old")
+    with pytest.raises(PlanError, match="task b: branch auto/b cannot be created beside the existing auto/b/old"):
+        _check(repo, good)
+    git(repo, "branch", "-D", "auto/b/old")
+    git(repo, "checkout", "-q", "-b", "auto/a")
+    with pytest.raises(PlanError, match="task a: branch auto/a is checked out in "):
+        _check(repo, good)
+    git(repo, "checkout", "-q", "main")
+    git(repo, "branch", "-q", "-D", "auto/a")
+    git(repo, "branch", "auto")
+    with pytest.raises(PlanError, match="a branch named `auto` exists"):
+        _check(repo, good)
+
+
+def test_validate_outside_a_repository_skips_only_the_git_checks(sealed_env):
+    from engine.cli.orchestrator import cli
+    from tests.conftest import invoke
+
+    (sealed_env / "p.yaml").write_text("agent: x\ntasks: [{id: a}]\n")
+    r = invoke(cli, "orchestrator", "validate", "p.yaml")
+    assert r.code == 0 and "not in a git repository: base not checked" in r.out
+    r = invoke(cli, "orchestrator", "validate", "--agent", "x", "p.yaml")
+    assert r.code == 0
+    with pytest.raises(Exception, match="Not in a git repository"):
+        _check(sealed_env, "agent: x\ntasks: [{id: a}]")

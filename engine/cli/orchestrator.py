@@ -90,20 +90,23 @@ def status_cmd(as_json, watch):
 
 @cli.command("validate")
 @click.argument("plan", type=click.Path(dir_okay=False))
+@click.option("--agent", help="The --agent you will pass to `run` (for tasks without one).")
 @click.option("--json", "as_json", is_flag=True)
-def validate_cmd(plan, as_json):
-    """Check PLAN (ids, dependencies, cycles, shared files) and show its parallel groups."""
-    from engine import config, plan as plans
+def validate_cmd(plan, agent, as_json):
+    """Check PLAN exactly as `run` will (plan, configuration, agents, base branch) and show
+    its parallel groups; nothing is created."""
+    from engine import plan as plans
     from engine.paths import Layout
 
-    settings = config.load(Layout().root)
-    p = plans.load(plan, settings.max_agents)
+    p, settings, base = plans.check_for_run(plan, Layout(), agent=agent, require_repo=False)
     if as_json:
-        click.echo(json.dumps({"tasks": p.order, "groups": p.groups,
+        click.echo(json.dumps({"tasks": p.order, "groups": p.groups, "base": base,
+                               "max_agents": settings.max_agents,
                                "implicit_dependencies": {t: p.tasks[t].implicit_deps for t in p.order
                                                          if p.tasks[t].implicit_deps}}))
         return 0
-    click.echo(f"Plan OK: {len(p.order)} tasks, {len(p.groups)} groups (max_agents {settings.max_agents})")
+    click.echo(f"Plan OK: {len(p.order)} tasks, {len(p.groups)} groups (max_agents {settings.max_agents})"
+               + (f", base {base}" if base else ", not in a git repository: base not checked"))
     for n, group in enumerate(p.groups, 1):
         click.echo(f"  Group {n}: {', '.join(group)}")
     for t in p.order:
