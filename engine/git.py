@@ -199,6 +199,70 @@ def detach(path, commit):
     run(path, "update-ref", "--no-deref", "-m", "parallel-orchestrator: detach", "HEAD", commit)
 
 
+# Operations git leaves half-done in a worktree, by the file that marks them in its git dir,
+# and the command that forgets each without moving HEAD (the caller resets files itself).
+_IN_PROGRESS = (("rebase-merge", "rebase", ("rebase", "--quit")),
+                ("rebase-apply/applying", "am", ("am", "--quit")),
+                ("rebase-apply", "rebase", ("rebase", "--quit")),
+                ("MERGE_HEAD", "merge", ("merge", "--quit")),
+                ("CHERRY_PICK_HEAD", "cherry-pick", ("cherry-pick", "--quit")),
+                ("REVERT_HEAD", "revert", ("revert", "--quit")),
+                ("sequencer", "cherry-pick", ("cherry-pick", "--quit")),
+                ("BISECT_START", "bisect", ("bisect", "reset", "HEAD")),
+                ("SQUASH_MSG", "merge --squash", None))  # only the message the next commit would take
+_LEFTOVER_MESSAGES = ("SQUASH_MSG", "MERGE_MSG", "AUTO_MERGE")
+
+
+def worktree_git_dir(path):
+    """The private git dir of the worktree at PATH (its `.git` file's target), without a git call."""
+    entry = os.path.join(path, ".git")
+    if os.path.isdir(entry):
+        return entry
+    try:
+        with open(entry, encoding="utf-8") as fh:
+            gitdir = fh.readline().split(":", 1)[1].strip()
+    except (OSError, IndexError):
+        return None
+    return gitdir if os.path.isabs(gitdir) else os.path.normpath(os.path.join(path, gitdir))
+
+
+def operations_in_progress(path):
+    """Names of the operations (rebase, am, merge, cherry-pick, revert, bisect) left in
+    progress in the worktree at PATH; no git call when there are none."""
+    gitdir = worktree_git_dir(path)
+    if not gitdir:
+        return []
+    found = []
+    for marker, name, _ in _IN_PROGRESS:
+        if os.path.exists(os.path.join(gitdir, marker)) and name not in found and not (
+                name == "rebase" and "am" in found):
+            found.append(name)
+    return found
+
+
+def forget_operations(path):
+    """Forget every operation left in progress in the worktree at PATH (`--quit`: HEAD and
+    branches stay where they are), unstage conflicted entries, drop stale commit messages.
+    Returns the names forgotten. Work in files is left for the caller to keep or discard."""
+    found = operations_in_progress(path)
+    gitdir = worktree_git_dir(path)
+    for marker, name, argv in _IN_PROGRESS:
+        if argv and name in found and os.path.exists(os.path.join(gitdir, marker)):
+            if name == "bisect":
+                run(path, "reset", "-q", check=False)  # bisect reset refuses an unmerged index
+            run(path, *argv, check=False)
+    if found:
+        run(path, "reset", "-q", check=False)  # conflicted (unmerged) entries back to plain files
+        for name in _LEFTOVER_MESSAGES:
+            with_path = os.path.join(gitdir, name)
+            if os.path.isfile(with_path):
+                os.unlink(with_path)
+    remaining = operations_in_progress(path)
+    if remaining:
+        raise GitError(["git", *remaining], 1, f"could not end the {', '.join(remaining)} in progress in {path}")
+    return found
+
+
 def worktree_lock(repo):
     """Serialize `git worktree add/remove/prune` for this repository across processes."""
     return store.file_lock(os.path.join(common_dir(repo), "orchestrator-worktree"))

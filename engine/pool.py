@@ -46,6 +46,11 @@ class PoolExhausted(OrchestratorError):
     """No idle slot: the CLI prints POOL_EXHAUSTED on stdout as well."""
 
 
+class LeaseHeld(OrchestratorError):
+    """A live process holds a slot: cleanup, reset or init would pull its worktree away
+    (committing an agent's half-written files as WIP and crashing its run)."""
+
+
 def local_timestamp():
     """`date -Iseconds`: local time with offset, as the original pool wrote it."""
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
@@ -152,6 +157,8 @@ class Pool:
                     raise
                 os.replace(self.state_path, self.state_path + ".corrupt")
                 old = None
+            if old and not force:
+                self.refuse_live_leases(old, "re-initialise the pool")
             busy = [s for s in (old or {}).get("worktrees", []) if s.get("status") == "busy"]
             if busy and not force:
                 names = ", ".join(f"{s['id']} ({s.get('task_id')})" for s in busy)
@@ -234,6 +241,9 @@ class Pool:
         if entry is not None and not entry["prunable"] and os.path.isfile(os.path.join(path, ".git")):
             clear_stale_locks(path, branch, repo)
             try:
+                forgotten = git.forget_operations(path)  # a slot is handed out clean of every such state
+                if forgotten:
+                    warn(f"[WARN] Ended the {', '.join(forgotten)} left in progress in {os.path.basename(path)}")
                 if reuse:
                     git.run(path, "checkout", "-q", "-f", branch, "--")
                 else:
@@ -343,20 +353,26 @@ class Pool:
         branch = slot.get("branch")
         clear_stale_locks(path, branch, repo, shared=takeover)
         if os.path.isfile(os.path.join(path, ".git")):
+            forgotten = []
             try:
+                forgotten = git.forget_operations(path)
                 current, dirty = git.status(path, *worktree.leftover_pathspec())
             except GitError:
                 current, dirty = None, []  # a broken worktree: health re-creates or removes it
+            if forgotten:
+                warn(f"[WARN] Ended the {', '.join(forgotten)} left in progress in {slot['id']} "
+                     f"({branch or 'no branch'} itself is unchanged)")
             if dirty and force:
                 git.run(path, "reset", "-q", "--hard")
                 git.run(path, "clean", "-q", "-ffd")
-            elif dirty and current == branch:
+            elif dirty and current == branch and not forgotten:
                 worktree.commit_leftovers(path, f"WIP: uncommitted work left in {slot['id']} at release",
                                           known_dirty=True)
                 warn(f"[WARN] Committed uncommitted work left in {slot['id']} to {branch}")
             elif dirty:
                 git.run(path, "stash", "push", "-q", "-u", "-m", f"left in {slot['id']} at release")
-                warn(f"[WARN] Uncommitted work in {slot['id']} (not on {branch}) saved with git stash")
+                why = f"mid-{forgotten[0]}" if forgotten else f"not on {branch}"
+                warn(f"[WARN] Uncommitted work in {slot['id']} ({why}) saved with git stash")
             if current is not None:
                 git.detach(path, "HEAD")
         if not branch:
@@ -401,13 +417,36 @@ class Pool:
         return {"pool_size": data.get("pool_size", len(slots)), "busy": counts["busy"], "idle": counts["idle"],
                 "error": counts["error"], "worktrees": slots}
 
+    # ------------------------------------------------------------------ live leases
+    def live_leases(self, data):
+        """Busy slots whose owner is a live process other than this one (pid and start time
+        checked, so a reused pid is not mistaken for the owner)."""
+        mine = {os.getpid()}
+        if str(self.lease_pid or "").isdigit():
+            mine.add(int(self.lease_pid))  # the caller's own leases (POOL_OWNER_PID=$$)
+        return [s for s in data["worktrees"] if s.get("status") == "busy" and
+                owner_alive(s.get("owner")) and s["owner"]["pid"] not in mine]
+
+    def refuse_live_leases(self, data, what):
+        live = self.live_leases(data)
+        if live:
+            first = live[0]
+            more = f" (and {len(live) - 1} more)" if len(live) > 1 else ""
+            raise LeaseHeld(f"[ERROR] Cannot {what}: {first['id']} is leased to task {first.get('task_id')} by "
+                            f"running pid {first['owner']['pid']}{more}; stop it first (`orchestrator abort`) "
+                            "or use --force")
+
     # ------------------------------------------------------------------ cleanup / reset
-    def cleanup(self, force=False):
+    def cleanup(self, force=False, ignore_live=False):
         """Release every busy slot (keeping unmerged branches unless forced), remove every slot
-        worktree, prune; every slot ends idle. User branches are never touched."""
+        worktree, prune; every slot ends idle. User branches are never touched. Refused, with
+        nothing changed, while another live process holds a slot (unless ignore_live)."""
         released = kept = 0
         try:
-            data = self.load()
+            with self.lock():
+                data = self.load()
+                if not ignore_live:
+                    self.refuse_live_leases(data, "clean up the pool")
         except NotInitialized:
             data = None
         if data is not None:
@@ -443,25 +482,19 @@ class Pool:
             git.run(repo, "worktree", "prune", check=False)
         return removed
 
-    def reset(self, size=None):
-        self.cleanup(force=False)
+    def reset(self, size=None, force=False):
+        """Cleanup (unmerged branches kept) and init; refused while another live process holds
+        a slot, unless forced."""
+        parse_size(size if size is not None else self.default_size)  # a bad size changes nothing
+        self.cleanup(force=False, ignore_live=force)
         return self.init(size, force=True)
-
-
-def _worktree_gitdir(path):
-    try:
-        with open(os.path.join(path, ".git"), encoding="utf-8") as fh:
-            gitdir = fh.readline().split(":", 1)[1].strip()
-    except (OSError, IndexError):
-        return None
-    return gitdir if os.path.isabs(gitdir) else os.path.normpath(os.path.join(path, gitdir))
 
 
 def stale_git_locks(path, branch=None, repo=None):
     """Lock files a git killed mid-operation leaves behind for one slot: the worktree's
     index.lock and HEAD.lock, and the branch's ref lock in the common directory."""
     found = []
-    gitdir = _worktree_gitdir(path)
+    gitdir = git.worktree_git_dir(path)
     if gitdir:
         found += [os.path.join(gitdir, name) for name in ("index.lock", "HEAD.lock")]
     if branch and repo:

@@ -94,6 +94,10 @@ def find_issues(pool):
         elif healthy and entry and entry["branch"]:
             issues.append(Issue("idle-holds-branch", sid, f"idle slot {sid} still has {entry['branch']} "
                                 "checked out", lambda path=path, sid=sid: _detach(path, sid)))
+        operations = [] if busy or not healthy else git.operations_in_progress(path)
+        if operations:
+            issues.append(Issue("operation-in-progress", sid, f"idle slot {sid} has a {', '.join(operations)} "
+                                "left in progress", lambda path=path: git.forget_operations(path)))
         locks = [] if busy else stale_git_locks(path)
         if locks:
             issues.append(Issue("stale-lock", sid, f"stale git lock file in idle slot {sid}: {', '.join(locks)}",

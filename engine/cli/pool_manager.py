@@ -25,7 +25,8 @@ Commands:
   release <wt-id> [--force] Return a worktree; unmerged branches are kept unless --force
   status [--json]           Show pool status (default command)
   cleanup [--force]         Release and remove all pool worktrees (pool branches only)
-  reset [size]              Cleanup and reinitialize
+  reset [size] [--force]    Cleanup and reinitialize
+  (init, cleanup and reset refuse while a live process holds a slot, unless --force)
   merge [target]            Merge all busy slots' branches into target
   health [--repair]         Check (and fix) drift between the pool state and git"""
 
@@ -107,16 +108,18 @@ def status_cmd(as_json=False):
 
 
 @cli.command("cleanup")
-@click.option("--force", is_flag=True, help="Also delete pool branches with unmerged commits.")
+@click.option("--force", is_flag=True, help="Even while a live process holds a slot; also delete pool branches "
+                                            "with unmerged commits.")
 def cleanup_cmd(force):
-    released, removed, kept = _pool().cleanup(force=force)
+    released, removed, kept = _pool().cleanup(force=force, ignore_live=force)
     click.echo(f"Pool cleaned: {released} released, {removed} worktrees removed, {kept} branches kept")
 
 
 @cli.command("reset", context_settings=DATA_ARGS)
+@click.option("--force", is_flag=True, help="Even while a live process holds a slot (unmerged branches are kept).")
 @click.argument("size", required=False)
-def reset_cmd(size):
-    n = _pool().reset(size)
+def reset_cmd(force, size):
+    n = _pool().reset(size, force=force)
     click.echo(f"Pool initialized: {n} slots available")
 
 
