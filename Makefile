@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint bench demo clean
+.PHONY: install test lint bench demo clean plugin-check
 
 $(STAMP): setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -27,5 +27,22 @@ bench: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m engine.demo
 
+# The real Claude Code CLI, pinned (engine/claude.py: PINNED_CLI_VERSION), in a git-ignored prefix.
+CLAUDE_CODE_VERSION := $(shell sed -n 's/^PINNED_CLI_VERSION = "\(.*\)"$$/\1/p' engine/claude.py)
+TOOLS := .tools
+CLAUDE := $(TOOLS)/node_modules/.bin/claude
+CLAUDE_STAMP := $(TOOLS)/.claude-code-$(CLAUDE_CODE_VERSION)
+
+$(CLAUDE_STAMP):
+	npm install --prefix $(TOOLS) --no-audit --no-fund --no-save --silent @anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION)
+	touch $(CLAUDE_STAMP)
+
+# The plugin validates with the real CLI; the preset's flags are checked against its --help;
+# the SessionStart hook builds a real venv.
+plugin-check: $(STAMP) $(CLAUDE_STAMP)
+	$(CLAUDE) --version
+	$(CLAUDE) plugin validate --strict .
+	CLAUDE_BIN=$(abspath $(CLAUDE)) ORCH_SLOW_TESTS=1 $(PY) -m pytest -q tests/test_plugin.py tests/test_claude_cli.py
+
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) $(TOOLS) *.egg-info .pytest_cache .hypothesis
