@@ -1,0 +1,390 @@
+"""The `claude` agent preset: Claude Code in print mode, with flags checked against the pinned CLI.
+
+A plan names it as `agent: claude` or `agent: {preset: claude, model: ..., ...}`. One attempt is
+`claude -p --output-format stream-json --verbose --session-id NEW ... -- PROMPT`; a retry
+continues the previous attempt's conversation (`--resume PREVIOUS --fork-session --session-id
+NEW`) with the QA feedback as the prompt. Nothing waits for a person: `--permission-mode
+dontAsk` and `--permission-prompts none` deny whatever the allow-list (which always holds the
+task's verify command and git) does not cover, and the CLI reports it in `permission_denials`.
+
+Task data never passes through a shell: the argv is handed to `python -m engine.claude` in the
+environment (JSON), which points stdout at the attempt's `.jsonl` stream file and execs the CLI.
+The stream is parsed while it grows (`follow`) and once more at the end (`read_summary`); the
+summary maps to an outcome (`outcome`): success, failure with a reason, or blocked on a
+permission naming the refused tool.
+"""
+
+import json
+import os
+import shlex
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from engine.errors import OrchestratorError
+
+PRESET = "claude"
+PINNED_CLI_VERSION = "2.1.332"  # the Makefile installs this one; tests check our flags against its --help
+# `--permission-mode` choices in the pinned CLI's --help
+PERMISSION_MODES = ("acceptEdits", "auto", "bypassPermissions", "manual", "dontAsk", "plan")
+DEFAULT_TOOLS = ("Read", "Edit", "Write", "Glob", "Grep", "Bash(git *)")
+ARGV_ENV = "ORCH_CLAUDE_ARGV"
+STREAM_ENV = "ORCH_CLAUDE_STREAM"
+
+
+class PresetError(OrchestratorError):
+    """Invalid preset options (a plan error: one line, nothing started)."""
+
+
+@dataclass(frozen=True)
+class ClaudeOptions:
+    model: str = None
+    max_budget_usd: float = None  # per attempt (`--max-budget-usd`)
+    permission_mode: str = "dontAsk"
+    allowed_tools: tuple = DEFAULT_TOOLS
+    append_system_prompt: str = None
+    stagger_seconds: float = 1.5  # between agent start-ups: concurrent first starts race on the CLI's config
+    bin: str = "claude"
+
+    def as_dict(self):
+        data = {"preset": PRESET}
+        for key in ("model", "max_budget_usd", "permission_mode", "append_system_prompt", "stagger_seconds", "bin"):
+            data[key] = getattr(self, key)
+        data["allowed_tools"] = list(self.allowed_tools)
+        return {k: v for k, v in data.items() if v is not None}
+
+
+_KEYS = {"preset", "model", "max_budget_usd", "permission_mode", "allowed_tools", "append_system_prompt",
+         "stagger_seconds", "bin"}
+
+
+def is_preset(agent):
+    """True when an agent setting (plan `agent:` or `--agent`) names this preset."""
+    if isinstance(agent, dict):
+        return agent.get("preset") == PRESET
+    return isinstance(agent, str) and agent.strip() == PRESET
+
+
+def options_from(agent, where="agent"):
+    """Validated ClaudeOptions from `claude` or a mapping `{preset: claude, ...}`; PresetError otherwise."""
+    if isinstance(agent, str):
+        if agent.strip() != PRESET:
+            raise PresetError(f"ERROR: {where}: not the `{PRESET}` preset: {agent!r}")
+        return ClaudeOptions()
+    if not isinstance(agent, dict):
+        raise PresetError(f"ERROR: {where}: must be a command string or a mapping with `preset: {PRESET}`")
+    if agent.get("preset") != PRESET:
+        raise PresetError(f"ERROR: {where}: unknown preset {agent.get('preset')!r} (known: {PRESET})")
+    if "max_turns" in agent:
+        raise PresetError(f"ERROR: {where}: `max_turns` is not supported: Claude Code {PINNED_CLI_VERSION} has no "
+                          "--max-turns flag (use `max_budget_usd`)")
+    unknown = sorted(set(agent) - _KEYS)
+    if unknown:
+        raise PresetError(f"ERROR: {where}: unknown option `{unknown[0]}` (known: {', '.join(sorted(_KEYS - {'preset'}))})")
+    opts = {}
+    for key in ("model", "append_system_prompt", "bin"):
+        value = agent.get(key)
+        if value is not None:
+            if not isinstance(value, str) or not value.strip():
+                raise PresetError(f"ERROR: {where}: `{key}` must be a non-empty string")
+            opts[key] = value
+    for key in ("max_budget_usd", "stagger_seconds"):
+        value = agent.get(key)
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (
+                    key == "max_budget_usd" and value == 0):
+                raise PresetError(f"ERROR: {where}: `{key}` must be a {'positive' if key == 'max_budget_usd' else 'non-negative'} number")
+            opts[key] = float(value)
+    mode = agent.get("permission_mode")
+    if mode is not None:
+        if mode not in PERMISSION_MODES:
+            raise PresetError(f"ERROR: {where}: `permission_mode` must be one of {', '.join(PERMISSION_MODES)}")
+        opts["permission_mode"] = mode
+    tools = agent.get("allowed_tools")
+    if tools is not None:
+        if isinstance(tools, str):
+            tools = [tools]
+        if not isinstance(tools, list) or not all(isinstance(t, str) and t.strip() for t in tools):
+            raise PresetError(f"ERROR: {where}: `allowed_tools` must be a list of tool rules (e.g. Edit, \"Bash(npm test)\")")
+        opts["allowed_tools"] = tuple(dict.fromkeys(list(DEFAULT_TOOLS) + tools))
+    return ClaudeOptions(**opts)
+
+
+# --------------------------------------------------------------------------- argv
+def new_session_id():
+    return str(uuid.uuid4())
+
+
+def allowed_tools(options, verify):
+    """The allow-list: the preset's, plus the task's verify command (exactly, and with more arguments)."""
+    rules = list(options.allowed_tools)
+    if verify and verify.strip() and "\n" not in verify:
+        rules += [f"Bash({verify.strip()})", f"Bash({verify.strip()} *)"]
+    return list(dict.fromkeys(rules))
+
+
+def system_prompt(task_id, workdir, verify, branch=None, extra=None):
+    text = (f"You are one of several agents working in parallel; your task is `{task_id}`. Work only inside "
+            f"{workdir} (a git worktree{' on branch ' + branch if branch else ''}); do not read or change files "
+            "outside it, do not switch branches, do not push.")
+    if verify:
+        text += f" The task is done when `{verify}` exits 0 there: run it before you finish."
+    text += " Commit your work with git (git add -A && git commit -m '...') before you finish."
+    if extra:
+        text += "\n\n" + extra
+    return text
+
+
+def print_argv(options, *, session_id, prompt, tools, system, resume_session=None):
+    """Print mode with the stream on stdout, a fixed session id, nothing that waits for a person;
+    the prompt last, after `--` (so one that starts with `-` is not taken for a flag, and the
+    variadic `--allowedTools` cannot swallow it)."""
+    argv = [options.bin, "-p", "--output-format", "stream-json", "--verbose", "--session-id", session_id]
+    if resume_session:
+        argv += ["--resume", resume_session, "--fork-session"]
+    argv += ["--permission-mode", options.permission_mode, "--permission-prompts", "none", "--allowedTools", *tools]
+    if options.model:
+        argv += ["--model", options.model]
+    if options.max_budget_usd:
+        argv += ["--max-budget-usd", f"{options.max_budget_usd:g}"]
+    if system:
+        argv += ["--append-system-prompt", system]
+    return argv + ["--", prompt]
+
+
+def build_argv(options, task, attempt, *, session_id, resume_session=None, feedback=None, workdir, verify):
+    """The argv of one task attempt (a list: nothing here is ever parsed by a shell).
+
+    `task` has `id` and `description` (a plan Task); `resume_session` is the previous attempt's
+    session id when that session exists, and `feedback` is QA's verdict on it."""
+    if resume_session and feedback:
+        prompt = (f"Attempt {attempt}: your previous attempt was checked and rejected. QA feedback:\n\n{feedback}\n\n"
+                  "Fix the problem, run the check again, and commit.")
+    elif feedback:
+        prompt = f"{task.description}\n\nAn earlier attempt was rejected. QA feedback:\n\n{feedback}"
+    else:
+        prompt = task.description or f"Do task {task.id}."
+    system = system_prompt(task.id, workdir, verify, getattr(task, "branch", None), options.append_system_prompt)
+    return print_argv(options, session_id=session_id, prompt=prompt, tools=allowed_tools(options, verify),
+                      system=system, resume_session=resume_session)
+
+
+def command():
+    """The agent command line for the executor: no task data in it (that is in ARGV_ENV)."""
+    return f"exec {shlex.quote(sys.executable)} -m engine.claude"
+
+
+def attempt_env(argv, stream_path):
+    return {ARGV_ENV: json.dumps(argv), STREAM_ENV: stream_path}
+
+
+def main(environ=None):
+    """`python -m engine.claude`: stdout to the stream file, then exec the CLI with the argv from the environment."""
+    environ = os.environ if environ is None else environ
+    try:
+        argv = json.loads(environ[ARGV_ENV])
+        stream = environ[STREAM_ENV]
+    except (KeyError, ValueError):
+        print(f"engine.claude: {ARGV_ENV} and {STREAM_ENV} must be set by the orchestrator", file=sys.stderr)
+        return 2
+    os.makedirs(os.path.dirname(stream) or ".", exist_ok=True)
+    fd = os.open(stream, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.close(fd)
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        print(f"{argv[0]}: cannot run the Claude Code CLI: {exc.strerror} (install it: npm install -g "
+              f"@anthropic-ai/claude-code@{PINNED_CLI_VERSION}, or set `bin` in the agent options)", file=sys.stderr)
+        return 127
+
+
+class Stagger:
+    """Spaces out agent start-ups within one orchestrator: `wait()` returns no sooner than
+    `seconds` after the previous caller's return."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._last = None
+
+    def wait(self, seconds, cancel=None):
+        with self._lock:
+            if self._last is not None and seconds > 0:
+                delay = self._last + seconds - time.monotonic()
+                if delay > 0:
+                    if cancel is not None:
+                        cancel.wait(delay)
+                    else:
+                        time.sleep(delay)
+            self._last = time.monotonic()
+
+
+# --------------------------------------------------------------------------- the stream
+def empty_summary():
+    return {"session_id": None, "model": None, "turns": 0, "tokens_in": 0, "tokens_out": 0, "cost_usd": None,
+            "result_subtype": None, "permission_denials": [], "is_error": None, "result": None, "errors": [],
+            "last_tool": None, "started": False}
+
+
+def _usage_tokens(usage):
+    if not isinstance(usage, dict):
+        return 0, 0
+    def n(key):
+        value = usage.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    tokens_in = n("input_tokens") + n("cache_creation_input_tokens") + n("cache_read_input_tokens")
+    return tokens_in, n("output_tokens")
+
+
+class StreamParser:
+    """Folds stream-json events into the summary. Unknown event types and fields are ignored,
+    missing ones tolerated; per-message usage is counted once per message id until the
+    `result` event, whose totals replace the running ones."""
+
+    def __init__(self):
+        self.summary = empty_summary()
+        self._messages = {}
+        self.events = 0
+
+    def feed_line(self, line):
+        line = line.strip()
+        if not line:
+            return False
+        try:
+            event = json.loads(line)
+        except ValueError:
+            return False
+        return self.feed(event) if isinstance(event, dict) else False
+
+    def feed(self, event):
+        s = self.summary
+        self.events += 1
+        kind = event.get("type")
+        if isinstance(event.get("session_id"), str) and kind in ("system", "result") and not s["session_id"]:
+            s["session_id"] = event["session_id"]
+        if kind == "system" and event.get("subtype") == "init":
+            s["session_id"] = event.get("session_id") or s["session_id"]
+            s["started"] = True
+            s["model"] = event.get("model") or s["model"]
+        elif kind == "assistant":
+            message = event.get("message") if isinstance(event.get("message"), dict) else {}
+            if message.get("model") and not str(message["model"]).startswith("<"):
+                s["model"] = s["model"] or message["model"]
+            key = message.get("id") or f"#{self.events}"
+            self._messages[key] = _usage_tokens(message.get("usage"))
+            s["turns"] = len(self._messages)
+            s["tokens_in"] = sum(t[0] for t in self._messages.values())
+            s["tokens_out"] = sum(t[1] for t in self._messages.values())
+            for block in message.get("content") or []:
+                if isinstance(block, dict) and block.get("type") == "tool_use":
+                    s["last_tool"] = block.get("name")
+        elif kind == "result":
+            s["result_subtype"] = event.get("subtype")
+            s["is_error"] = bool(event.get("is_error"))
+            if isinstance(event.get("session_id"), str):
+                s["session_id"] = event["session_id"]
+            if isinstance(event.get("num_turns"), int):
+                s["turns"] = event["num_turns"]
+            cost = event.get("total_cost_usd")
+            if isinstance(cost, (int, float)) and not isinstance(cost, bool):
+                s["cost_usd"] = round(float(cost), 6)
+            if isinstance(event.get("usage"), dict):
+                s["tokens_in"], s["tokens_out"] = _usage_tokens(event["usage"])
+            usage_models = event.get("modelUsage")
+            if not s["model"] and isinstance(usage_models, dict) and usage_models:
+                s["model"] = next(iter(usage_models))
+            denials = event.get("permission_denials") or []
+            s["permission_denials"] = list(dict.fromkeys(
+                d.get("tool_name") for d in denials if isinstance(d, dict) and d.get("tool_name")))
+            if isinstance(event.get("result"), str):
+                s["result"] = event["result"]
+            errors = event.get("errors")
+            if isinstance(errors, list):
+                s["errors"] = [str(e) for e in errors]
+        else:
+            return False
+        return True
+
+
+def read_summary(path):
+    """The summary of a whole stream file (a torn last line is ignored); empty if there is none."""
+    parser = StreamParser()
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.endswith("\n"):
+                    parser.feed_line(line)
+    except FileNotFoundError:
+        pass
+    return parser.summary
+
+
+def follow(path, done, on_update, interval=0.2):
+    """Tail `path` while the attempt runs: call `on_update(summary)` whenever complete lines
+    change it, until `done` (a threading.Event) is set; returns the final summary."""
+    parser = StreamParser()
+    offset, pending = 0, ""
+    while True:
+        finished = done.is_set()
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                fh.seek(offset)
+                chunk = fh.read()
+                offset = fh.tell()
+        except FileNotFoundError:
+            chunk = ""
+        changed = False
+        if chunk:
+            pending += chunk
+            *lines, pending = pending.split("\n")
+            for line in lines:
+                changed = parser.feed_line(line) or changed
+        if changed:
+            on_update(dict(parser.summary))
+        if finished:
+            return parser.summary
+        done.wait(interval)
+
+
+# --------------------------------------------------------------------------- outcome
+@dataclass
+class Outcome:
+    status: str  # "success" | "failure" | "blocked_permission"
+    reason: str = None
+    denied: list = field(default_factory=list)
+
+
+def outcome(summary, exit_code, timed_out=False, changed=None):
+    """What an attempt came to. Permission denials block the task (naming the tools) unless the
+    attempt still ended cleanly with work done (`changed` is whether it left commits or edits;
+    None when unknown); QA then judges that work as usual."""
+    denied = list(summary.get("permission_denials") or [])
+    clean = (exit_code == 0 and not timed_out and summary.get("result_subtype") == "success"
+             and not summary.get("is_error"))
+    if denied and (not clean or changed is False):
+        return Outcome("blocked_permission", f"permission denied: {', '.join(denied)}", denied)
+    if clean:
+        return Outcome("success", denied=denied)
+    if timed_out:
+        return Outcome("failure", "timed out")
+    subtype = summary.get("result_subtype")
+    if subtype and subtype != "success":
+        detail = "; ".join(summary.get("errors") or [])
+        return Outcome("failure", subtype + (f": {detail}" if detail else ""))
+    if subtype == "success" and summary.get("is_error"):
+        return Outcome("failure", f"error: {(summary.get('result') or '').strip()[:200] or 'is_error'}")
+    if subtype is None:
+        return Outcome("failure", f"the CLI stopped without a result (exit {exit_code})")
+    return Outcome("failure", f"exit {exit_code}")
+
+
+def resumable(summary):
+    """The session id a retry can `--resume`: only one the CLI actually started (its init event was
+    seen; a failed `--resume` ends with a result and no init)."""
+    return summary.get("session_id") if summary.get("started") else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
