@@ -309,3 +309,10 @@ def identity_args(cwd):
 def committing(cwd, *args, check=True):
     """Run a git command that creates commits (commit, merge) with an identity guaranteed."""
     return run(cwd, *identity_args(cwd), *args, check=check)
+
+
+def tracked_files(repo, limit=None):
+    """The paths git tracks in `repo` (for the planner's picture of the layout); [] if none."""
+    proc = run(repo, "ls-files", "-z", check=False)
+    files = [f for f in proc.stdout.split("\0") if f] if proc.returncode == 0 else []
+    return files[:limit] if limit else files

@@ -115,6 +115,36 @@ def validate_cmd(plan, agent, as_json):
     return 0
 
 
+@cli.command("plan")
+@click.argument("goal")
+@click.option("-o", "--output", default="plan.yaml", show_default=True, type=click.Path(dir_okay=False),
+              help="Where to write the plan (YAML).")
+@click.option("--planner", "planner_cmd", default="claude", show_default=True,
+              help="`claude` (the preset) or a shell command that gets PLAN_GOAL/PLAN_PROMPT/PLAN_FEEDBACK in its "
+                   "environment and writes the plan to $PLAN_OUTPUT or stdout.")
+@click.option("--model", help="Model for the claude planner.")
+@click.option("--retries", default=2, show_default=True, type=click.IntRange(0, 10),
+              help="How many times a refused plan goes back to the planner with the errors.")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+@click.option("--quiet", is_flag=True)
+def plan_cmd(goal, output, planner_cmd, model, retries, force, quiet):
+    """Ask a planner agent to split GOAL into a validated plan (the DECOMPOSE step by an LLM)."""
+    from engine import config, planner
+    from engine.paths import Layout
+
+    planner.check_output_path(output, force)
+    layout = Layout()
+    agent = {"preset": "claude", "model": model} if model and planner_cmd == "claude" else planner_cmd
+    if model and planner_cmd != "claude":
+        raise click.UsageError("--model only applies to the claude planner")
+    settings = config.load(layout.root)
+    say = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
+    text = planner.Planner(layout.root, agent, retries, settings.max_agents, say).run(goal)
+    planner.write(output, text, goal)
+    click.echo(f"Plan written: {output}")
+    return 0
+
+
 @cli.command("graph")
 @click.argument("plan", required=False, type=click.Path(dir_okay=False))
 def graph_cmd(plan):

@@ -1,0 +1,199 @@
+"""The planner: a goal in, a plan that `orchestrator validate` accepts out (DECOMPOSE by an agent).
+
+The planner agent is the `claude` preset by default: its prompt states our plan schema, the
+rules (ids, `depends_on`, `files`, a `verify` per task) and the repository's layout; its answer
+(the stream's `result`) must hold the plan as YAML. A plain shell command works too: it gets
+the goal and the prompt only in the environment (PLAN_GOAL, PLAN_PROMPT, PLAN_FEEDBACK,
+PLAN_ATTEMPT) and writes the plan to $PLAN_OUTPUT or prints it. What comes back is checked with
+the validator `orchestrator validate` uses (engine.plan.parse) plus the planner's own rules;
+the errors go back to the agent (the claude preset resumes its session) for a bounded number of
+retries. Only a plan that passed is written, atomically; otherwise one line says why.
+"""
+
+import os
+import re
+import shutil
+
+from engine import claude, git, store
+from engine.errors import OrchestratorError
+from engine.executor import AgentSpec, run_agent
+from engine.plan import PlanError, parse
+
+DEFAULT_RETRIES = 2  # after the first answer
+READ_ONLY_TOOLS = ("Read", "Glob", "Grep", "Bash(git ls-files *)", "Bash(git log *)")
+LAYOUT_LIMIT = 300
+
+SCHEMA = """\
+tasks:                        # required, a non-empty list
+  - id: short-name            # required, unique; letters, digits, '-', '_', '.' (not first); becomes branch auto/<id>
+    description: ...          # required: what to build and how to tell it is done; the agent sees only this
+    depends_on: [other-id]    # optional: ids of tasks whose merged work this one needs; no cycles
+    files: [src/a.py]         # the files it creates or changes (tasks sharing a file run one after another)
+    verify: python -m pytest -q tests/test_a.py   # required: exits 0 in the task's worktree only when it is done
+    complexity: S             # optional: S, M, L or XL
+work_type: BACKEND            # optional: BACKEND, FRONTEND, ... (FRONTEND also runs e2e)
+e2e: npm run e2e              # optional: a command run on the merged result"""
+
+RULES = """\
+- Answer with the plan only: one YAML document in one ```yaml fenced block. No `agent` or `base` keys.
+- Every task has a unique id, a description, its files and a verify command.
+- Tasks that do not depend on each other must not touch the same files; split work along file boundaries.
+- `depends_on` names only ids of this plan, and only what is really needed: independent tasks run in parallel \
+(at most {max_agents} at once).
+- A verify command runs without a person and without network, in the task's own worktree, and tests that \
+task's work (usually tests the task itself writes); it must fail before the task is done.
+- Keep each task small enough for one agent session."""
+
+
+class PlannerGaveUp(OrchestratorError):
+    """No valid plan within the bound (one line)."""
+
+
+def repository_layout(root):
+    files = git.tracked_files(root)
+    if not files:
+        return "(no tracked files yet: an empty repository)"
+    shown = files[:LAYOUT_LIMIT]
+    more = len(files) - len(shown)
+    return "\n".join(shown) + (f"\n... and {more} more" if more else "")
+
+
+def prompt(goal, root, max_agents):
+    return (f"You are the planner of parallel-orchestrator. Split the goal below into tasks that coding agents "
+            f"will do in parallel, each in its own git worktree of this repository; each task is checked by its "
+            f"verify command and merged in dependency order.\n\nPlan schema (YAML):\n{SCHEMA}\n\nRules:\n"
+            f"{RULES.format(max_agents=max_agents)}\n\nRepository layout (tracked files):\n{repository_layout(root)}"
+            f"\n\nGoal:\n{goal}\n")
+
+
+def retry_prompt(error):
+    return (f"That plan was refused by the validator:\n{error}\n\nAnswer again with the whole corrected plan, "
+            "in one ```yaml fenced block and nothing else.")
+
+
+_FENCE = re.compile(r"```(?:ya?ml)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
+
+
+def extract(text):
+    """The plan in an answer: the last ```yaml fenced block, or the whole text."""
+    text = text or ""
+    blocks = _FENCE.findall(text)
+    return (blocks[-1] if blocks else text).strip() + "\n"
+
+
+def check(text, max_agents, attempt):
+    """The plan, validated like `orchestrator validate` does plus the planner's rules; PlanError if not."""
+    if not text.strip():
+        raise PlanError("ERROR: the answer holds no plan")
+    plan = parse(text, f"planner answer {attempt}", max_agents)
+    for task_id in plan.order:
+        task = plan.tasks[task_id]
+        if not task.description.strip():
+            raise PlanError(f"ERROR: task {task_id} has no description")
+        if not (task.verify or "").strip():
+            raise PlanError(f"ERROR: task {task_id} has no verify command")
+    return plan
+
+
+class Planner:
+    """One planning job: attempts 1..1+retries, logs under .claude/auto-logs/planner/."""
+
+    def __init__(self, root, agent=None, retries=DEFAULT_RETRIES, max_agents=5, reporter=None, timeout=1800):
+        self.root = root
+        self.agent = agent or claude.PRESET
+        self.preset = claude.options_from(self.agent, "planner") if claude.is_preset(self.agent) else None
+        if self.preset is None and not (isinstance(self.agent, str) and self.agent.strip()):
+            raise OrchestratorError("ERROR: planner: must be `claude`, a preset mapping or a shell command")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise OrchestratorError("ERROR: planner retries must be a non-negative integer")
+        self.retries = retries
+        self.max_agents = max_agents
+        self.say = reporter or (lambda line: None)
+        self.timeout = timeout
+        self.logs = os.path.join(root, ".claude", "auto-logs", "planner")
+
+    def run(self, goal):
+        """The validated plan text (a YAML document) for `goal`; PlannerGaveUp after the bound."""
+        if not isinstance(goal, str) or not goal.strip():
+            raise OrchestratorError("ERROR: the goal is empty")
+        if self.preset is not None and not shutil.which(self.preset.bin):
+            raise PlannerGaveUp(self._no_cli())
+        first_prompt = prompt(goal.strip(), self.root, self.max_agents)
+        error, session = None, None
+        attempts = 1 + self.retries
+        for n in range(1, attempts + 1):
+            self.say(f"planner: attempt {n}/{attempts}")
+            answer, session = self._ask(n, goal, first_prompt, error, session)
+            text = extract(answer)
+            try:
+                check(text, self.max_agents, n)
+                return text
+            except PlanError as exc:
+                error = exc.line[len("ERROR: "):] if exc.line.startswith("ERROR: ") else exc.line
+                self.say(f"planner: answer {n} refused: {error}")
+        raise PlannerGaveUp(f"ERROR: the planner gave no valid plan in {attempts} attempts; last problem: {error} "
+                            f"(answers in {os.path.relpath(self.logs, self.root)}/)")
+
+    def _no_cli(self):
+        return (f"ERROR: cannot run the planner: `{self.preset.bin}` not found (install Claude Code "
+                f"{claude.PINNED_CLI_VERSION}: npm install -g @anthropic-ai/claude-code@{claude.PINNED_CLI_VERSION}, "
+                "or pass --planner COMMAND)")
+
+    def _ask(self, n, goal, first_prompt, error, session):
+        """Run attempt n; returns (answer text, session id to resume or None)."""
+        os.makedirs(self.logs, exist_ok=True)
+        log = os.path.join(self.logs, "planner.log")
+        if self.preset is not None:
+            sid = claude.new_session_id()
+            stream = os.path.join(self.logs, f"attempt-{n}.jsonl")
+            argv = claude.print_argv(self.preset, session_id=sid, resume_session=session if error else None,
+                                     prompt=retry_prompt(error) if (error and session) else (
+                                         first_prompt + (f"\nAn earlier answer was refused: {error}\n" if error else "")),
+                                     tools=list(READ_ONLY_TOOLS), system=self.preset.append_system_prompt)
+            result = run_agent(AgentSpec("planner", claude.command(), self.root, claude.attempt_env(argv, stream),
+                                         log, self.timeout))
+            summary = claude.read_summary(stream)
+            if result.exit_code == 127:
+                raise PlannerGaveUp(self._no_cli())
+            return summary.get("result") or "", claude.resumable(summary) or session
+        output = os.path.join(self.logs, f"attempt-{n}.yaml")
+        stdout = os.path.join(self.logs, f"attempt-{n}.out")
+        for path in (output, stdout):
+            if os.path.exists(path):
+                os.unlink(path)
+        env = {"PLAN_GOAL": goal, "PLAN_PROMPT": first_prompt, "PLAN_FEEDBACK": error or "", "PLAN_ATTEMPT": str(n),
+               "PLAN_OUTPUT": output, "PLAN_STDOUT": stdout}
+        result = run_agent(AgentSpec("planner", '{ ' + self.agent + '\n} > "$PLAN_STDOUT"', self.root, env, log,
+                                     self.timeout))
+        if result.exit_code == 127:
+            raise PlannerGaveUp("ERROR: cannot run the planner command (not found; see "
+                                f"{os.path.relpath(log, self.root)})")
+        for path in (output, stdout):
+            if os.path.exists(path) and os.path.getsize(path):
+                with open(path, encoding="utf-8", errors="replace") as fh:
+                    return fh.read(), None
+        return "", None
+
+
+def header(goal):
+    lines = [f"#   {line}" for line in goal.strip().splitlines()]
+    return "# Planned by `orchestrator plan` for the goal:\n" + "\n".join(lines) + "\n\n"
+
+
+def write(path, text, goal):
+    """Write the validated plan atomically (a reader sees no plan or the whole plan)."""
+    store.atomic_write(path, header(goal) + text, keep_last_good=False)
+
+
+def check_output_path(path, force=False):
+    """Refuse an output we would not read back as YAML, or one that would be overwritten by surprise."""
+    if not path.endswith((".yaml", ".yml")):
+        raise OrchestratorError(f"ERROR: the plan file must end in .yaml or .yml: {path}")
+    if os.path.exists(path) and not force:
+        raise OrchestratorError(f"ERROR: {path} exists (pass --force to replace it)")
+    if os.path.isdir(path):
+        raise OrchestratorError(f"ERROR: {path} is a directory")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise OrchestratorError(f"ERROR: no such directory: {directory}")
+
