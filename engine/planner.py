@@ -17,7 +17,7 @@ import shutil
 from engine import claude, git, store
 from engine.errors import OrchestratorError
 from engine.executor import AgentSpec, run_agent
-from engine.plan import PlanError, parse
+from engine.plan import PlanError, check_for_run
 
 DEFAULT_RETRIES = 2  # after the first answer
 READ_ONLY_TOOLS = ("Read", "Glob", "Grep", "Bash(git ls-files *)", "Bash(git log *)")
@@ -81,11 +81,16 @@ def extract(text):
     return (blocks[-1] if blocks else text).strip() + "\n"
 
 
-def check(text, max_agents, attempt):
-    """The plan, validated like `orchestrator validate` does plus the planner's rules; PlanError if not."""
-    if not text.strip():
-        raise PlanError("ERROR: the answer holds no plan")
-    plan = parse(text, f"planner answer {attempt}", max_agents)
+def check(path, root):
+    """The plan in the file at `path`, checked exactly as `orchestrator validate --agent claude`
+    checks it (the agent is the run's choice, so a stand-in satisfies that one check), plus the
+    planner's own rules; PlanError if not."""
+    from engine.paths import Layout
+
+    with open(path, encoding="utf-8") as fh:
+        if not fh.read().strip():
+            raise PlanError("ERROR: the answer holds no plan")
+    plan, _, _ = check_for_run(path, Layout(root), agent=claude.PRESET, require_repo=False)
     for task_id in plan.order:
         task = plan.tasks[task_id]
         if not task.description.strip():
@@ -125,11 +130,14 @@ class Planner:
             self.say(f"planner: attempt {n}/{attempts}")
             answer, session = self._ask(n, goal, first_prompt, error, session)
             text = extract(answer)
+            candidate = os.path.join(self.logs, f"answer-{n}.yaml")
+            store.atomic_write(candidate, text, keep_last_good=False)
             try:
-                check(text, self.max_agents, n)
+                check(candidate, self.root)
                 return text
             except PlanError as exc:
                 error = exc.line[len("ERROR: "):] if exc.line.startswith("ERROR: ") else exc.line
+                error = error.replace(candidate, "the plan")
                 self.say(f"planner: answer {n} refused: {error}")
         raise PlannerGaveUp(f"ERROR: the planner gave no valid plan in {attempts} attempts; last problem: {error} "
                             f"(answers in {os.path.relpath(self.logs, self.root)}/)")

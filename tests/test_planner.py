@@ -57,7 +57,7 @@ def test_plan_writes_a_valid_plan(repo, fake, answers):
     assert (r.code, r.out) == (0, "Plan written: plan.yaml\n"), r.err
     text = open("plan.yaml").read()
     assert text.startswith("# Planned by `orchestrator plan` for the goal:\n#   Add /health")
-    v = orchestrator("validate", "plan.yaml")
+    v = orchestrator("validate", "plan.yaml", "--agent", "claude")
     assert v.code == 0 and "Plan OK: 2 tasks, 2 groups" in v.out
     call, = fake()
     assert goal in call["prompt"] and "verify:" in call["prompt"] and "README.md" in call["prompt"]  # schema, layout
@@ -76,7 +76,7 @@ def test_refused_plan_goes_back_with_the_errors_resuming_the_session(repo, fake,
     assert second["fork"] and second["session_id"] != first["session_id"]
     assert "task a has no verify command" in third["prompt"] and third["resume"] == second["session_id"]
     assert "answer 1 refused: dependency cycle" in r.err
-    assert orchestrator("validate", "plan.yaml").code == 0
+    assert orchestrator("validate", "plan.yaml", "--agent", "claude").code == 0
 
 
 def test_gives_up_after_the_bound_with_one_line_and_writes_nothing(repo, fake, answers):
@@ -104,7 +104,7 @@ def test_shell_planner_gets_the_goal_only_in_its_environment(repo, tmp_path):
     assert yaml.safe_load(open("out.yml"))["tasks"][0]["description"] == goal
     assert not os.path.exists("pwned")
     feedback = open(".claude/auto-logs/planner/attempt-2.yaml.feedback").read()
-    assert feedback.startswith("cannot parse planner answer 1")
+    assert feedback.startswith("cannot parse the plan: line 2")
 
 
 @pytest.mark.parametrize("args, message", [
