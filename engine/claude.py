@@ -172,8 +172,9 @@ def build_argv(options, task, attempt, *, session_id, resume_session=None, feedb
 
 
 def command():
-    """The agent command line for the executor: no task data in it (that is in ARGV_ENV)."""
-    return f"exec {shlex.quote(sys.executable)} -m engine.claude"
+    """The agent command line for the executor: no task data in it (that is in ARGV_ENV). Not
+    `exec`: the executor's trailer after it records the exit status for a resumed orchestrator."""
+    return f"{shlex.quote(sys.executable)} -m engine.claude"
 
 
 def attempt_env(argv, stream_path):
@@ -384,6 +385,101 @@ def resumable(summary):
     """The session id a retry can `--resume`: only one the CLI actually started (its init event was
     seen; a failed `--resume` ends with a result and no init)."""
     return summary.get("session_id") if summary.get("started") else None
+
+
+# --------------------------------------------------------------------------- one attempt
+LIVE_FIELDS = ("session_id", "model", "cost_usd", "tokens_in", "tokens_out", "turns", "result_subtype")
+
+
+def stream_path(logs_dir, task_id, n):
+    return os.path.join(logs_dir, f"{task_id}.attempt-{n}.jsonl")
+
+
+def previous_session(logs_dir, task_id, n):
+    """The newest earlier attempt's session that the CLI really started (so `--resume` finds it)."""
+    for k in range(n - 1, 0, -1):
+        summary = read_summary(stream_path(logs_dir, task_id, k))
+        if resumable(summary):
+            return summary["session_id"]
+    return None
+
+
+def _changed(cwd, base_commit):
+    """Whether the attempt left work (commits past base_commit or edits); None when unknowable."""
+    if not cwd or not os.path.isdir(cwd):
+        return None
+    from engine import git
+
+    _, dirty = git.status(cwd)
+    if dirty:
+        return True
+    commit, _ = git.head(cwd)
+    return None if not base_commit else commit != base_commit
+
+
+def run_attempt(backend, attempt, options, task, stagger=None, cancel=None):
+    """Run one attempt of `task` with this preset through `backend` (anything with
+    `run_attempt(attempt) -> AgentResult`), and return that AgentResult with `denied`, `reason`
+    and `details` filled from the stream.
+
+    The session id is new for every attempt and recorded (attempt.record) before anything starts;
+    a retry resumes the newest earlier session the CLI started, with the QA feedback as prompt.
+    While it runs, the stream is tailed and cost/tokens/turns recorded as they arrive."""
+    logs = os.path.dirname(attempt.log_path)
+    stream = stream_path(logs, task.id, attempt.n)
+    if os.path.exists(stream):  # a re-run of attempt n (after a crash): its events start afresh
+        os.replace(stream, stream + f".{int(time.time())}.old")
+    resume = previous_session(logs, task.id, attempt.n)
+    session_id = new_session_id()
+    feedback = (attempt.entry or {}).get("qa_feedback") or None
+    attempt.record(session_id=session_id, **({"model": options.model} if options.model else {}))
+    argv = build_argv(options, task, attempt.n, session_id=session_id, resume_session=resume, feedback=feedback,
+                      workdir=attempt.cwd or ".", verify=getattr(task, "verify", None))
+    attempt.command = command()
+    attempt.env = dict(attempt.env or {}, **attempt_env(argv, stream))
+    if stagger is not None:
+        stagger.wait(options.stagger_seconds, cancel)
+    done = threading.Event()
+    seen = {}
+
+    def live(summary):
+        fields = {k: summary[k] for k in LIVE_FIELDS if summary.get(k) is not None and seen.get(k) != summary[k]}
+        if fields:
+            seen.update(fields)
+            attempt.record(**fields)
+
+    watcher = threading.Thread(target=follow, args=(stream, done, live), daemon=True, name=f"stream-{task.id}")
+    watcher.start()
+    try:
+        result = backend.run_attempt(attempt)
+    finally:
+        done.set()
+        watcher.join()
+    summary = read_summary(stream)
+    return annotate(result, summary, _changed(attempt.cwd, getattr(attempt, "base_commit", None)))
+
+
+def recover_attempt(backend, attempt, task):
+    """After a crash of the orchestrator: the result of an attempt whose CLI outlived it (the
+    backend waits for it and reads its exit trailer), annotated from its stream; None if none."""
+    result = backend.recover(attempt)
+    if result is None:
+        return None
+    summary = read_summary(stream_path(os.path.dirname(attempt.log_path), task.id, attempt.n))
+    return annotate(result, summary, _changed(attempt.cwd, getattr(attempt, "base_commit", None)))
+
+
+def annotate(result, summary, changed=None):
+    """Fill an AgentResult's denied/reason/details from a stream summary."""
+    verdict = outcome(summary, result.exit_code, result.timed_out, changed)
+    details = {k: summary.get(k) for k in LIVE_FIELDS}
+    details["permission_denials"] = list(summary.get("permission_denials") or [])
+    result.details = dict(getattr(result, "details", None) or {}, **{k: v for k, v in details.items() if v is not None})
+    result.denied = tuple(verdict.denied) if verdict.status == "blocked_permission" else ()
+    result.reason = verdict.reason if verdict.status != "success" else None
+    if verdict.status != "success" and result.exit_code == 0:
+        result.exit_code = 1  # the CLI exits 0 after a blocked run; for us the attempt did not succeed
+    return result
 
 
 if __name__ == "__main__":

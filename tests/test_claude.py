@@ -248,3 +248,87 @@ def test_stagger_spaces_out_start_ups():
         t.join()
     stamps.sort()
     assert all(b - a >= 0.19 for a, b in zip(stamps, stamps[1:]))
+
+
+# --------------------------------------------------------------------------- one attempt through a backend
+class FakeAttempt:
+    """The scheduler's Attempt as announced (task_id, n, command, cwd, env, log_path, exit_path,
+    timeout, base_commit, entry, record)."""
+
+    def __init__(self, repo, task_id, n, entry=None):
+        logs = os.path.join(os.path.dirname(str(repo)), "auto-logs")  # outside the worktree, as for a pool slot
+        self.task_id, self.n, self.cwd, self.command, self.env = task_id, n, str(repo), None, {"TASK_ID": task_id}
+        self.log_path = os.path.join(logs, f"{task_id}.log")
+        self.exit_path = os.path.join(logs, f"{task_id}.attempt-{n}.exit")
+        self.timeout, self.entry = 60, entry or {}
+        self.base_commit = git(repo, "rev-parse", "HEAD")
+        self.records = []
+
+    def record(self, **fields):
+        self.records.append(dict(fields, _started=os.path.exists(self.exit_path)))
+
+
+class RunAgentBackend:
+    """What LocalBackend does: run_agent in attempt.cwd."""
+
+    def __init__(self):
+        self.seen = []
+
+    def run_attempt(self, attempt):
+        self.seen.append((attempt.command, dict(attempt.env)))
+        return run_agent(AgentSpec(attempt.task_id, attempt.command, attempt.cwd, attempt.env, attempt.log_path,
+                                   attempt.timeout, exit_path=attempt.exit_path))
+
+    def recover(self, attempt):
+        from engine.executor import AgentResult, read_exit
+
+        code = read_exit(attempt.exit_path)
+        return None if code is None else AgentResult(attempt.task_id, code, False, 0.0)
+
+
+def test_run_attempt_records_the_session_first_then_live_fields_then_details(repo, fake, monkeypatch):
+    monkeypatch.setenv("FAKE_CLAUDE_COST", "0.5")
+    monkeypatch.setenv("FAKE_CLAUDE_SLEEP", "0.1")
+    task = Task(id="t1", description="do it", verify="true")
+    backend, a1 = RunAgentBackend(), FakeAttempt(repo, "t1", 1)
+    r1 = claude.run_attempt(backend, a1, claude.ClaudeOptions(model="opus"), task, claude.Stagger())
+    first = a1.records[0]
+    assert set(first) == {"session_id", "model", "_started"} and first["_started"] is False  # before the start
+    assert any(rec.get("cost_usd") == 0.5 for rec in a1.records[1:])
+    assert r1.exit_code == 0 and r1.denied == () and r1.reason is None
+    assert r1.details["session_id"] == first["session_id"] and r1.details["cost_usd"] == 0.5
+    assert r1.details["turns"] == 2 and r1.details["tokens_in"] == 230 and r1.details["result_subtype"] == "success"
+    command, env = backend.seen[0]
+    assert command == claude.command() and "do it" not in command and json.loads(env[claude.ARGV_ENV])[-1] == "do it"
+    # attempt 2, after QA said no: resumes attempt 1's session with the feedback
+    a2 = FakeAttempt(repo, "t1", 2, entry={"qa_feedback": "verify failed: expected ok"})
+    r2 = claude.run_attempt(backend, a2, claude.ClaudeOptions(), task)
+    call = fake()[-1]
+    assert call["resume"] == first["session_id"] and call["session_id"] == a2.records[0]["session_id"]
+    assert "verify failed: expected ok" in call["prompt"] and r2.exit_code == 0
+
+
+def test_run_attempt_denial_and_max_turns(repo, fake, monkeypatch):
+    task = Task(id="t1", description="x")
+    monkeypatch.setenv("FAKE_CLAUDE_DENY", "Bash")
+    r = claude.run_attempt(RunAgentBackend(), FakeAttempt(repo, "t1", 1), claude.ClaudeOptions(), task)
+    assert r.denied == ("Bash",) and r.reason == "permission denied: Bash" and r.exit_code == 1
+    assert r.details["permission_denials"] == ["Bash"]
+    monkeypatch.delenv("FAKE_CLAUDE_DENY")
+    monkeypatch.setenv("FAKE_CLAUDE_MAX_TURNS", "1")
+    r = claude.run_attempt(RunAgentBackend(), FakeAttempt(repo, "t1", 2), claude.ClaudeOptions(), task)
+    assert r.denied == () and r.reason == "error_max_turns" and r.exit_code == 1
+
+
+def test_crashed_attempt_then_the_next_resumes_its_session(repo, fake, monkeypatch):
+    task = Task(id="t1", description="x")
+    monkeypatch.setenv("FAKE_CLAUDE_CRASH", "2")
+    a1 = FakeAttempt(repo, "t1", 1)
+    r1 = claude.run_attempt(RunAgentBackend(), a1, claude.ClaudeOptions(), task)
+    assert r1.reason.startswith("the CLI stopped without a result") and r1.details["session_id"] == a1.records[0]["session_id"]
+    monkeypatch.delenv("FAKE_CLAUDE_CRASH")
+    r2 = claude.run_attempt(RunAgentBackend(), FakeAttempt(repo, "t1", 2), claude.ClaudeOptions(), task)
+    assert r2.exit_code == 0 and fake()[-1]["resume"] == a1.records[0]["session_id"]
+    # an orphan's result is collected with its stream's details
+    rec = claude.recover_attempt(RunAgentBackend(), FakeAttempt(repo, "t1", 2), task)
+    assert rec.details["session_id"] == r2.details["session_id"] and rec.reason is None
