@@ -200,7 +200,7 @@ class Pool:
         self.journal.append("acquire-intent", slot=slot["id"], task=task, branch=branch, base=base_commit)
         try:
             created_branch = self._prepare(repo, path, branch, base_commit, listing)
-            worktree.copy_into(self.root, path)
+            worktree.copy_into(self.root, path, never=(self.dir, self.state_path))
             worktree.run_setup(self.root, path, {"TASK_ID": task, "WORKTREE": path, "BRANCH": branch,
                                                  "BASE": base_label})
         except BaseException:

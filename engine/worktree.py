@@ -74,26 +74,59 @@ def worktree_healthy(repo, path, listing=None):
     return git.ok(path, "rev-parse", "--verify", "-q", "HEAD")
 
 
-def include_matches(root):
-    """Untracked files in the main tree matched by `.worktreeinclude` (gitignore syntax)."""
+# From `.claude/`, `.worktreeinclude` may copy only Claude Code's own user files: everything
+# else there is the engine's (state, journals, locks, logs, memory, the pool), which in a
+# worktree would be committed to the task branch and then block INTEGRATE forever.
+CLAUDE_USER_FILES = ("settings.json", "settings.local.json", "commands", "agents", "skills", "hooks")
+
+
+def never_copied(root, rel, never=()):
+    """True for paths `.worktreeinclude` must not copy whatever it says: anything in a `.git`,
+    the engine's files under `.claude/`, and the paths in `never` (a directory and all under
+    it, or a file and its `<file>.*` companions such as locks)."""
+    parts = rel.replace(os.sep, "/").split("/")
+    if ".git" in parts or (parts[0] == ".claude" and (len(parts) < 2 or parts[1] not in CLAUDE_USER_FILES)):
+        return True
+    path = os.path.join(root, rel)
+    for other in never:
+        other = os.path.normpath(other)
+        if path == other or path.startswith(other + os.sep) or (
+                not os.path.isdir(other) and path.startswith(other + ".")):
+            return True
+    return False
+
+
+def pool_paths(root):
+    """The pool's directory and state file for this root (wherever POOL_DIR/POOL_STATE_FILE put them)."""
+    from engine.paths import Layout
+    from engine.pool import Pool
+
+    pool = Pool(Layout(root))
+    return pool.dir, pool.state_path
+
+
+def include_matches(root, never=()):
+    """Untracked files in the main tree matched by `.worktreeinclude` (gitignore syntax),
+    minus what is never copied (see never_copied)."""
     include = os.path.join(root, INCLUDE_FILE)
     if not os.path.isfile(include):
         return []
     text = git.out(root, "ls-files", "--others", "--ignored", "-z", f"--exclude-from={include}")
-    return [p for p in text.split("\0") if p]
+    return [p for p in text.split("\0") if p and not never_copied(root, p, never)]
 
 
-def copy_into(root, worktree, extra=()):
+def copy_into(root, worktree, extra=(), never=()):
     """Copy the profile (plus `extra`) and the `.worktreeinclude` matches into the worktree.
 
     Files the repository tracks are skipped (the checkout already has them). The `.claude/`
     copies are added to the repository's info/exclude so they never show as untracked in a
-    worktree, where an agent's `git add -A` would commit them into its task branch.
+    worktree, where an agent's `git add -A` would commit them into its task branch. `never`:
+    more paths `.worktreeinclude` must not copy (the pool's directory and state file).
     """
     copied = []
     wanted = [rel for rel in (PROFILE, *extra) if os.path.isfile(os.path.join(root, rel))]
     tracked = set(git.out(root, "ls-files", "-z", "--", *wanted).split("\0")) if wanted else set()
-    for rel in (*wanted, *include_matches(root)):
+    for rel in (*wanted, *include_matches(root, never)):
         src = os.path.join(root, rel)
         if rel in tracked or not os.path.isfile(src) or os.path.islink(src):
             continue
@@ -101,7 +134,7 @@ def copy_into(root, worktree, extra=()):
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         shutil.copy2(src, dest)
         copied.append(rel)
-        if rel in wanted:
+        if rel in wanted or rel.startswith(".claude" + os.sep):
             exclude_from_status(root, rel, directory=False)
     return copied
 
@@ -227,7 +260,7 @@ def create_task_worktree(root, task=None, base=None):
     add_worktree(repo, path, branch, None if reuse else base_commit,
                  discard=lambda: git.run(repo, "worktree", "prune", check=False))
     try:
-        copy_into(root, path, extra=(CONTEXT,))
+        copy_into(root, path, extra=(CONTEXT,), never=(base_dir, *pool_paths(root)))
         run_setup(root, path, {"TASK_ID": task, "WORKTREE": path, "BRANCH": branch, "BASE": base or ""})
     except BaseException:
         with git.worktree_lock(repo):
