@@ -14,6 +14,7 @@ a real merge does.
 """
 
 import os
+import re
 from dataclasses import dataclass, field
 
 from engine import git
@@ -48,14 +49,26 @@ def default_target(repo):
 
 
 def merge_tree(repo, ours, theirs):
-    """(tree sha, []) when the merge is clean, else (None, conflicting files)."""
+    """(tree sha, []) when the merge is clean, else (None, conflicting files).
+
+    Raises GitError when there is no merge to compute (unrelated histories, a tip that is not
+    a readable commit): git says so with exit 128, or exit 1 without a tree."""
     proc = git.run(repo, "merge-tree", "--write-tree", "--name-only", "--no-messages", ours, theirs, check=False)
     lines = proc.stdout.splitlines()
     if proc.returncode == 0:
         return lines[0].strip(), []
-    if proc.returncode == 1:
+    if proc.returncode == 1 and lines and re.fullmatch(r"[0-9a-f]{40,64}", lines[0].strip()):
         return None, sorted(set(line for line in lines[1:] if line.strip()))
-    raise git.GitError(["git", "merge-tree", ours, theirs], proc.returncode, proc.stderr)
+    raise git.GitError(["git", "merge-tree", ours, theirs], proc.returncode, proc.stderr or proc.stdout)
+
+
+def unmergeable(exc, target):
+    """Why a branch has no merge with TARGET at all, as a failure reason (one line)."""
+    text = (exc.output or "").strip()
+    if "unrelated histories" in text:
+        return f"unrelated history: no common commit with {target}"
+    detail = text.splitlines()[-1] if text else f"exit {exc.returncode}"
+    return f"cannot be read: {detail.removeprefix('fatal: ')}"
 
 
 def order_by_dependencies(branches, depends_on):
@@ -118,7 +131,11 @@ def merge_branches(repo, target, branches, message="feat: Merge {branch}", delet
             report.already.append(branch)
             report.merged.append(branch)
             continue
-        tree, conflicts = merge_tree(repo, current, tip)
+        try:
+            tree, conflicts = merge_tree(repo, current, tip)
+        except git.GitError as exc:  # this branch cannot be merged at all: it fails, the others go on
+            report.failed.append((branch, unmergeable(exc, target), []))
+            continue
         if tree is None:
             report.failed.append((branch, "conflicts", conflicts))
             continue
@@ -203,13 +220,19 @@ def conflict_matrix(repo, target, branches):
     tips = {b: git.branch_commit(repo, b) for b in branches}
     base = git.branch_commit(repo, target)
     matrix = {b: {"target": [], "branches": {}} for b in branches}
+    def conflicts(ours, theirs):
+        try:
+            return merge_tree(repo, ours, theirs)[1]
+        except git.GitError as exc:
+            return ["<unrelated history>" if "unrelated histories" in (exc.output or "") else "<unreadable>"]
+
     for i, b in enumerate(branches):
         if tips[b] is None:
             matrix[b]["target"] = ["<missing branch>"]
             continue
-        matrix[b]["target"] = merge_tree(repo, base, tips[b])[1]
+        matrix[b]["target"] = conflicts(base, tips[b])
         for other in branches[i + 1:]:
-            files = [] if tips[other] is None else merge_tree(repo, tips[b], tips[other])[1]
+            files = [] if tips[other] is None else conflicts(tips[b], tips[other])
             matrix[b]["branches"][other] = files
             matrix[other]["branches"][b] = files
     return matrix

@@ -188,3 +188,83 @@ def test_dry_run_predicts_exactly_what_merge_does(mb, tmp_path_factory, file_set
         os.chdir(cwd)
     assert predicted["merged"] == actual["merged"]
     assert predicted["failed"] == actual["failed"]
+
+
+def unrelated_and_unreadable(repo):
+    """auto/unrel: a root commit of its own (no common history with main);
+    auto/gone: a branch whose tip commit does not exist (a corrupt or half-copied repository)."""
+    git(repo, "checkout", "-q", "--orphan", "auto/unrel")
+    git(repo, "rm", "-rqf", ".")
+    commit_file(repo, "u.txt", "u\n")
+    git(repo, "checkout", "-q", "-f", "main")
+    with open(os.path.join(repo, ".git", "refs", "heads", "auto", "gone"), "w") as fh:
+        fh.write("0123456789abcdef0123456789abcdef01234567\n")
+
+
+def test_unrelated_or_unreadable_branch_fails_alone(mb, repo):
+    branch_with(repo, "auto/a", {"a.txt": "a\n"})
+    unrelated_and_unreadable(repo)
+    branch_with(repo, "auto/z", {"z.txt": "z\n"})
+    r = mb("main", "auto/a", "auto/unrel", "auto/gone", "auto/z")
+    assert r.code == 1 and r.err == "", r
+    assert r.lines[6:] == [
+        "Merging auto/a...", "  ✓ Merged successfully",
+        "Merging auto/unrel...", "  ✗ Unrelated history: no common commit with main",
+        "Merging auto/gone...", "  ✗ Cannot be read: merge-tree: 0123456789abcdef0123456789abcdef01234567 - "
+                                "not something we can merge",
+        "Merging auto/z...", "  ✓ Merged successfully",
+        "=== MERGE SUMMARY ===", "Merged: auto/a auto/z", "Failed: auto/unrel auto/gone",
+        "", "To resolve conflicts manually:", "  git merge auto/unrel", "  git merge auto/gone"]
+    assert git(repo, "show", "main:a.txt") == "a" and git(repo, "show", "main:z.txt") == "z"
+    assert git(repo, "show", "main:u.txt", check=False) == ""
+    assert "auto/unrel" in branches(repo) and git(repo, "status", "--porcelain") == ""
+    r = mb("--dry-run", "--json", "main", "auto/unrel", "auto/gone")  # the prediction says the same
+    data = json.loads(r.out)
+    assert [f["branch"] for f in data["failed"]] == ["auto/unrel", "auto/gone"]
+    assert data["matrix"]["auto/unrel"]["target"] == ["<unrelated history>"]
+    assert data["matrix"]["auto/gone"]["target"] == ["<missing branch>"]  # its commit is not there
+
+
+def test_engine_merge_fails_only_the_unmergeable_branch(repo):
+    from engine import merge
+
+    unrelated_and_unreadable(repo)
+    branch_with(repo, "auto/a", {"a.txt": "a\n"})
+    report = merge.merge_branches(str(repo), "main", ["auto/unrel", "auto/gone", "auto/a"], delete_merged=False)
+    assert report.merged == ["auto/a"] and report.error is None
+    assert [(b, reason.split(":")[0]) for b, reason, _ in report.failed] == [
+        ("auto/unrel", "unrelated history"), ("auto/gone", "cannot be read")]
+    assert report.new_commit == git(repo, "rev-parse", "main")
+
+
+def test_run_with_an_unrelated_history_branch_merges_the_others(sealed_env, tmp_path, monkeypatch):
+    """A real run whose agent for `bad` replaces its branch with an unrelated root commit:
+    that task fails with the reason, the others are merged, the run ends."""
+    import shlex
+    import sys
+
+    import yaml
+
+    from engine import demo
+    from engine.cli.orchestrator import cli
+    from tests.conftest import invoke
+
+    repo = demo.make_repo(str(tmp_path / "d"))
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("DEMO_AGENT_SLEEP", "0")
+    orphan = ("git checkout -q --orphan tmp && git rm -rqf . && echo u > u.txt && git add u.txt && "
+              "git -c user.name=a -c user.email=a@a commit -qm unrelated && git branch -D auto/bad && "
+              "git branch -m auto/bad")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump({
+        "agent": f"{shlex.quote(sys.executable)} {shlex.quote(demo.AGENT)}",
+        "tasks": [{"id": "good1", "verify": "test -f app/good1.py"},
+                  {"id": "bad", "agent": orphan, "verify": "test -f u.txt"},
+                  {"id": "good2", "verify": "test -f app/good2.py"}]}))
+    r = invoke(cli, "orchestrator", "run", "--all-groups", str(plan))
+    assert r.code == 1 and "Traceback" not in r.err, r  # completed, not every task merged
+    tasks = yaml.safe_load(open(".claude/auto-progress.yaml"))["tasks"]
+    assert tasks["good1"]["status"] == tasks["good2"]["status"] == "merged"
+    assert tasks["bad"]["status"] == "failed" and "unrelated history" in tasks["bad"]["failure"]
+    assert git(repo, "show", "main:app/good1.py") and git(repo, "show", "main:app/good2.py")
+    assert git(repo, "show", "main:u.txt", check=False) == ""
