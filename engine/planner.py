@@ -10,13 +10,15 @@ the errors go back to the agent (the claude preset resumes its session) for a bo
 retries. Only a plan that passed is written, atomically; otherwise one line says why.
 """
 
+import hashlib
 import os
 import re
 import shutil
 
 from engine import claude, git, store
 from engine.errors import OrchestratorError
-from engine.executor import AgentSpec, run_agent
+from engine.executor import AgentSpec, read_exit, run_agent
+from engine.procs import alive, wait_for
 from engine.plan import PlanError, check_for_run
 
 DEFAULT_RETRIES = 2  # after the first answer
@@ -101,7 +103,12 @@ def check(path, root):
 
 
 class Planner:
-    """One planning job: attempts 1..1+retries, logs under .claude/auto-logs/planner/."""
+    """One planning job: attempts 1..1+retries, logs under .claude/auto-logs/planner/.
+
+    With `resume=True` (DECOMPOSE of `run --goal`) a job for the same goal picks up where a
+    killed orchestrator left it: an attempt whose agent finished (its exit status is recorded
+    beside its log) is collected, not asked again; one still running is waited for. Each
+    attempt's session id and pid are in `state.json` before or as it starts."""
 
     def __init__(self, root, agent=None, retries=DEFAULT_RETRIES, max_agents=5, reporter=None, timeout=1800):
         self.root = root
@@ -116,19 +123,28 @@ class Planner:
         self.say = reporter or (lambda line: None)
         self.timeout = timeout
         self.logs = os.path.join(root, ".claude", "auto-logs", "planner")
+        self.state_path = os.path.join(self.logs, "state.json")
+        self.state = {}
 
-    def run(self, goal):
+    def run(self, goal, resume=False):
         """The validated plan text (a YAML document) for `goal`; PlannerGaveUp after the bound."""
         if not isinstance(goal, str) or not goal.strip():
             raise OrchestratorError("ERROR: the goal is empty")
         if self.preset is not None and not shutil.which(self.preset.bin):
             raise PlannerGaveUp(self._no_cli())
+        self._open(goal, resume)
         first_prompt = prompt(goal.strip(), self.root, self.max_agents)
         error, session = None, None
         attempts = 1 + self.retries
         for n in range(1, attempts + 1):
-            self.say(f"planner: attempt {n}/{attempts}")
-            answer, session = self._ask(n, goal, first_prompt, error, session)
+            collected = self._collect(n)
+            if collected is None:
+                self.say(f"planner: attempt {n}/{attempts}")
+                self._ask(n, goal, first_prompt, error, session)
+                collected = self._collect(n)
+            else:
+                self.say(f"planner: attempt {n}/{attempts} collected from before the restart")
+            answer, session = collected[0], collected[1] or session
             text = extract(answer)
             candidate = os.path.join(self.logs, f"answer-{n}.yaml")
             store.atomic_write(candidate, text, keep_last_good=False)
@@ -142,45 +158,82 @@ class Planner:
         raise PlannerGaveUp(f"ERROR: the planner gave no valid plan in {attempts} attempts; last problem: {error} "
                             f"(answers in {os.path.relpath(self.logs, self.root)}/)")
 
+    # ------------------------------------------------------------------ state
+    def _open(self, goal, resume):
+        digest = hashlib.sha256(goal.strip().encode("utf-8")).hexdigest()[:16]
+        state = store.load_json(self.state_path) if resume and os.path.exists(self.state_path) else None
+        if not isinstance(state, dict) or state.get("goal") != digest:
+            if os.path.isdir(self.logs):
+                shutil.rmtree(self.logs)
+            state = {"goal": digest, "attempts": {}}
+        os.makedirs(self.logs, exist_ok=True)
+        self.state = state
+        self._save()
+
+    def _save(self):
+        store.write_json(self.state_path, self.state)
+
+    def _record(self, n, **fields):
+        self.state["attempts"].setdefault(str(n), {}).update(fields)
+        self._save()
+
+    def _paths(self, n):
+        return {k: os.path.join(self.logs, f"attempt-{n}.{k}") for k in ("jsonl", "yaml", "out", "exit")}
+
+    def _collect(self, n):
+        """(answer, session to resume) of attempt n if its agent finished (waiting for a live
+        orphan first); None if it never ran or died unfinished."""
+        entry = self.state["attempts"].get(str(n))
+        if not entry:
+            return None
+        paths = self._paths(n)
+        if read_exit(paths["exit"]) is None and entry.get("pid") and alive(entry["pid"], entry.get("pid_start")):
+            self.say(f"planner: waiting for attempt {n} from before the restart (pid {entry['pid']})")
+            wait_for(entry["pid"], entry.get("pid_start"), timeout=self.timeout)
+        code = read_exit(paths["exit"])
+        if code is None:
+            return None
+        if code == 127:
+            raise PlannerGaveUp(self._no_cli() if self.preset is not None else
+                                "ERROR: cannot run the planner command (not found; see "
+                                f"{os.path.relpath(os.path.join(self.logs, 'planner.log'), self.root)})")
+        if self.preset is not None:
+            summary = claude.read_summary(paths["jsonl"])
+            return summary.get("result") or "", claude.resumable(summary)
+        for key in ("yaml", "out"):
+            if os.path.exists(paths[key]) and os.path.getsize(paths[key]):
+                with open(paths[key], encoding="utf-8", errors="replace") as fh:
+                    return fh.read(), None
+        return "", None
+
     def _no_cli(self):
         return (f"ERROR: cannot run the planner: `{self.preset.bin}` not found (install Claude Code "
                 f"{claude.PINNED_CLI_VERSION}: npm install -g @anthropic-ai/claude-code@{claude.PINNED_CLI_VERSION}, "
                 "or pass --planner COMMAND)")
 
     def _ask(self, n, goal, first_prompt, error, session):
-        """Run attempt n; returns (answer text, session id to resume or None)."""
-        os.makedirs(self.logs, exist_ok=True)
+        """Run attempt n to its end (its answer is then collected from its files)."""
+        paths = self._paths(n)
+        for path in paths.values():
+            if os.path.exists(path):
+                os.unlink(path)
         log = os.path.join(self.logs, "planner.log")
         if self.preset is not None:
             sid = claude.new_session_id()
-            stream = os.path.join(self.logs, f"attempt-{n}.jsonl")
-            argv = claude.print_argv(self.preset, session_id=sid, resume_session=session if error else None,
-                                     prompt=retry_prompt(error) if (error and session) else (
-                                         first_prompt + (f"\nAn earlier answer was refused: {error}\n" if error else "")),
+            resume = session if error else None
+            self._record(n, session_id=sid, resume=resume)
+            text = retry_prompt(error) if resume else (
+                first_prompt + (f"\nAn earlier answer was refused: {error}\n" if error else ""))
+            argv = claude.print_argv(self.preset, session_id=sid, resume_session=resume, prompt=text,
                                      tools=list(READ_ONLY_TOOLS), system=self.preset.append_system_prompt)
-            result = run_agent(AgentSpec("planner", claude.command(), self.root, claude.attempt_env(argv, stream),
-                                         log, self.timeout))
-            summary = claude.read_summary(stream)
-            if result.exit_code == 127:
-                raise PlannerGaveUp(self._no_cli())
-            return summary.get("result") or "", claude.resumable(summary) or session
-        output = os.path.join(self.logs, f"attempt-{n}.yaml")
-        stdout = os.path.join(self.logs, f"attempt-{n}.out")
-        for path in (output, stdout):
-            if os.path.exists(path):
-                os.unlink(path)
-        env = {"PLAN_GOAL": goal, "PLAN_PROMPT": first_prompt, "PLAN_FEEDBACK": error or "", "PLAN_ATTEMPT": str(n),
-               "PLAN_OUTPUT": output, "PLAN_STDOUT": stdout}
-        result = run_agent(AgentSpec("planner", '{ ' + self.agent + '\n} > "$PLAN_STDOUT"', self.root, env, log,
-                                     self.timeout))
-        if result.exit_code == 127:
-            raise PlannerGaveUp("ERROR: cannot run the planner command (not found; see "
-                                f"{os.path.relpath(log, self.root)})")
-        for path in (output, stdout):
-            if os.path.exists(path) and os.path.getsize(path):
-                with open(path, encoding="utf-8", errors="replace") as fh:
-                    return fh.read(), None
-        return "", None
+            command, env = claude.command(), claude.attempt_env(argv, paths["jsonl"])
+        else:
+            self._record(n)
+            command = "{ " + self.agent + '\n} > "$PLAN_STDOUT"'
+            env = {"PLAN_GOAL": goal, "PLAN_PROMPT": first_prompt, "PLAN_FEEDBACK": error or "",
+                   "PLAN_ATTEMPT": str(n), "PLAN_OUTPUT": paths["yaml"], "PLAN_STDOUT": paths["out"]}
+        run_agent(AgentSpec("planner", command, self.root, env, log, self.timeout, exit_path=paths["exit"]),
+                  on_start=lambda pid, start: self._record(n, pid=pid, pid_start=start))
 
 
 def header(goal):
@@ -191,6 +244,20 @@ def header(goal):
 def write(path, text, goal):
     """Write the validated plan atomically (a reader sees no plan or the whole plan)."""
     store.atomic_write(path, header(goal) + text, keep_last_good=False)
+
+
+def plan_once(root, goal, output, agent=None, retries=DEFAULT_RETRIES, max_agents=5, reporter=None):
+    """DECOMPOSE for `run --goal`: the plan file for `goal` at `output`, planned at most once.
+
+    A plan already written there for this goal is kept; a planning job cut short by a crash is
+    resumed (finished answers collected, a live planner waited for), never started over."""
+    if os.path.exists(output):
+        with open(output, encoding="utf-8", errors="replace") as fh:
+            if fh.read().startswith(header(goal)):
+                return output
+    text = Planner(root, agent, retries, max_agents, reporter).run(goal, resume=True)
+    write(output, text, goal)
+    return output
 
 
 def check_output_path(path, force=False):

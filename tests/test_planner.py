@@ -4,11 +4,14 @@ the bound ends it with one line and nothing written."""
 
 import json
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 
 from engine.cli.orchestrator import cli
-from tests.conftest import invoke
+from tests.conftest import ROOT, invoke
 from tests.test_claude import fake  # noqa: F401  (the fixture)
 
 VALID = """Here is the plan.
@@ -139,3 +142,43 @@ def test_answers_are_logged_per_attempt(repo, fake, answers):
     results = [json.loads(line) for line in open(f"{logs}/attempt-1.jsonl")]
     assert results[-1]["type"] == "result" and "a -> b" not in results[-1]["result"]
     assert os.path.exists(f"{logs}/attempt-2.jsonl")
+
+
+def _planning_process(root, output, log):
+    code = ("import sys; from engine import planner; "
+            "planner.plan_once(sys.argv[1], 'Add health and version', sys.argv[2], reporter=print)")
+    return subprocess.Popen([sys.executable, "-c", code, root, output], cwd=root, stdout=open(log, "a"),
+                            stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=ROOT))
+
+
+def _wait_until(predicate, timeout=30):
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("when", ["during", "after"])
+def test_plan_once_across_a_sigkill(repo, fake, answers, monkeypatch, when):
+    """The orchestrator dies while the planner agent answers (it outlives us and is collected) or
+    just after the plan is written: planning again asks nobody."""
+    answers(VALID)
+    monkeypatch.setenv("FAKE_CLAUDE_SLEEP", "0.4" if when == "during" else "0")
+    output = os.path.join(str(repo), ".claude", "auto-plan.yaml")
+    state = os.path.join(str(repo), ".claude", "auto-logs", "planner", "state.json")
+    proc = _planning_process(str(repo), output, str(repo.parent / "planning.log"))
+    if when == "during":
+        _wait_until(lambda: os.path.exists(state) and '"pid"' in open(state).read())
+        _wait_until(lambda: len(fake()) == 1)
+    else:
+        _wait_until(lambda: os.path.exists(output))
+    proc.kill()
+    proc.wait()
+    assert not (when == "during" and os.path.exists(output))
+    again = _planning_process(str(repo), output, str(repo.parent / "planning.log"))
+    assert again.wait(60) == 0, open(repo.parent / "planning.log").read()
+    assert len(fake()) == 1  # planned once
+    assert orchestrator("validate", output, "--agent", "claude").code == 0
+    if when == "during":
+        assert "collected from before the restart" in open(repo.parent / "planning.log").read() or \
+            "waiting for attempt 1" in open(repo.parent / "planning.log").read()
