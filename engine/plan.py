@@ -117,10 +117,17 @@ def from_data(data, source, max_agents):
 
 
 def _plan_str(data, key):
-    """A plan-level string field (`work_type`, `base`, `e2e`), or None."""
+    """A plan-level string field (`work_type`, `base`, `e2e`), or None. The work type is
+    recorded in the state file, which takes one line of at most MAX_VALUE_LEN characters."""
+    from engine.statefile import MAX_VALUE_LEN
+
     value = data.get(key)
     if value is not None and not isinstance(value, str):
         raise PlanError(f"ERROR: plan `{key}` must be a string, got {_kind(value)}")
+    if value and "\0" in value:
+        raise PlanError(f"ERROR: plan `{key}` contains a NUL byte")
+    if key == "work_type" and value and (re.search(r"[\x00-\x1f\x7f]", value) or len(value) > MAX_VALUE_LEN):
+        raise PlanError(f"ERROR: plan `work_type` must be one line of at most {MAX_VALUE_LEN} characters")
     return value
 
 

@@ -78,6 +78,9 @@ BAD_PLANS = [
     "tasks: [{id: a}]\nagent: x\nbase: no-such-branch", "tasks: [{id: a}]\nagent: x\nbase: '-rf'",
     "tasks: [{id: a}]\nagent: x\nwork_type: [BACKEND]", "tasks: [{id: a}]\nagent: x\ne2e: 3",
     "agent: x\ntasks: {a: 1}", "agent: x\ntasks: [{id: a}, {id: a}]", "\x00\x01",
+    "tasks: [{id: a}]\nagent: x\nwork_type: \"A\\nB\"", "tasks: [{id: a}]\nagent: x\nwork_type: " + "W" * 5000,
+    "tasks: [{id: a}]\nagent: \"x\\0\"", "tasks: [{id: a, verify: \"ok\\0\"}]\nagent: x",
+    "tasks: [{id: a}]\nagent: x\ne2e: \"run\\0\"",
 ]
 BAD_CONFIGS = [
     "parallelization: {qa_timeout: .inf}", "parallelization: {qa_timeout: 1e20}", "parallelization: {qa_timeout: 0}",
