@@ -1,20 +1,22 @@
 """Running agents: one interface, a local default.
 
-An agent is a shell command run in its worktree, in its own session (so it and everything
-it starts can be stopped together), with task data only in environment variables and its
-output appended to a per-task log. `LocalExecutor` runs up to N at once on this machine;
-another backend (a cluster scheduler) can implement `submit` with the same AgentSpec.
+An agent is a shell command run in its worktree through `engine.procs.run_command` (own
+session, output appended to a per-task log, everything it starts stopped when it ends), with
+task data in environment variables made safe by `engine.agent_env.prepare_env` (the whole
+texts in files next to the log). `LocalExecutor` runs up to N at once on this machine; another
+backend (a cluster scheduler) can implement `submit` with the same AgentSpec.
 """
 
 import contextlib
 import os
-import shlex
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from engine.procs import process_start_time, stop_group
+from engine.agent_env import AgentLaunchError, prepare_env
+from engine.procs import CommandLaunchError, run_command
+
+__all__ = ["AgentSpec", "AgentResult", "AgentLaunchError", "LocalExecutor", "read_exit", "run_agent"]
 
 
 @dataclass
@@ -26,6 +28,7 @@ class AgentSpec:
     log_path: str = None
     timeout: float = None
     exit_path: str = None  # where the agent's exit status lands, even if we die first
+    files_dir: str = None  # where the whole task texts go (default: next to exit_path or the log)
 
 
 @dataclass
@@ -34,18 +37,7 @@ class AgentResult:
     exit_code: int
     timed_out: bool
     duration: float
-
-
-def _wrapped(spec):
-    """The agent command plus a trailer that records its exit status atomically in
-    `exit_path`, so a resumed orchestrator can collect the result of an agent that outlived
-    the orchestrator that started it."""
-    if not spec.exit_path:
-        return spec.command
-    target = shlex.quote(spec.exit_path)
-    return (f"{spec.command}\n__orchestrator_status=$?\n"
-            f"printf '%s' \"$__orchestrator_status\" > {target}.tmp && mv -f {target}.tmp {target}\n"
-            "exit $__orchestrator_status\n")
+    interrupted: bool = False  # we stopped it (Ctrl-C, abort, cancel): not the agent's failure
 
 
 def read_exit(path):
@@ -57,33 +49,39 @@ def read_exit(path):
         return None
 
 
-def run_agent(spec, on_start=None):
-    """Run one agent to completion; `on_start(pid, start_time)` is called once it runs."""
-    env = dict(os.environ, **spec.env)
-    os.makedirs(os.path.dirname(spec.log_path), exist_ok=True)
+def files_dir_for(spec):
+    """TASK.attempt-N.data/ next to the exit status file, else TASK.data/ next to the log."""
+    if spec.files_dir:
+        return spec.files_dir
+    if spec.exit_path:
+        stem = spec.exit_path[:-len(".exit")] if spec.exit_path.endswith(".exit") else spec.exit_path
+        return stem + ".data"
+    return os.path.join(os.path.dirname(spec.log_path), f"{spec.task_id}.data")
+
+
+def run_agent(spec, on_start=None, cancel=None):
+    """Run one agent to completion; `on_start(pid, start_time)` is called once it runs.
+
+    The exit status is also written to `spec.exit_path` (after everything the agent started
+    is gone, and not when we stopped it), so a resumed orchestrator collects the result of an
+    agent that outlived the orchestrator that started it. `cancel` (a threading.Event) stops
+    it: the result is then `interrupted`. Raises AgentLaunchError when it cannot be started
+    (task data the kernel refuses, a missing worktree).
+    """
+    values = prepare_env(spec.env, files_dir_for(spec))
+    env = dict(os.environ, **values)
     if spec.exit_path:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(spec.exit_path)
-    started = time.time()
-    with open(spec.log_path, "ab") as log:
-        log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {spec.task_id}: {spec.command}\n".encode())
-        log.flush()
-        proc = subprocess.Popen(["/bin/sh", "-c", _wrapped(spec)], cwd=spec.cwd, env=env, stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        if on_start:
-            on_start(proc.pid, process_start_time(proc.pid))
-        try:
-            code = proc.wait(timeout=spec.timeout)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            stop_group(proc.pid)
-            code = proc.wait()
-            timed_out = True
-        except BaseException:
-            stop_group(proc.pid, grace=1.0)
-            proc.wait()
-            raise
-    return AgentResult(spec.task_id, code, timed_out, time.time() - started)
+    header = f"=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {spec.task_id}: {spec.command}"
+    try:
+        result = run_command(spec.command, spec.cwd, env=env, output_path=spec.log_path, timeout=spec.timeout,
+                             header=header, on_start=on_start, cancel=cancel, exit_path=spec.exit_path)
+    except AgentLaunchError:
+        raise
+    except CommandLaunchError as exc:
+        raise AgentLaunchError(exc.message) from None
+    return AgentResult(spec.task_id, result.code, result.timed_out, result.duration, interrupted=result.interrupted)
 
 
 class LocalExecutor:

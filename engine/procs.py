@@ -1,9 +1,34 @@
-"""Processes we may not have started ourselves: is it still the same process (pid reuse is
-guarded by the kernel's start time), stop it with everything it started, wait for it."""
+"""Processes: run every external command of a run (agents, `verify`, `e2e`) hygienically, and
+handle processes we may not have started ourselves (is it still the same process — pid reuse
+is guarded by the kernel's start time —, stop it with everything it started, wait for it).
 
+Every external command of a run (agents, `verify`, `e2e`) goes through `run_command`.
+
+Hygiene rules, and why:
+- output (stdout and stderr) is appended to a file, never a pipe: a leftover background child
+  holding a pipe open would block whoever reads it until that child ends;
+- stdin is /dev/null and the command gets its own session, so nothing reads our terminal and
+  Ctrl-C reaches us, not the command (we stop it ourselves, with everything it started);
+- the command runs under `engine/reaper.py`, a child subreaper: when the command exits, times
+  out or is stopped, every process it started — including children that called `setsid`,
+  double-forked or cleared their environment — is TERMed, KILLed after a grace period and
+  reaped there. The command is judged by its own exit status, not by its leftovers;
+- each command's environment carries a unique marker variable (`ORCH_PROC_<hex>=1`); if the
+  reaper itself is killed hard, the orchestrator stops every process of ours still carrying
+  the marker (a scan of /proc/*/environ), so nothing of the tree outlives the command.
+"""
+
+import contextlib
 import os
+import secrets
+import select
 import signal
+import subprocess
+import sys
 import time
+from dataclasses import dataclass
+
+from engine.errors import OrchestratorError, one_line
 
 
 def process_start_time(pid):
@@ -53,3 +78,252 @@ def wait_for(pid, start=None, timeout=None, poll=0.1):
             return False
         time.sleep(poll)
     return True
+
+
+# --------------------------------------------------------------------------- running commands
+REAPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reaper.py")
+TIMED_OUT = 124  # the code of a command stopped at its timeout (coreutils `timeout` convention)
+INTERRUPTED = 130  # the code of a command we stopped on Ctrl-C, SIGTERM or a cancel event
+CANCEL_POLL = 0.1  # how often a running command looks at its cancel event (s)
+REAPER_SLACK = 3.0  # how long past its grace period the reaper may take before it is KILLed
+MARKER_PREFIX = "ORCH_PROC_"
+
+
+class CommandLaunchError(OrchestratorError):
+    """The command could not be started at all (missing directory, argument list too long,
+    an environment value the kernel refuses); the message says why."""
+
+
+@dataclass
+class CommandResult:
+    """How one command ended. `code` is its exit status; -N when a signal N it did not get
+    from us ended it; TIMED_OUT (124) when we stopped it at `timeout` (`timed_out` is set);
+    INTERRUPTED (130) when we stopped it on Ctrl-C/SIGTERM/cancel (`interrupted` is set)."""
+
+    code: int
+    timed_out: bool
+    duration: float
+    output_path: str
+    interrupted: bool = False
+    output_start: int = 0  # offset in output_path where this command's output begins
+    timeout: float = None
+    pid: int = None
+
+    @property
+    def ok(self):
+        return self.code == 0 and not self.timed_out and not self.interrupted
+
+
+def _open_output(path, header):
+    """Open `path` for appending without following a symlink; write the header line."""
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise CommandLaunchError(f"cannot open the output file {path}: {exc.strerror}") from None
+    if header is not None:
+        os.write(fd, (one_line(str(header)) + "\n").encode("utf-8", "replace"))
+    return fd, os.lseek(fd, 0, os.SEEK_END)
+
+
+def _wait(proc, deadline, cancel):
+    """Wait for `proc`: 'exited', 'timeout' or 'cancel'. A pidfd wakes us the moment it ends."""
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        pidfd = None
+    try:
+        while True:
+            if proc.poll() is not None:
+                return "exited"
+            if cancel is not None and cancel.is_set():
+                return "cancel"
+            step = None if deadline is None else deadline - time.monotonic()
+            if step is not None and step <= 0:
+                return "timeout"
+            if cancel is not None or pidfd is None:
+                step = CANCEL_POLL if step is None else min(step, CANCEL_POLL)
+            if pidfd is None:
+                time.sleep(min(step, 0.01))
+            else:
+                select.select([pidfd], [], [], step)
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _stop(proc, marker, grace):
+    """Stop a running command: the reaper TERMs and then KILLs its tree; if the reaper does not
+    finish in time it is KILLed with its session and the marker sweep catches the rest."""
+    try:
+        os.kill(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=grace + REAPER_SLACK)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        proc.wait()
+    sweep(marker, grace=0)
+
+
+def run_command(command, cwd, *, env=None, output_path, timeout=None, header=None, on_start=None,
+                cancel=None, exit_path=None, grace=1.0):
+    """Run the shell line `command` in `cwd` (see the rules above) and return a CommandResult.
+
+    `env` is the whole environment (default: ours). `on_start(pid, start_time)` is called once
+    it runs (the pid is the reaper's: signalling its session stops the command). `cancel`, a
+    threading.Event, stops it when set (result `interrupted`). On KeyboardInterrupt or any
+    other exception while it runs, the tree is stopped and the exception re-raised (with the
+    result as its `command_result` attribute). `exit_path` receives the exit status once the
+    command and its leftovers are gone, unless we stopped it. `grace` is how long TERMed
+    processes get before KILL.
+    """
+    marker = MARKER_PREFIX + secrets.token_hex(8)
+    env = dict(os.environ if env is None else env)
+    env[marker] = "1"
+    argv = [sys.executable, "-I", "-S", REAPER, repr(float(grace)), exit_path or "", command]
+    fd, start_offset = _open_output(output_path, header)
+    started = time.monotonic()
+    try:
+        try:
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=fd,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        except (OSError, ValueError, UnicodeError) as exc:
+            raise CommandLaunchError(_launch_failure(exc, command, cwd)) from None
+    finally:
+        os.close(fd)
+    result = CommandResult(0, False, 0.0, output_path, output_start=start_offset, timeout=timeout, pid=proc.pid)
+    try:
+        if on_start:
+            on_start(proc.pid, process_start_time(proc.pid))
+        deadline = None if timeout is None else started + timeout
+        how = _wait(proc, deadline, cancel)
+    except BaseException as exc:
+        _stop(proc, marker, grace)
+        result.code, result.interrupted, result.duration = INTERRUPTED, True, time.monotonic() - started
+        with contextlib.suppress(AttributeError):
+            exc.command_result = result
+        raise
+    if how != "exited":
+        _stop(proc, marker, grace)
+        result.timed_out = how == "timeout"
+        result.interrupted = how == "cancel"
+        result.code = TIMED_OUT if result.timed_out else INTERRUPTED
+    else:
+        result.code = proc.returncode
+        if result.code < 0:  # the reaper died by a signal: maybe before it could clean up
+            sweep(marker, grace=0)
+    result.duration = time.monotonic() - started
+    return result
+
+
+def _launch_failure(exc, command, cwd):
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno == errno.E2BIG:
+        return ("argument list too long: the command or its environment exceeds the kernel's limit "
+                f"(command of {len(command)} characters)")
+    if isinstance(exc, FileNotFoundError) and not os.path.isdir(cwd):
+        return f"cannot run a command in {cwd}: the directory does not exist"
+    if isinstance(exc, ValueError):
+        return f"cannot pass the command or its environment: {exc}"
+    return f"cannot start `{_short(command)}`: {exc}"
+
+
+# --------------------------------------------------------------------------- the marker sweep
+def _marked(needle):
+    """(pid, start time) of every process of ours whose environment carries `needle`."""
+    found, me = [], os.getpid()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as fh:
+                data = fh.read()
+        except OSError:  # gone, or not ours
+            continue
+        if data.startswith(needle) or b"\0" + needle in data:
+            found.append((int(name), process_start_time(name)))
+    return found
+
+
+def sweep(marker, grace=1.0, rounds=200):
+    """Stop every process carrying the marker variable (TERM, then KILL after `grace`);
+    repeated until none is left, so a child forked meanwhile is caught too. Returns how
+    many processes were found."""
+    needle = f"{marker}=".encode()
+    seen = set()
+    sig = signal.SIGTERM if grace > 0 else signal.SIGKILL
+    deadline = time.monotonic() + grace
+    for _ in range(rounds):
+        procs = _marked(needle)
+        if not procs:
+            break
+        for pid, start in procs:
+            seen.add((pid, start))
+            if process_start_time(pid) == start:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, sig)
+        if time.monotonic() >= deadline:
+            sig = signal.SIGKILL
+        time.sleep(0.01)
+    return len(seen)
+
+
+# --------------------------------------------------------------------------- what to show
+def tail_text(path, max_lines=40, max_bytes=8000, start=0):
+    """The end of a command's output: at most `max_lines` lines and about `max_bytes` bytes
+    from offset `start` on, NUL bytes shown as `\\0`; a note says when earlier output was cut.
+    Reads only the tail, whatever the file's size."""
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            begin = max(start, size - max_bytes)
+            fh.seek(begin)
+            data = fh.read(size - begin)
+    except OSError:
+        return ""
+    cut = begin > start
+    text = data.decode("utf-8", "replace").replace("\0", "\\0")
+    lines = text.splitlines()
+    if cut and len(lines) > 1:
+        lines = lines[1:]  # the first line was cut in the middle
+    if len(lines) > max_lines:
+        lines, cut = lines[-max_lines:], True
+    body = "\n".join(lines)
+    return f"[… earlier output cut]\n{body}" if cut and body else body
+
+
+def _short(command, limit=200):
+    text = one_line(" ".join(str(command).split()))
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def describe(result, command):
+    """One line: which command ended how."""
+    what = f"`{_short(command)}`"
+    if result.interrupted:
+        return f"{what} was interrupted"
+    if result.timed_out:
+        return f"{what} timed out after {result.timeout:g}s"
+    if result.code < 0:
+        try:
+            name = signal.Signals(-result.code).name
+        except ValueError:
+            name = f"signal {-result.code}"
+        return f"{what} was killed by {name}"
+    return f"{what} exited with code {result.code}"
+
+
+def feedback(result, command, max_lines=40, max_bytes=8000):
+    """What to tell an agent or a person about a command's run: which command ended how, then
+    the tail of its output. Bounded, and never empty."""
+    tail = tail_text(result.output_path, max_lines, max_bytes, start=result.output_start)
+    head = describe(result, command)
+    return f"{head}; its output ends:\n{tail}" if tail.strip() else f"{head} and printed nothing"

@@ -1,0 +1,44 @@
+"""run_command: what the hygiene costs per command.
+
+Median wall time of running `true` (so the overhead is all there is):
+- baseline: `subprocess.run(["/bin/sh", "-c", "true"])` with output to a file;
+- `engine.procs.run_command("true", ...)`: the reaper process (a Python start-up that makes
+  itself a subreaper and reaps), output file, marker variable;
+- the same with a leftover `setsid sleep` child that must be found and stopped;
+- one marker sweep over /proc (what the orchestrator pays only when the reaper was killed).
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import median_time, report  # noqa: E402
+
+from engine.procs import run_command, sweep  # noqa: E402
+
+
+def main(repeat=31):
+    with tempfile.TemporaryDirectory() as base:
+        out = os.path.join(base, "out.log")
+
+        def plain():
+            with open(out, "ab") as fh:
+                subprocess.run(["/bin/sh", "-c", "true"], cwd=base, stdin=subprocess.DEVNULL, stdout=fh,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+
+        baseline = median_time(plain, repeat)
+        report("subprocess.run sh -c true (baseline)", baseline, baseline, "baseline")
+        report("run_command true", median_time(lambda: run_command("true", base, output_path=out), repeat),
+               baseline, "baseline")
+        report("run_command with a setsid leftover to stop",
+               median_time(lambda: run_command("setsid sleep 30 & exit 0", base, output_path=out), repeat),
+               baseline, "baseline")
+        report("one marker sweep of /proc", median_time(lambda: sweep("ORCH_PROC_none", grace=0), repeat),
+               baseline, "baseline")
+
+
+if __name__ == "__main__":
+    main()
