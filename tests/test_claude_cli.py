@@ -125,3 +125,37 @@ def test_fake_and_real_agree_on_a_missing_verbose():
                           capture_output=True, text=True, timeout=60)
     assert real.returncode == fake.returncode == 1
     assert real.stderr.strip().splitlines()[-1] == fake.stderr.strip()
+
+
+@pytest.mark.skipif(not os.environ.get("ORCH_SLOW_TESTS"), reason="builds a real venv with pip (slow): "
+                    "runs under `make plugin-check`")
+def test_the_real_cli_runs_our_session_start_hook(tmp_path, isolated):
+    """`claude --plugin-dir` loads the plugin; its SessionStart hook builds the venv in the data dir
+    the CLI gives it (the first time only) and exports it for the Bash tool; bin/ then uses it."""
+    from tests.test_plugin import NAMES, env_without, package_version, plugin_copy
+
+    plugin = plugin_copy(tmp_path)
+    work = tmp_path / "w"
+    work.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
+
+    def session():
+        proc = subprocess.run([CLI, "--plugin-dir", str(plugin), "-p", "--output-format", "stream-json", "--verbose",
+                               "--", "hi"], cwd=work, capture_output=True, text=True, timeout=600)
+        events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        hooks = [e for e in events if e.get("subtype") == "hook_response" and e.get("hook_event") == "SessionStart"]
+        assert len(hooks) == 1 and hooks[0]["exit_code"] == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+        return hooks[0]["stdout"]
+
+    assert session() == f"parallel-orchestrator: engine {package_version()} installed (orchestrator is on PATH)\n"
+    data = os.path.join(os.environ["CLAUDE_CONFIG_DIR"], "plugins", "data")
+    data = os.path.join(data, os.listdir(data)[0])
+    assert open(os.path.join(data, "venv", ".plugin-version")).read() == package_version()
+    assert session() == ""  # up to date: silent
+    env_files = [os.path.join(d, f) for d, _, files in os.walk(os.path.join(os.environ["CLAUDE_CONFIG_DIR"],
+                                                                           "session-env")) for f in files]
+    exports = {open(f).read() for f in env_files}
+    assert f"export PARALLEL_ORCHESTRATOR_DATA={data}\n" in exports
+    r = subprocess.run([str(plugin / "bin" / "orchestrator"), "--help"], cwd=work, capture_output=True, text=True,
+                       env=env_without(NAMES, {"PARALLEL_ORCHESTRATOR_DATA": data}))
+    assert r.returncode == 0 and r.stdout.startswith("Usage: orchestrator"), r.stderr
