@@ -7,8 +7,9 @@ NEW`) with the QA feedback as the prompt. Nothing waits for a person: `--permiss
 dontAsk` and `--permission-prompts none` deny whatever the allow-list (which always holds the
 task's verify command and git) does not cover, and the CLI reports it in `permission_denials`.
 
-Task data never passes through a shell: the argv is handed to `python -m engine.claude` in the
-environment (JSON), which points stdout at the attempt's `.jsonl` stream file and execs the CLI.
+Task data never passes through a shell: the argv and the prompt are written to files beside the
+attempt's logs, and `python -m engine.claude` (the agent command) points stdout at the attempt's
+`.jsonl` stream file, the prompt file at stdin (no size limit), and execs the CLI.
 The stream is parsed while it grows (`follow`) and once more at the end (`read_summary`); the
 summary maps to an outcome (`outcome`): success, failure with a reason, or blocked on a
 permission naming the refused tool.
@@ -30,7 +31,7 @@ PINNED_CLI_VERSION = "2.1.332"  # the Makefile installs this one; tests check ou
 # `--permission-mode` choices in the pinned CLI's --help
 PERMISSION_MODES = ("acceptEdits", "auto", "bypassPermissions", "manual", "dontAsk", "plan")
 DEFAULT_TOOLS = ("Read", "Edit", "Write", "Glob", "Grep", "Bash(git *)")
-ARGV_ENV = "ORCH_CLAUDE_ARGV"
+SPEC_ENV = "ORCH_CLAUDE_SPEC"  # path of the attempt's argv file (JSON), written before the start
 STREAM_ENV = "ORCH_CLAUDE_STREAM"
 
 
@@ -172,28 +173,53 @@ def build_argv(options, task, attempt, *, session_id, resume_session=None, feedb
 
 
 def command():
-    """The agent command line for the executor: no task data in it (that is in ARGV_ENV). Not
+    """The agent command line for the executor: no task data in it (that is in the spec file). Not
     `exec`: the executor's trailer after it records the exit status for a resumed orchestrator."""
     return f"{shlex.quote(sys.executable)} -m engine.claude"
 
 
+def spec_paths(stream_path):
+    base = stream_path[:-len(".jsonl")] if stream_path.endswith(".jsonl") else stream_path
+    return base + ".argv.json", base + ".prompt"
+
+
 def attempt_env(argv, stream_path):
-    return {ARGV_ENV: json.dumps(argv), STREAM_ENV: stream_path}
+    """Write the attempt's argv (JSON) and prompt beside its stream and return the environment
+    that points `python -m engine.claude` at them. Files, not environment values: the executor
+    bounds environment values, and the kernel bounds one argv string to 128 KiB, so the prompt
+    (task description, QA feedback, any size) goes to the CLI on stdin."""
+    from engine import store
+
+    spec, prompt_file = spec_paths(stream_path)
+    if len(argv) >= 2 and argv[-2] == "--":
+        argv, prompt = argv[:-2], argv[-1]
+    else:
+        prompt = None
+    store.atomic_write(prompt_file, prompt or "", keep_last_good=False)
+    store.atomic_write(spec, json.dumps({"argv": argv, "prompt_file": prompt_file if prompt is not None else None}),
+                       keep_last_good=False)
+    return {SPEC_ENV: spec, STREAM_ENV: stream_path}
 
 
 def main(environ=None):
-    """`python -m engine.claude`: stdout to the stream file, then exec the CLI with the argv from the environment."""
+    """`python -m engine.claude`: stdout to the stream file, the prompt file on stdin, then exec
+    the CLI with the argv from the spec file."""
     environ = os.environ if environ is None else environ
     try:
-        argv = json.loads(environ[ARGV_ENV])
-        stream = environ[STREAM_ENV]
-    except (KeyError, ValueError):
-        print(f"engine.claude: {ARGV_ENV} and {STREAM_ENV} must be set by the orchestrator", file=sys.stderr)
+        with open(environ[SPEC_ENV], encoding="utf-8") as fh:
+            spec = json.load(fh)
+        argv, prompt_file, stream = spec["argv"], spec.get("prompt_file"), environ[STREAM_ENV]
+    except (KeyError, OSError, ValueError, TypeError) as exc:
+        print(f"engine.claude: no valid attempt spec ({SPEC_ENV}, {STREAM_ENV}): {exc}", file=sys.stderr)
         return 2
     os.makedirs(os.path.dirname(stream) or ".", exist_ok=True)
     fd = os.open(stream, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.close(fd)
+    if prompt_file:
+        fd = os.open(prompt_file, os.O_RDONLY)
+        os.dup2(fd, 0)
+        os.close(fd)
     try:
         os.execvp(argv[0], argv)
     except OSError as exc:

@@ -138,6 +138,10 @@ def do_task(task, prompt):
 
 def main(argv):
     opts, tools, prompt = parse(argv)
+    if prompt is None and not sys.stdin.isatty():
+        prompt = sys.stdin.read() or None  # as the real CLI: the prompt on stdin
+    if prompt is None:
+        fail("Error: Input must be provided either through stdin or as a prompt argument when using --print")
     if not (opts.get("-p") or opts.get("--print")):
         fail("fake claude: only print mode is faked")
     if opts.get("--output-format") != "stream-json":

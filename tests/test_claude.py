@@ -4,6 +4,7 @@ argv acceptance are in test_claude_cli.py."""
 
 import json
 import os
+import tempfile
 import threading
 import time
 
@@ -116,8 +117,12 @@ def test_any_description_is_one_argv_element_never_in_the_command(text):
     argv = claude.build_argv(claude.ClaudeOptions(), Task(id="t", description=text), 1, session_id="s",
                              workdir="/w", verify=None)
     assert argv[-1] == text and argv[-2] == "--"
-    env = claude.attempt_env(argv, "/tmp/s.jsonl")
-    assert json.loads(env[claude.ARGV_ENV]) == argv  # the command line itself takes no task data
+    with tempfile.TemporaryDirectory() as d:
+        env = claude.attempt_env(argv, os.path.join(d, "t.attempt-1.jsonl"))
+        spec = json.load(open(env[claude.SPEC_ENV]))
+        assert spec["argv"] == argv[:-2]  # the command line and the argv take no task text: stdin does
+        with open(spec["prompt_file"], encoding="utf-8", errors="surrogateescape", newline="") as fh:
+            assert fh.read() == text
 
 
 # --------------------------------------------------------------------------- real runs of the fake
@@ -140,6 +145,14 @@ def test_attempt_captures_session_cost_tokens_turns(repo, fake, monkeypatch):
     # the stream file holds exactly the CLI's events, one JSON object per line
     kinds = [json.loads(line)["type"] for line in open(stream)]
     assert kinds[0] == "system" and kinds[-1] == "result"
+
+
+def test_a_prompt_larger_than_one_argv_string_may_be(repo, fake):
+    """The kernel refuses one argv string over 128 KiB; the prompt goes on stdin, so size is no limit."""
+    big = "x" * 300_000 + " end"
+    result, summary, _ = attempt(repo, Task(id="t1", description=big), 1, claude.new_session_id())
+    assert result.exit_code == 0 and summary["result_subtype"] == "success"
+    assert fake()[0]["prompt"] == big
 
 
 def test_retry_resumes_the_previous_session_with_feedback(repo, fake):
@@ -299,7 +312,8 @@ def test_run_attempt_records_the_session_first_then_live_fields_then_details(rep
     assert r1.details["session_id"] == first["session_id"] and r1.details["cost_usd"] == 0.5
     assert r1.details["turns"] == 2 and r1.details["tokens_in"] == 230 and r1.details["result_subtype"] == "success"
     command, env = backend.seen[0]
-    assert command == claude.command() and "do it" not in command and json.loads(env[claude.ARGV_ENV])[-1] == "do it"
+    spec = json.load(open(env[claude.SPEC_ENV]))
+    assert command == claude.command() and "do it" not in command and open(spec["prompt_file"]).read() == "do it"
     # attempt 2, after QA said no: resumes attempt 1's session with the feedback
     a2 = FakeAttempt(repo, "t1", 2, entry={"qa_feedback": "verify failed: expected ok"})
     r2 = claude.run_attempt(backend, a2, claude.ClaudeOptions(), task)

@@ -91,6 +91,9 @@ def test_the_real_cli_accepts_first_attempt_and_retry(tmp_path, isolated):
     assert summary["started"] and summary["result_subtype"] is not None and summary["is_error"]
     assert claude.outcome(summary, result.exit_code).status == "failure"  # not logged in: no model call
     assert not (work / "pwned").exists()
+    transcripts = [os.path.join(d, f) for d, _, files in os.walk(os.environ["CLAUDE_CONFIG_DIR"]) for f in files
+                   if f == f"{first}.jsonl"]
+    assert transcripts and "-starts like a flag; $(touch pwned)" in open(transcripts[0]).read()  # the prompt, via stdin
 
     second = claude.new_session_id()
     result, events, summary = run(2, second, resume=claude.resumable(summary))
