@@ -38,6 +38,9 @@ class AgentResult:
     timed_out: bool
     duration: float
     interrupted: bool = False  # we stopped it (Ctrl-C, abort, cancel): not the agent's failure
+    denied: tuple = ()  # tools a `claude` agent was denied (the task becomes blocked_permission)
+    reason: str = None  # one line: why it failed, when more is known than the exit code
+    details: dict = None  # merged into the task's attempt record (session_id, cost_usd, node, ...)
 
 
 def read_exit(path):
@@ -68,7 +71,8 @@ def run_agent(spec, on_start=None, cancel=None):
     it: the result is then `interrupted`. Raises AgentLaunchError when it cannot be started
     (task data the kernel refuses, a missing worktree).
     """
-    values = prepare_env(spec.env, files_dir_for(spec))
+    command_size = len(str(spec.command).encode("utf-8", "surrogatepass"))
+    values = prepare_env(spec.env, files_dir_for(spec), reserve=64 * 1024 + command_size)
     env = dict(os.environ, **values)
     if spec.exit_path:
         with contextlib.suppress(FileNotFoundError):

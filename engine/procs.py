@@ -52,9 +52,20 @@ def alive(pid, start=None):
 
 
 def stop_group(pid, start=None, grace=2.0):
-    """Stop a process and its session (TERM, then KILL after `grace`)."""
+    """Stop a process and its session (TERM, then KILL after `grace`). When it is a command's
+    reaper (see run_command), whatever of that command escaped the session is stopped too
+    (the marker sweep), even if the orchestrator that started it is gone."""
     if not alive(pid, start):
         return False
+    marker = reaper_marker(pid)
+    try:
+        return _signal_group(pid, start, grace)
+    finally:
+        if marker:
+            sweep(marker, grace=0)
+
+
+def _signal_group(pid, start, grace):
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(pid, sig)
@@ -68,6 +79,18 @@ def stop_group(pid, start=None, grace=2.0):
                 return True
             time.sleep(0.05)
     return True
+
+
+def reaper_marker(pid):
+    """The marker variable of the command a reaper process runs, or None if `pid` is no reaper."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            argv = fh.read().split(b"\0")
+    except OSError:
+        return None
+    if len(argv) > 6 and argv[3] == os.fsencode(REAPER) and argv[6].startswith(MARKER_PREFIX.encode()):
+        return os.fsdecode(argv[6])
+    return None
 
 
 def wait_for(pid, start=None, timeout=None, poll=0.1):
@@ -187,7 +210,7 @@ def run_command(command, cwd, *, env=None, output_path, timeout=None, header=Non
     marker = MARKER_PREFIX + secrets.token_hex(8)
     env = dict(os.environ if env is None else env)
     env[marker] = "1"
-    argv = [sys.executable, "-I", "-S", REAPER, repr(float(grace)), exit_path or "", command]
+    argv = [sys.executable, "-I", "-S", REAPER, repr(float(grace)), exit_path or "", marker, command]
     fd, start_offset = _open_output(output_path, header)
     started = time.monotonic()
     try:

@@ -8,12 +8,13 @@ grace period, and reaped here (`waitpid(-1)` is safe in this process: every chil
 the command's). Being a separate process keeps the orchestrator's own children (git, other
 commands) out of this, and it keeps working when the orchestrator itself is SIGKILLed.
 
-    python -I -S reaper.py GRACE EXIT_PATH COMMAND
+    python -I -S reaper.py GRACE EXIT_PATH MARKER COMMAND
 
 Runs `/bin/sh -c COMMAND`. Exits with the command's status (re-raising its terminating
 signal). EXIT_PATH, when not empty, receives the command's exit status atomically after the
 clean-up, unless the command was stopped (SIGTERM/SIGINT/SIGHUP to this process): a resumed
-orchestrator collects an orphaned agent's result from it. Standard library only and no
+orchestrator collects an orphaned agent's result from it. MARKER names the command's marker
+variable (unused here: `engine.procs.stop_group` reads it from our command line). Standard library only and no
 imports at start-up beyond os/signal/sys, so it costs little per command.
 """
 
@@ -137,7 +138,7 @@ def _die_like(sig):
 
 
 def main(argv):
-    grace, exit_path, command = float(argv[1]), argv[2], argv[3]
+    grace, exit_path, command = float(argv[1]), argv[2], argv[4]
     _set_subreaper()
     stopped, waiting = [], [True]
 

@@ -109,7 +109,8 @@ def test_run_agent_records_exit_status_and_logs_a_header(tmp_path):
     seen = []
     spec = spec_for(tmp_path, {"TASK_ID": "t1"}, command="echo working; exit 2")
     result = run_agent(spec, on_start=lambda pid, start: seen.append(pid))
-    assert result.exit_code == 2 and not result.timed_out
+    assert result.exit_code == 2 and not result.timed_out and not result.interrupted
+    assert result.denied == () and result.reason is None and result.details is None
     assert read_exit(spec.exit_path) == 2
     log = open(spec.log_path).read().splitlines()
     assert log[0].startswith("=== ") and log[0].endswith("t1: echo working; exit 2") and log[1] == "working"

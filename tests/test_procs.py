@@ -14,6 +14,19 @@ from engine.procs import (INTERRUPTED, TIMED_OUT, CommandLaunchError, alive, fee
 LONG = 60  # how long leftover children would live if nobody stopped them
 
 
+@pytest.fixture(autouse=True)
+def no_leftovers_after_a_failure(tmp_path):
+    """If a test fails, do not leave its children running for a minute."""
+    yield
+    for path in tmp_path.glob("*.pid"):
+        try:
+            pid = read_pid(path)
+            if os.readlink(f"/proc/{pid}/cwd") == str(tmp_path):  # still that child, not a reused pid
+                os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+
+
 def gone(pid):
     """The process no longer exists (a zombie counts as alive: someone must still reap it)."""
     return not os.path.exists(f"/proc/{pid}")
@@ -250,3 +263,30 @@ def test_start_time_is_reported(tmp_path):
                 on_start=lambda pid, start: seen.append((pid, start, process_start_time(pid))))
     (pid, start, again), = seen
     assert start is not None and start == again
+
+
+def test_stop_group_on_an_orphaned_reaper_stops_what_escaped_its_session(tmp_path):
+    """The orchestrator that started a command is SIGKILLed; a later one (resume, abort) only
+    has the recorded pid and start time. stop_group on it also stops the command's child that
+    left the session and ignores SIGTERM."""
+    import subprocess
+    import sys
+
+    from tests.conftest import python_env
+
+    child = (f"setsid sh -c 'trap \"\" TERM; echo $$ > child.pid; while :; do sleep 0.05; done' & "
+             f"sleep {LONG}")
+    script = ("import sys; from engine.procs import run_command\n"
+              "run_command(sys.argv[1], '.', output_path='out.log',\n"
+              "            on_start=lambda pid, start: print(pid, start, flush=True))\n")
+    orchestrator = subprocess.Popen([sys.executable, "-c", script, child], cwd=tmp_path, env=python_env(),
+                                    stdout=subprocess.PIPE, text=True)
+    pid, start = orchestrator.stdout.readline().split()
+    wait_for_file(tmp_path / "child.pid")
+    orchestrator.kill()
+    orchestrator.wait()
+    orchestrator.stdout.close()
+    escaped = read_pid(tmp_path / "child.pid")
+    assert alive(int(pid), start) and alive(escaped)
+    assert stop_group(int(pid), start, grace=0.3)
+    assert wait_gone(escaped) and wait_gone(int(pid))
