@@ -141,12 +141,24 @@ def _layers(data):
     return layers
 
 
+def _check_setup_command(data):
+    """`setup_command` (engine.worktree reads it from `worktree:` or `parallelization:`) runs in
+    every leased worktree: a list or a number there would fail every acquire."""
+    rel = os.path.join(".claude", "auto-context.yaml")
+    for section in ("worktree", "parallelization"):
+        block = data.get(section)
+        command = block.get("setup_command") if isinstance(block, dict) else None
+        if command is not None and (not isinstance(command, str) or "\0" in command):
+            raise ConfigError(f"ERROR: {rel} {section}: `setup_command` must be one command string")
+
+
 def load(root, work_type="", env=None):
     """The settings for WORK_TYPE; raises ConfigError (one line) for any bad value anywhere in
     the file or in AUTO_PARALLEL_* -- including other work types' blocks."""
     env = os.environ if env is None else env
     data, _ = store.load_yaml_mapping(os.path.join(root, ".claude", "auto-context.yaml"))
     settings = Parallelization()
+    _check_setup_command(data or {})
     for where, block, block_type in _layers(data or {}):
         for key, value in block.items():
             if key not in LIMITS or value is None:

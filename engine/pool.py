@@ -427,6 +427,10 @@ class Pool:
         return [s for s in data["worktrees"] if s.get("status") == "busy" and
                 owner_alive(s.get("owner")) and s["owner"]["pid"] not in mine]
 
+    def _live_now(self):
+        with self.lock():
+            return self.live_leases(self.load())
+
     def refuse_live_leases(self, data, what):
         live = self.live_leases(data)
         if live:
@@ -456,12 +460,16 @@ class Pool:
                     self.release(slot["id"], force=force, quiet=True)
                     released += 1
                     kept += bool(branch and git.branch_exists(self.repo, branch))
-        removed = self._remove_slot_worktrees(keep=lambda n: False)
+        # A slot leased by a live process after the check above (a race, not a user's
+        # intent) keeps its worktree and its record.
+        live = set() if ignore_live or data is None else {s["id"] for s in self._live_now()}
+        removed = self._remove_slot_worktrees(keep=lambda n: f"wt-{n}" in live)
         if data is not None:
             with self.lock():
                 data = self.load()
-                data["worktrees"] = [idle_slot(f"wt-{i}", self.rel(os.path.join(self.dir, f"wt-{i}")))
-                                     for i in range(1, len(data["worktrees"]) + 1)]
+                live = set() if ignore_live else {s["id"] for s in self.live_leases(data)}
+                data["worktrees"] = [s if s["id"] in live else idle_slot(s["id"], self.rel(self.slot_path(s["id"])))
+                                     for s in data["worktrees"]]
                 self.save(data)
         self.journal.append("pool-cleanup", released=released, removed=removed, kept=kept)
         return released, removed, kept

@@ -57,6 +57,8 @@ def test_layers_in_order(tmp_path):
     ("overrides: {BACKEND: 3}", "overrides: `'BACKEND'` must be a mapping"),
     ("overrides: {BACKEND: {max_agents: 0}}", "overrides.BACKEND: `max_agents`"),
     ("overrides: {qa_timeout: .inf}", "overrides: `qa_timeout`"),
+    ("parallelization: {setup_command: [npm, ci]}", "parallelization: `setup_command` must be one command string"),
+    ("worktree: {setup_command: 3}", "worktree: `setup_command` must be one command string"),
 ])
 def test_bad_values_refused_in_every_block(tmp_path, text, message):
     write(tmp_path, text + "\n")

@@ -45,6 +45,7 @@ for bad in HOSTILE:
         ("pool_manager", ["acquire", bad]),
         ("pool_manager", ["release", bad]),
         ("pool_manager", ["init", bad]),
+        ("pool_manager", ["reset", bad]),
         ("setup_worktree", [bad]),
         ("checkpoint_manager", ["group", bad, "pre"]),
         ("checkpoint_manager", ["write", bad, "summary"]),
@@ -89,7 +90,7 @@ BAD_CONFIGS = [
     "parallelization: {retry_on_failure: -1}", "parallelization: {auto_cleanup: 7}",
     "overrides: {BACKEND: {max_agents: 0}}", "overrides: {OTHER_TYPE: {qa_timeout: .inf}}",
     "overrides: {BACKEND: 3}", "overrides: 3", "parallelization: 3", "parallelization: {max_agents: [",
-    "- a list",
+    "- a list", "worktree: {setup_command: [npm, ci]}",
 ]
 
 
