@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint bench demo clean plugin-check
+.PHONY: install test test-ray lint bench demo clean plugin-check
 
 $(STAMP): setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,16 @@ $(STAMP): setup.cfg setup.py
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --ignore=tests/ray
+
+# The Ray executor's suite: installs the `ray` extra, starts a real two-node cluster on this host.
+RAY_STAMP := $(VENV)/.ray-installed
+$(RAY_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[ray,test]' --config-settings editable_mode=compat
+	touch $(RAY_STAMP)
+
+test-ray: $(RAY_STAMP)
+	$(PY) -m pytest -q tests/ray
 
 lint: $(STAMP)
 	$(PY) -m compileall -q engine states tests bench

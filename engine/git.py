@@ -316,3 +316,42 @@ def tracked_files(repo, limit=None):
     proc = run(repo, "ls-files", "-z", check=False)
     files = [f for f in proc.stdout.split("\0") if f] if proc.returncode == 0 else []
     return files[:limit] if limit else files
+
+
+# --------------------------------------------------------------------------- refs on a remote
+# The Ray executor moves commits between the orchestrator and worker nodes through a shared
+# remote, one ref per attempt (never a shared branch: a lost node's agent may push late).
+def push_ref(cwd, remote, src, dst):
+    """Set `dst` on `remote` to `src` (a commit or ref here), forced: each ref has one writer."""
+    run(cwd, "push", "-q", "--no-verify", remote, f"+{src}:{dst}")
+
+
+def delete_remote_refs(cwd, remote, *refs):
+    """Remove refs from `remote`; missing ones are fine (cleanup after a fetch)."""
+    if refs:
+        run(cwd, "push", "-q", "--no-verify", remote, *[f":{ref}" for ref in refs], check=False)
+
+
+def fetch_ref(cwd, remote, ref, dst=None):
+    """Fetch `ref` from `remote` into the local ref `dst` (default: the same name); the commit,
+    or None when the remote has no such ref."""
+    dst = dst or ref
+    proc = run(cwd, "fetch", "-q", "--no-tags", "--no-write-fetch-head", remote, f"+{ref}:{dst}", check=False)
+    if proc.returncode != 0:
+        if "couldn't find remote ref" in (proc.stderr or ""):
+            return None
+        raise GitError(["git", "fetch", remote, ref], proc.returncode, proc.stderr)
+    return resolve_commit(cwd, dst)
+
+
+def set_branch(repo, branch, commit):
+    """Point BRANCH at COMMIT: fast-forward it where it is checked out, else move the ref."""
+    where = checked_out_at(repo, branch)
+    if where:
+        run(where, "merge", "-q", "--ff-only", commit)
+    else:
+        run(repo, "update-ref", "-m", "parallel-orchestrator: attempt result", "refs/heads/" + branch, commit)
+
+
+def delete_ref(repo, ref):
+    run(repo, "update-ref", "-d", ref, check=False)
