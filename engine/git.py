@@ -161,10 +161,23 @@ def checked_out_at(repo, branch, listing=None):
     return None
 
 
+_HALF_WRITTEN_WORKTREE = re.compile(r"failed to read .*worktrees/[^/]+/(commondir|gitdir)")
+
+
 def worktrees(repo):
-    """`git worktree list --porcelain`, parsed: [{path, head, branch, detached, locked, prunable}]."""
+    """`git worktree list --porcelain`, parsed: [{path, head, branch, detached, locked, prunable}].
+
+    A `worktree add` running concurrently writes its admin files non-atomically, and a list at
+    that instant fails ("failed to read .../commondir: Success"): that is retried."""
+    for attempt in range(8):
+        proc = run(repo, "worktree", "list", "--porcelain", check=False)
+        if proc.returncode == 0 or not _HALF_WRITTEN_WORKTREE.search(proc.stderr or ""):
+            break
+        time.sleep(0.02 * (attempt + 1))
+    if proc.returncode != 0:
+        raise GitError(["git", "worktree", "list", "--porcelain"], proc.returncode, proc.stderr)
     entries, current = [], None
-    for line in out(repo, "worktree", "list", "--porcelain").splitlines() + [""]:
+    for line in proc.stdout.strip().splitlines() + [""]:
         if not line:
             if current:
                 entries.append(current)

@@ -238,3 +238,26 @@ def test_health_finds_and_repairs_an_operation_in_an_idle_slot(pm, repo):
     r = pm("health", "--repair")
     assert "Repaired: operation-in-progress: wt-1" in r.out
     assert engine_git.operations_in_progress(path) == []
+
+
+def test_worktree_list_rides_out_a_half_written_worktree(repo):
+    """A concurrent `worktree add` leaves commondir empty for an instant; the listing waits for it."""
+    import threading
+
+    from engine import git as engine_git
+    from engine.errors import GitError
+
+    admin = repo / ".git" / "worktrees" / "half"
+    admin.mkdir(parents=True)
+    (admin / "gitdir").write_text(str(repo.parent / "half" / ".git") + "\n")
+    (admin / "HEAD").write_text("ref: refs/heads/main\n")
+    (admin / "commondir").write_text("")
+    with pytest.raises(GitError):  # never finished: still an error, not a silent empty list
+        engine_git.worktrees(str(repo))
+    finisher = threading.Timer(0.05, lambda: (admin / "commondir").write_text("../..\n"))
+    finisher.start()
+    try:
+        paths = [e["path"] for e in engine_git.worktrees(str(repo))]
+    finally:
+        finisher.join()
+    assert paths[0] == str(repo) and paths[1].endswith("/half")
