@@ -19,6 +19,7 @@ Hygiene rules, and why:
 """
 
 import contextlib
+import math
 import os
 import secrets
 import select
@@ -88,7 +89,7 @@ def reaper_marker(pid):
             argv = fh.read().split(b"\0")
     except OSError:
         return None
-    if len(argv) > 6 and argv[3] == os.fsencode(REAPER) and argv[6].startswith(MARKER_PREFIX.encode()):
+    if len(argv) > 7 and argv[3] == os.fsencode(REAPER) and argv[6].startswith(MARKER_PREFIX.encode()):
         return os.fsdecode(argv[6])
     return None
 
@@ -110,6 +111,7 @@ INTERRUPTED = 130  # the code of a command we stopped on Ctrl-C, SIGTERM or a ca
 CANCEL_POLL = 0.1  # how often a running command looks at its cancel event (s)
 REAPER_SLACK = 3.0  # how long past its grace period the reaper may take before it is KILLed
 MARKER_PREFIX = "ORCH_PROC_"
+OUTPUT_LIMIT = 64 * 1024 * 1024  # bytes of output one command may write before it is stopped
 
 
 class CommandLaunchError(OrchestratorError):
@@ -131,6 +133,7 @@ class CommandResult:
     output_start: int = 0  # offset in output_path where this command's output begins
     timeout: float = None
     pid: int = None
+    output_limited: bool = False  # stopped because its output passed `max_output` bytes
 
     @property
     def ok(self):
@@ -168,6 +171,8 @@ def _wait(proc, deadline, cancel):
                 return "timeout"
             if cancel is not None or pidfd is None:
                 step = CANCEL_POLL if step is None else min(step, CANCEL_POLL)
+            elif step is not None:
+                step = min(step, 60.0)  # select() refuses huge timeouts (a `timeout: 1e20`)
             if pidfd is None:
                 time.sleep(min(step, 0.01))
             else:
@@ -196,7 +201,7 @@ def _stop(proc, marker, grace):
 
 
 def run_command(command, cwd, *, env=None, output_path, timeout=None, header=None, on_start=None,
-                cancel=None, exit_path=None, grace=1.0):
+                cancel=None, exit_path=None, grace=1.0, max_output=OUTPUT_LIMIT):
     """Run the shell line `command` in `cwd` (see the rules above) and return a CommandResult.
 
     `env` is the whole environment (default: ours). `on_start(pid, start_time)` is called once
@@ -205,12 +210,14 @@ def run_command(command, cwd, *, env=None, output_path, timeout=None, header=Non
     other exception while it runs, the tree is stopped and the exception re-raised (with the
     result as its `command_result` attribute). `exit_path` receives the exit status once the
     command and its leftovers are gone, unless we stopped it. `grace` is how long TERMed
-    processes get before KILL.
+    processes get before KILL. A command whose output passes `max_output` bytes (None: no
+    limit) is stopped with its tree: `output_limited`, code -SIGXFSZ.
     """
     marker = MARKER_PREFIX + secrets.token_hex(8)
     env = dict(os.environ if env is None else env)
     env[marker] = "1"
-    argv = [sys.executable, "-I", "-S", REAPER, repr(float(grace)), exit_path or "", marker, command]
+    argv = [sys.executable, "-I", "-S", REAPER, repr(float(grace)), exit_path or "", marker,
+            str(int(max_output or 0)), command]
     fd, start_offset = _open_output(output_path, header)
     started = time.monotonic()
     try:
@@ -225,7 +232,7 @@ def run_command(command, cwd, *, env=None, output_path, timeout=None, header=Non
     try:
         if on_start:
             on_start(proc.pid, process_start_time(proc.pid))
-        deadline = None if timeout is None else started + timeout
+        deadline = None if timeout is None or not math.isfinite(timeout) else started + timeout
         how = _wait(proc, deadline, cancel)
     except BaseException as exc:
         _stop(proc, marker, grace)
@@ -242,6 +249,9 @@ def run_command(command, cwd, *, env=None, output_path, timeout=None, header=Non
         result.code = proc.returncode
         if result.code < 0:  # the reaper died by a signal: maybe before it could clean up
             sweep(marker, grace=0)
+        if result.code == -signal.SIGXFSZ and max_output:
+            with contextlib.suppress(OSError):
+                result.output_limited = os.path.getsize(output_path) - start_offset > max_output
     result.duration = time.monotonic() - started
     return result
 
@@ -335,6 +345,8 @@ def describe(result, command):
         return f"{what} was interrupted"
     if result.timed_out:
         return f"{what} timed out after {result.timeout:g}s"
+    if result.output_limited:
+        return f"{what} was stopped: its output passed the limit"
     if result.code < 0:
         try:
             name = signal.Signals(-result.code).name

@@ -8,28 +8,31 @@ grace period, and reaped here (`waitpid(-1)` is safe in this process: every chil
 the command's). Being a separate process keeps the orchestrator's own children (git, other
 commands) out of this, and it keeps working when the orchestrator itself is SIGKILLed.
 
-    python -I -S reaper.py GRACE EXIT_PATH MARKER COMMAND
+    python -I -S reaper.py GRACE EXIT_PATH MARKER OUTPUT_LIMIT COMMAND
 
-Runs `/bin/sh -c COMMAND`. Exits with the command's status (re-raising its terminating
-signal). EXIT_PATH, when not empty, receives the command's exit status atomically after the
-clean-up, unless the command was stopped (SIGTERM/SIGINT/SIGHUP to this process): a resumed
-orchestrator collects an orphaned agent's result from it. MARKER names the command's marker
-variable (unused here: `engine.procs.stop_group` reads it from our command line). Standard library only and no
-imports at start-up beyond os/signal/sys, so it costs little per command.
+Runs `/bin/sh -c COMMAND` with our stdout/stderr (the output file). Exits with the command's
+status (re-raising its terminating signal). EXIT_PATH, when not empty, receives the command's
+exit status atomically after the clean-up, unless the command was stopped (SIGTERM/SIGINT/
+SIGHUP to this process): a resumed orchestrator collects an orphaned agent's result from it.
+MARKER names the command's marker variable (unused here: `engine.procs.stop_group` reads it
+from our command line). OUTPUT_LIMIT (bytes, 0 = none): a command whose output grows past it
+is stopped like a timeout and we die by SIGXFSZ, so a runaway printer cannot fill the disk.
+
+All signals are taken synchronously (blocked, then `sigtimedwait`): a child's exit and a stop
+request wake the single loop at once, with no handler racing the clean-up. Standard library only and no
+imports at start-up beyond os, _signal, sys and time (ctypes for the prctl), so it costs little per command.
 """
 
 import os
-import signal
+import _signal as signal  # the C module: `signal` would import enum, a third of our start-up
 import sys
 import time
 
 PR_SET_CHILD_SUBREAPER = 36
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-GIVE_UP = 5.0
-
-
-class _Stop(Exception):
-    pass
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+WAKE_SIGNALS = STOP_SIGNALS | {signal.SIGCHLD}
+GIVE_UP = 5.0  # seconds of KILLs after which a process we may not signal (setuid) is left
+SIZE_POLL = 0.05  # how often the output size is looked at when there is a limit (s)
 
 
 def _set_subreaper():
@@ -42,7 +45,7 @@ def _set_subreaper():
 
 
 def _descendants(root):
-    """Pids of every living process below `root`, from /proc (parents before children)."""
+    """Pids of every living process below `root`, from /proc."""
     children = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -77,39 +80,55 @@ class Reaper:
         self.command_pid = command_pid
         self.status = None  # the command's wait status once reaped
 
-    def reap(self, block):
-        """Reap children; False once none are left."""
+    def reap(self):
+        """Reap every child that has ended; False once none are left at all."""
         while True:
             try:
-                pid, status = os.waitpid(-1, 0 if block else os.WNOHANG)
+                pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return False
             if pid == 0:
                 return True
             if pid == self.command_pid:
                 self.status = status
-            if block:
-                return True
 
-    def wait_command(self):
-        while self.status is None:
-            self.reap(block=True)
+    def wait_command(self, output_limit):
+        """'exited', 'limit' or the stop signal that ended the wait."""
+        start = _output_size()
+        while True:
+            self.reap()
+            if self.status is not None:
+                return "exited"
+            if output_limit and start is not None and _output_size() - start > output_limit:
+                return "limit"
+            if output_limit:
+                info = signal.sigtimedwait(WAKE_SIGNALS, SIZE_POLL)
+            else:
+                info = signal.sigwaitinfo(WAKE_SIGNALS)
+            if info is not None and info.si_signo in STOP_SIGNALS:
+                return info.si_signo
 
     def stop_tree(self, grace):
-        """TERM everything left below us, KILL what outlives `grace`, reap it all. A process
-        we may not signal (setuid) is given up on after GIVE_UP seconds of KILLs."""
-        if not self.reap(block=False):
+        """TERM everything left below us, KILL what outlives `grace`, reap it all."""
+        if not self.reap():
             return
         _signal_all(_descendants(os.getpid()), signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while self.reap(block=False):
+        while self.reap():
             now = time.monotonic()
             if now >= deadline + GIVE_UP:
                 print("[orchestrator] some processes the command started could not be stopped", file=sys.stderr)
                 return
             if now >= deadline:
                 _signal_all(_descendants(os.getpid()), signal.SIGKILL)
-            time.sleep(0.01)
+            signal.sigtimedwait({signal.SIGCHLD}, 0.01)
+
+
+def _output_size():
+    try:
+        return os.fstat(1).st_size
+    except OSError:
+        return None
 
 
 def _write_exit(path, code):
@@ -138,39 +157,26 @@ def _die_like(sig):
 
 
 def main(argv):
-    grace, exit_path, command = float(argv[1]), argv[2], argv[4]
+    grace, exit_path, output_limit, command = float(argv[1]), argv[2], int(argv[4]), argv[5]
     _set_subreaper()
-    stopped, waiting = [], [True]
-
-    def on_signal(signum, frame):
-        stopped.append(signum)
-        if waiting:  # interrupt the wait once; during the clean-up a stop is only recorded
-            waiting.clear()
-            raise _Stop
-
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, on_signal)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, WAKE_SIGNALS)
     pid = os.fork()
     if pid == 0:
         try:
-            for sig in (*STOP_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ):
+            for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # what Python changed at start-up
                 signal.signal(sig, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
             os.execv("/bin/sh", ["/bin/sh", "-c", command])
         finally:
             os._exit(127)
     reaper = Reaper(pid)
-    try:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        reaper.wait_command()
-        waiting.clear()
-    except _Stop:
-        pass
+    how = reaper.wait_command(output_limit)
+    if how == "limit":
+        os.write(2, f"\n[orchestrator] the output passed {output_limit} bytes: command stopped\n".encode())
     reaper.stop_tree(grace)
-    if stopped:
-        _die_like(stopped[0])
-    code = os.waitstatus_to_exitcode(reaper.status)
+    if how not in ("exited", "limit"):
+        _die_like(how)
+    code = -signal.SIGXFSZ if how == "limit" else os.waitstatus_to_exitcode(reaper.status)
     if exit_path:
         _write_exit(exit_path, code)
     if code < 0:

@@ -290,3 +290,47 @@ def test_stop_group_on_an_orphaned_reaper_stops_what_escaped_its_session(tmp_pat
     assert alive(int(pid), start) and alive(escaped)
     assert stop_group(int(pid), start, grace=0.3)
     assert wait_gone(escaped) and wait_gone(int(pid))
+
+
+def test_output_flood_is_stopped_at_the_limit(tmp_path):
+    """A runaway printer cannot fill the disk: stopped like a timeout, with its tree."""
+    cmd = f"setsid sleep {LONG} & echo $! > child.pid; while :; do echo flood flood flood; done"
+    result = run_command(cmd, str(tmp_path), output_path=str(tmp_path / "out.log"), max_output=2_000_000,
+                         exit_path=str(tmp_path / "exit"))
+    assert result.output_limited and result.code == -signal.SIGXFSZ
+    assert 2_000_000 < os.path.getsize(tmp_path / "out.log") < 20_000_000  # the limit, plus one poll
+    assert gone(read_pid(tmp_path / "child.pid"))
+    assert "its output passed the limit" in feedback(result, "yes")
+    assert (tmp_path / "exit").read_text() == str(-signal.SIGXFSZ)  # a result, not an interruption
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), 1e20, float("nan")])
+def test_unbounded_timeouts_mean_no_timeout(tmp_path, timeout):
+    result = run_command("exit 0", str(tmp_path), output_path=str(tmp_path / "out.log"), timeout=timeout)
+    assert result.code == 0 and not result.timed_out
+
+
+def test_concurrent_commands_stop_only_their_own_leftovers(tmp_path):
+    """Eight commands at once from threads (as the executor runs agents): each returns its own
+    status, each one's leftover is stopped, and a long-running sibling is not touched."""
+    results = {}
+
+    def one(i):
+        d = tmp_path / f"c{i}"
+        d.mkdir()
+        cmd = f"setsid sleep {LONG} & echo $! > child.pid; sleep 0.{i}; exit {i}"
+        results[i] = run_command(cmd, str(d), output_path=str(d / "out.log"))
+
+    sibling = {}
+    slow = threading.Thread(target=lambda: sibling.update(r=run_command(
+        "sleep 3; exit 42", str(tmp_path), output_path=str(tmp_path / "slow.log"))))
+    slow.start()
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    slow.join()
+    assert {i: r.code for i, r in results.items()} == {i: i for i in range(8)}
+    assert all(gone(read_pid(tmp_path / f"c{i}" / "child.pid")) for i in range(8))
+    assert sibling["r"].code == 42
