@@ -368,3 +368,39 @@ def set_branch(repo, branch, commit):
 
 def delete_ref(repo, ref):
     run(repo, "update-ref", "-d", ref, check=False)
+
+
+# --------------------------------------------------------------------------- read-only views
+# For `orchestrator dashboard`: what a task changed. Nothing here writes to the repository
+# (`--no-optional-locks`: not even the index's stat cache).
+
+def merge_base(repo, a, b):
+    """The best common ancestor of commits A and B, or None."""
+    proc = run(repo, "--no-optional-locks", "merge-base", "--end-of-options", a, b, check=False)
+    return (proc.stdout.strip() or None) if proc.returncode == 0 else None
+
+
+def commit_parents(repo, commit):
+    """The parents of COMMIT (first parent first), or None when it is no commit."""
+    proc = run(repo, "--no-optional-locks", "rev-list", "--parents", "-n", "1", "--end-of-options",
+               commit + "^{commit}", "--", check=False)
+    words = proc.stdout.split()
+    return words[1:] if proc.returncode == 0 and words else None
+
+
+def first_parent_merges(repo, rev, limit=1000):
+    """[(commit, [parents], subject)] of the merge commits on REV's first-parent line, newest first."""
+    proc = run(repo, "--no-optional-locks", "log", "--first-parent", "--merges", f"-n{int(limit)}",
+               "--format=%H %P%x00%s", "--end-of-options", rev, "--", check=False)
+    found = []
+    for line in proc.stdout.splitlines() if proc.returncode == 0 else ():
+        shas, _, subject = line.partition("\0")
+        commit, *parents = shas.split()
+        found.append((commit, parents, subject))
+    return found
+
+
+def diff_text(repo, old, new):
+    """`git diff --stat --patch OLD NEW` as text, without external diff or textconv drivers."""
+    return run(repo, "--no-optional-locks", "diff", "--patch-with-stat", "--no-color", "--no-ext-diff",
+               "--no-textconv", "-M", "--end-of-options", old, new, "--").stdout

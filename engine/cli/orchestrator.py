@@ -209,6 +209,23 @@ def abort_cmd():
     return 0
 
 
+@cli.command("dashboard")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default="a free port",
+              help="Port to listen on.")
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in the default browser.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; anything but loopback needs --allow-remote.")
+@click.option("--allow-remote", is_flag=True, help="Allow a non-loopback --host (anyone who reaches it sees "
+              "the run, its logs and diffs).")
+def dashboard_cmd(port, open_browser, host, allow_remote):
+    """A live, read-only web page of the current run (DAG, timeline, logs, QA, diffs)."""
+    from engine.dashboard.server import serve
+    from engine.paths import Layout
+
+    return serve(Layout().root, host=host, port=port, allow_remote=allow_remote, open_browser=open_browser,
+                 echo=lambda line: click.echo(line))
+
+
 def _mirror():
     from engine.cli import checkpoint_manager, merge_branches, pool_manager, setup_worktree, state_transition
 

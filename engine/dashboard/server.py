@@ -1,0 +1,170 @@
+"""The dashboard's HTTP server: the standard library's ThreadingHTTPServer, GET only.
+
+Why polling and not server-sent events: the page asks for the snapshot (and the selected
+task's new log bytes) once a second. Every answer is a complete, self-contained document,
+so a restarted server, a laptop waking up or a file rewritten mid-read costs one stale
+second, never a stream to re-synchronise; no request holds a thread; and each answer is a
+plain GET that the tests read exactly as the page does. On localhost a poll costs a few
+stat calls and about a millisecond.
+
+What it guards against: it binds 127.0.0.1 unless told otherwise twice (--host and
+--allow-remote); it answers only requests whose Host header names that address (a web page
+elsewhere cannot reach it through DNS rebinding); URLs never become paths (static files
+are a fixed table, task ids are validated and must be tasks of the run); the page is served
+with a Content-Security-Policy that allows no inline script and nothing from other origins.
+"""
+
+import ipaddress
+import json
+import os
+import re
+import socket
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+from engine.dashboard.model import RunModel
+from engine.errors import OrchestratorError
+
+STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+PAGES = {"/": ("index.html", "text/html; charset=utf-8"),
+         "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+         "/style.css": ("style.css", "text/css; charset=utf-8")}
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                               "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+_TASK_ROUTE = re.compile(r"/api/task/([^/]{1,200})(/log|/diff)?")
+
+
+def is_loopback(host):
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class DashboardServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = False
+
+    def __init__(self, model, host="127.0.0.1", port=0, allow_remote=False):
+        if not allow_remote and not is_loopback(host):
+            raise OrchestratorError(f"ERROR: the dashboard listens on 127.0.0.1 only; binding {host} would show "
+                                    "your run, logs and diffs to the network (pass --allow-remote to do it anyway)")
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.model = model
+        self.allow_remote = allow_remote
+        self.pages = {}
+        for route, (name, kind) in PAGES.items():
+            with open(os.path.join(STATIC, name), "rb") as fh:
+                self.pages[route] = (fh.read(), kind)
+        try:
+            super().__init__((host, port), Handler)
+        except OSError as exc:
+            raise OrchestratorError(f"ERROR: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        self.host = host
+
+    @property
+    def port(self):
+        return self.server_address[1]
+
+    @property
+    def url(self):
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    def allowed_host(self, header):
+        """The Host header names this server (by its address or `localhost`), or anything goes
+        when remote access was asked for."""
+        if self.allow_remote:
+            return True
+        if not header:
+            return False
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return header in {f"{name}:{self.port}" for name in (host, "localhost")}
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "orchestrator-dashboard"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format, *args):  # noqa: A002 - the base class's name
+        """Quiet: one line per poll would bury the terminal."""
+
+    def _send(self, code, body, kind="application/json; charset=utf-8", head=False):
+        self.send_response(code)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in SECURITY_HEADERS.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def _json(self, code, data, head=False):
+        body = json.dumps(data, ensure_ascii=False, allow_nan=False, default=str).encode("utf-8")
+        self._send(code, body, head=head)
+
+    def do_HEAD(self):
+        self.do_GET(head=True)
+
+    def do_GET(self, head=False):
+        server = self.server
+        if not server.allowed_host(self.headers.get("Host")):
+            return self._json(403, {"error": "unexpected Host header"}, head)
+        url = urlsplit(self.path)
+        path = url.path
+        if path in server.pages:
+            body, kind = server.pages[path]
+            return self._send(200, body, kind, head)
+        model = server.model
+        if path == "/api/snapshot":
+            return self._json(200, model.snapshot(), head)
+        match = _TASK_ROUTE.fullmatch(path)
+        if match:
+            task = model.known_task(match.group(1))
+            if task is None:
+                return self._json(404, {"error": "no such task"}, head)
+            if match.group(2) == "/log":
+                query = parse_qs(url.query)
+                return self._json(200, model.log_chunk(task, _int(query.get("offset")), _int(query.get("inode"))),
+                                  head)
+            if match.group(2) == "/diff":
+                return self._json(200, model.diff(task), head)
+            return self._json(200, model.task_detail(task), head)
+        return self._json(404, {"error": "not found"}, head)
+
+    def _refuse(self):
+        self._json(405, {"error": "the dashboard is read-only"})
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse
+
+
+def _int(values):
+    if not values or not re.fullmatch(r"\d{1,18}", values[0]):
+        return None
+    return int(values[0])
+
+
+def serve(root, host="127.0.0.1", port=0, allow_remote=False, open_browser=False, echo=print):
+    """Serve the dashboard for the project at ROOT until Ctrl-C."""
+    server = DashboardServer(RunModel(root), host, port, allow_remote)
+    echo(f"Dashboard: {server.url}")
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(server.url)
+    try:
+        server.serve_forever(poll_interval=0.25)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0

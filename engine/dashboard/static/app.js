@@ -1,0 +1,457 @@
+// orchestrator dashboard: polls the read-only JSON API once a second and draws the run.
+// Every value from the server is hostile data (task ids, descriptions, log lines, diffs):
+// it only ever reaches the page through textContent, createTextNode or setAttribute on
+// non-URL attributes. No innerHTML anywhere.
+"use strict";
+
+const SVGNS = "http://www.w3.org/2000/svg";
+const POLL_MS = 1000;
+const LOG_MAX = 200000;
+const STATUS_ORDER = ["pending", "running", "executed", "verifying", "approved", "merging", "merged",
+                      "rejected", "conflicted", "failed", "blocked", "blocked_permission"];
+
+const ui = {
+  snap: null, selected: null, userSelected: false, tab: "log",
+  log: {task: null, next: null, inode: null, busy: false},
+  detailSig: null, detailAt: 0, diffSig: null, lastOk: 0,
+};
+
+// ------------------------------------------------------------------ DOM helpers
+function el(tag, attrs, ...kids) {
+  const node = document.createElement(tag);
+  setAttrs(node, attrs);
+  for (const kid of kids) add(node, kid);
+  return node;
+}
+function svg(tag, attrs, ...kids) {
+  const node = document.createElementNS(SVGNS, tag);
+  setAttrs(node, attrs);
+  for (const kid of kids) add(node, kid);
+  return node;
+}
+function setAttrs(node, attrs) {
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (/^on/i.test(k) || k === "href" || k === "src") throw new Error("refusing attribute " + k);
+    node.setAttribute(k, String(v));
+  }
+}
+function add(node, kid) {
+  if (kid === null || kid === undefined || kid === false) return;
+  if (Array.isArray(kid)) { kid.forEach((k) => add(node, k)); return; }
+  node.appendChild(typeof kid === "object" ? kid : document.createTextNode(String(kid)));
+}
+function $(id) { return document.getElementById(id); }
+function fill(id, ...kids) { const n = $(id); n.replaceChildren(); add(n, kids); return n; }
+
+// ------------------------------------------------------------------ formatting
+function dur(s) {
+  if (s === null || s === undefined || !isFinite(s)) return "–";
+  if (s < 10) return s.toFixed(1) + "s";
+  if (s < 60) return Math.round(s) + "s";
+  if (s < 3600) return Math.floor(s / 60) + "m" + String(Math.round(s % 60)).padStart(2, "0") + "s";
+  return Math.floor(s / 3600) + "h" + String(Math.floor((s % 3600) / 60)).padStart(2, "0") + "m";
+}
+function money(v) { return v === null || v === undefined ? "–" : "$" + (v < 10 ? v.toFixed(3) : v.toFixed(2)); }
+function tokens(v) {
+  if (v === null || v === undefined) return "–";
+  if (v >= 1e6) return (v / 1e6).toFixed(1) + "M";
+  if (v >= 1e3) return (v / 1e3).toFixed(1) + "k";
+  return String(Math.round(v));
+}
+function clock(t) { return t ? new Date(t * 1000).toLocaleTimeString() : "–"; }
+function cut(s, n) { s = s === null || s === undefined ? "" : String(s); return s.length > n ? s.slice(0, n - 1) + "…" : s; }
+function stClass(status) { return "st-" + (STATUS_ORDER.includes(status) ? status : "other"); }
+
+// ------------------------------------------------------------------ fetching
+async function getJSON(url) {
+  const res = await fetch(url, {cache: "no-store"});
+  if (!res.ok) throw new Error(url + ": HTTP " + res.status);
+  return res.json();
+}
+function taskURL(id, tail) { return "/api/task/" + encodeURIComponent(id) + (tail || ""); }
+
+async function pollSnapshot() {
+  try {
+    const snap = await getJSON("/api/snapshot");
+    ui.lastOk = Date.now();
+    render(snap);
+  } catch (err) {
+    // keep showing the last state; say so
+  }
+  renderConn();
+  setTimeout(pollSnapshot, POLL_MS);
+}
+
+function renderConn() {
+  const conn = $("conn");
+  const fresh = Date.now() - ui.lastOk < 3500;
+  conn.className = "conn " + (fresh ? "ok" : "lost");
+  conn.textContent = fresh ? "live" : "disconnected: showing the last state";
+}
+
+// ------------------------------------------------------------------ rendering
+function render(snap) {
+  ui.snap = snap;
+  const byId = new Map(snap.tasks.map((t) => [t.id, t]));
+  if (ui.selected && !byId.has(ui.selected)) { ui.selected = null; ui.userSelected = false; }
+  if (!ui.userSelected) {
+    const pick = snap.tasks.find((t) => t.running) || (snap.attention[0] && byId.get(snap.attention[0].task))
+      || snap.tasks.find((t) => t.status === "verifying") || null;
+    if (pick && pick.id !== ui.selected) selectTask(pick.id, false);
+  }
+  renderHeader(snap);
+  renderNotices(snap);
+  renderAttention(snap);
+  renderTotals(snap);
+  renderDag(snap);
+  renderGantt(snap);
+  renderDetailHead();
+  refreshDetail(false);
+}
+
+function renderHeader(snap) {
+  $("project").textContent = snap.project || "orchestrator";
+  $("run-id").textContent = snap.run.id || "";
+  document.title = (snap.totals.running ? "▶ " : "") + (snap.project || "") + " · orchestrator dashboard";
+  const m = snap.machine;
+  const done = new Set(m.completed_phases || []);
+  fill("pipeline", m.pipeline.map((s) => el("li", {
+    class: (s === m.state ? "current" : done.has(s) ? "done" : "") + (s === m.state && snap.run.status === "running" ? " live" : ""),
+    title: s === m.state ? "current state" : done.has(s) ? "visited" : "",
+  }, s)));
+  if (m.state && !m.pipeline.includes(m.state)) add($("pipeline"), el("li", {class: "current bad"}, m.state));
+  const r = snap.run;
+  const parts = [];
+  if (!snap.has_run) parts.push("no run in this project yet (.claude/auto-progress.yaml not found)");
+  if (r.status) parts.push(el("span", {class: "pill run-" + cut(r.status, 20)}, r.status));
+  if (r.current_group) parts.push("group " + r.current_group + "/" + (r.total_groups || "?")
+    + (m.last_group_status ? " (" + m.last_group_status + ")" : ""));
+  if (r.mode) parts.push(r.mode.toLowerCase());
+  if (r.base) parts.push("base " + r.base);
+  if (r.plan) parts.push(r.plan);
+  fill("run-meta", parts.map((p, i) => [i ? " · " : "", p]));
+}
+
+function renderNotices(snap) {
+  const items = snap.notices.map((n) => el("div", {class: "notice " + n.level},
+    el("strong", {}, n.text), " ", el("span", {}, n.todo)));
+  for (const w of snap.warnings) items.push(el("div", {class: "notice warn"}, w));
+  fill("notices", items);
+}
+
+function renderAttention(snap) {
+  if (!snap.attention.length) { fill("attention"); return; }
+  const cards = snap.attention.map((a) => {
+    const card = el("div", {class: "need " + stClass(a.status), "data-task": a.task, role: "button", tabindex: "0"},
+      el("div", {class: "need-head"}, el("span", {class: "badge " + stClass(a.status)}, a.status.replace("_", " ")),
+        " ", el("strong", {class: "need-task"}, a.task)),
+      el("div", {class: "need-reason"}, a.reason),
+      el("div", {class: "need-todo"}, "→ ", a.todo));
+    card.addEventListener("click", () => selectTask(a.task, true));
+    return card;
+  });
+  fill("attention", el("h2", {}, "Needs you (" + snap.attention.length + ")"), el("div", {class: "needs"}, cards));
+}
+
+function card(label, value, sub, cls) {
+  return el("div", {class: "card " + (cls || "")}, el("div", {class: "card-label"}, label),
+    el("div", {class: "card-value"}, value), sub ? el("div", {class: "card-sub"}, sub) : null);
+}
+
+function renderTotals(snap) {
+  const t = snap.totals;
+  const ratio = t.makespan && t.lower_bound ? t.makespan / t.lower_bound : null;
+  const bar = el("div", {class: "ratio"}, el("div", {class: "ratio-fill"}));
+  if (ratio) bar.firstChild.style.width = Math.min(100, 100 / ratio).toFixed(1) + "%";
+  fill("totals",
+    card("merged", t.merged + " / " + t.tasks, t.pending ? t.pending + " pending" : "all started", "c-merged"),
+    card("running", String(t.running), "of " + t.agents + " agent slots", "c-running"),
+    card("failed / blocked", String(t.failed), t.failed ? "see Needs you" : "none", t.failed ? "c-failed" : ""),
+    card("cost", money(t.cost_usd), "tokens " + tokens(t.tokens_in) + " in / " + tokens(t.tokens_out) + " out"),
+    el("div", {class: "card wide"}, el("div", {class: "card-label"}, "makespan so far vs lower bound"),
+      el("div", {class: "card-value"}, dur(t.makespan), el("span", {class: "vs"}, " vs "), dur(t.lower_bound),
+        ratio ? el("span", {class: "vs"}, "  ×" + ratio.toFixed(2)) : null),
+      bar,
+      el("div", {class: "card-sub"}, "bound = max(critical path " + dur(t.critical_path) + ", work "
+        + dur(t.total_work) + " / " + t.agents + " agents)")));
+}
+
+// ------------------------------------------------------------------ DAG
+const NODE_W = 178, NODE_H = 62, GAP_X = 56, GAP_Y = 16, PAD = 14;
+
+function renderDag(snap) {
+  const host = $("dag");
+  if (!snap.tasks.length) { fill("dag", el("p", {class: "empty"}, "No tasks yet.")); return; }
+  const byId = new Map(snap.tasks.map((t) => [t.id, t]));
+  const tallest = Math.max(...snap.layers.map((l) => l.length));
+  const height = PAD * 2 + tallest * NODE_H + (tallest - 1) * GAP_Y;
+  const width = PAD * 2 + snap.layers.length * NODE_W + (snap.layers.length - 1) * GAP_X;
+  const pos = new Map();
+  snap.layers.forEach((layer, li) => {
+    const colH = layer.length * NODE_H + (layer.length - 1) * GAP_Y;
+    const top = (height - colH) / 2;
+    layer.forEach((id, i) => pos.set(id, {x: PAD + li * (NODE_W + GAP_X), y: top + i * (NODE_H + GAP_Y)}));
+  });
+  const cp = snap.critical_path;
+  const cpEdges = new Set(cp.slice(1).map((id, i) => cp[i] + "\u0000" + id));
+  const root = svg("svg", {id: "dag-svg", viewBox: `0 0 ${width} ${height}`, width: "100%", role: "img",
+                           "aria-label": "task dependency graph"});
+  root.style.maxWidth = width + "px";
+  root.appendChild(svg("defs", {}, svg("marker", {id: "arrow", viewBox: "0 0 8 8", refX: 7, refY: 4, markerWidth: 8,
+    markerHeight: 8, markerUnits: "userSpaceOnUse", orient: "auto-start-reverse"}, svg("path", {d: "M0,0 L8,4 L0,8 z", class: "arrowhead"})),
+    svg("marker", {id: "arrow-cp", viewBox: "0 0 8 8", refX: 7, refY: 4, markerWidth: 9, markerHeight: 9,
+      markerUnits: "userSpaceOnUse", orient: "auto-start-reverse"}, svg("path", {d: "M0,0 L8,4 L0,8 z", class: "arrowhead cp"}))));
+  const edges = svg("g", {class: "edges"});
+  for (const t of snap.tasks) {
+    for (const d of t.depends_on) {
+      const a = pos.get(d), b = pos.get(t.id);
+      if (!a || !b) continue;
+      const x1 = a.x + NODE_W, y1 = a.y + NODE_H / 2, x2 = b.x - 2, y2 = b.y + NODE_H / 2;
+      const mid = (x1 + x2) / 2;
+      const critical = cpEdges.has(d + "\u0000" + t.id);
+      edges.appendChild(svg("path", {d: `M${x1},${y1} C${mid},${y1} ${mid},${y2} ${x2},${y2}`,
+        class: "edge" + (critical ? " cp" : ""), "marker-end": critical ? "url(#arrow-cp)" : "url(#arrow)"}));
+    }
+  }
+  root.appendChild(edges);
+  for (const t of snap.tasks) {
+    const p = pos.get(t.id);
+    if (!p) continue;
+    const line2 = [t.status.replace("_", " "), t.slot, t.attempt ? "#" + t.attempt : null].filter(Boolean).join(" · ");
+    const line3 = [dur(t.elapsed), t.cost_usd !== null ? money(t.cost_usd) : null,
+                   t.tokens_in !== null || t.tokens_out !== null ? tokens((t.tokens_in || 0) + (t.tokens_out || 0)) + " tok" : null]
+      .filter(Boolean).join(" · ");
+    const g = svg("g", {class: "node " + stClass(t.status) + (t.critical ? " critical" : "") + (t.running ? " running" : "")
+                         + (t.id === ui.selected ? " selected" : ""),
+                        transform: `translate(${p.x},${p.y})`, "data-task": t.id, tabindex: "0"},
+      svg("title", {}, t.id + (t.name ? ": " + t.name : "") + "\n" + line2 + "\n" + line3),
+      svg("rect", {class: "box", width: NODE_W, height: NODE_H, rx: 8}),
+      svg("rect", {class: "stripe", width: 5, height: NODE_H, rx: 2}),
+      svg("text", {class: "t-id", x: 14, y: 19}, cut(t.id, 20)),
+      svg("text", {class: "t-st", x: 14, y: 36}, cut(line2, 28)),
+      svg("text", {class: "t-meta", x: 14, y: 52}, cut(line3, 30)));
+    if (t.critical) g.appendChild(svg("text", {class: "t-cp", x: NODE_W - 10, y: 19, "text-anchor": "end"}, "★"));
+    g.addEventListener("click", () => selectTask(t.id, true));
+    root.appendChild(g);
+  }
+  host.replaceChildren(root);
+  const present = STATUS_ORDER.filter((s) => snap.tasks.some((t) => t.status === s));
+  fill("legend", present.map((s) => el("span", {class: "key"}, el("i", {class: "dot " + stClass(s)}), s.replace("_", " "))));
+}
+
+// ------------------------------------------------------------------ Gantt
+function niceStep(span, ticks) {
+  const steps = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 43200, 86400];
+  return steps.find((s) => span / s <= ticks) || 86400;
+}
+
+function renderGantt(snap) {
+  const g = snap.gantt;
+  if (!g.bars.length) { fill("gantt", el("p", {class: "empty"}, "No attempts yet.")); return; }
+  const t0 = g.start, t1 = Math.max(g.end, ...g.bars.map((b) => b.end || snap.now)) || snap.now;
+  const span = Math.max(1, t1 - t0);
+  const LABEL = 74, ROW = 30, W = Math.max(520, $("gantt").clientWidth - 4 || 560), AXIS = 22;
+  const plotW = W - LABEL - 12;
+  const H = AXIS + g.slots.length * ROW + 6;
+  const x = (t) => LABEL + ((t - t0) / span) * plotW;
+  const root = svg("svg", {id: "gantt-svg", viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img",
+                           "aria-label": "timeline of attempts per slot"});
+  const step = niceStep(span, 8);
+  for (let s = 0; s <= span + 0.001; s += step) {
+    root.appendChild(svg("line", {class: "tick", x1: x(t0 + s), x2: x(t0 + s), y1: AXIS - 4, y2: H}));
+    root.appendChild(svg("text", {class: "tick-label", x: x(t0 + s), y: 12, "text-anchor": "middle"}, dur(s)));
+  }
+  g.slots.forEach((slot, i) => {
+    const y = AXIS + i * ROW;
+    root.appendChild(svg("rect", {class: "lane" + (i % 2 ? " odd" : ""), x: 0, y, width: W, height: ROW}));
+    root.appendChild(svg("text", {class: "lane-label", x: 8, y: y + ROW / 2 + 4}, cut(slot, 11)));
+  });
+  const lastAttempt = new Map();
+  for (const b of g.bars) lastAttempt.set(b.task, Math.max(lastAttempt.get(b.task) || 0, b.n || 0));
+  for (const b of g.bars) {
+    const row = g.slots.indexOf(b.slot);
+    const y = AXIS + row * ROW + 5;
+    const end = b.end === null ? snap.now : b.end;
+    const bx = x(b.start), bw = Math.max(3, x(end) - x(b.start));
+    const superseded = (b.n || 0) < (lastAttempt.get(b.task) || 0);
+    const status = superseded ? "rejected" : b.end === null ? "running" : b.status;
+    const label = b.task + (b.n > 1 || superseded ? " #" + b.n : "");
+    const bar = svg("g", {class: "bar " + stClass(status) + (b.critical ? " critical" : "") + (b.end === null ? " running" : "")
+                           + (b.task === ui.selected ? " selected" : ""), "data-task": b.task},
+      svg("title", {}, `${b.task} attempt ${b.n || "?"} (${b.kind}) on ${b.slot}: ${clock(b.start)} – `
+        + `${b.end === null ? "running" : clock(b.end)} (${dur(end - b.start)})${b.outcome ? ", " + b.outcome : ""}`),
+      svg("rect", {x: bx, y, width: bw, height: ROW - 10, rx: 4}));
+    if (bw > 34) bar.appendChild(svg("text", {class: "bar-label", x: bx + 5, y: y + ROW / 2}, cut(label, Math.floor(bw / 7))));
+    bar.addEventListener("click", () => selectTask(b.task, true));
+    root.appendChild(bar);
+  }
+  if (snap.run.status === "running") {
+    root.appendChild(svg("line", {class: "now", x1: x(snap.now), x2: x(snap.now), y1: AXIS - 6, y2: H}));
+  }
+  $("gantt").replaceChildren(root);
+}
+
+// ------------------------------------------------------------------ task detail
+function selectTask(id, byUser) {
+  if (byUser) ui.userSelected = true;
+  if (ui.selected === id) return;
+  ui.selected = id;
+  ui.detailSig = null;
+  ui.diffSig = null;
+  ui.log = {task: id, next: null, inode: null, busy: false};
+  $("log").textContent = "";
+  fill("qa"); fill("attempts"); $("diff").textContent = ""; $("diff-source").textContent = "";
+  try { history.replaceState(null, "", "#task=" + encodeURIComponent(id) + (ui.tab !== "log" ? "&tab=" + ui.tab : "")); }
+  catch (e) { /* file: or sandboxed */ }
+  if (ui.snap) { renderDag(ui.snap); renderGantt(ui.snap); renderDetailHead(); }
+  refreshDetail(true);
+  pollLog();
+}
+
+function currentTask() {
+  return ui.snap && ui.selected ? ui.snap.tasks.find((t) => t.id === ui.selected) : null;
+}
+
+function renderDetailHead() {
+  const t = currentTask();
+  if (!t) { $("detail-title").textContent = "Select a task"; fill("detail-meta"); return; }
+  fill("detail-title", el("span", {class: "badge " + stClass(t.status)}, t.status.replace("_", " ")), " ",
+    el("span", {class: "task-id"}, t.id), t.name ? el("span", {class: "task-name"}, " — " + t.name) : null);
+  const bits = [t.slot ? "slot " + t.slot : null, t.node ? "node " + t.node : null,
+    t.attempt ? "attempt " + t.attempt : null, "elapsed " + dur(t.elapsed),
+    t.cost_usd !== null ? "cost " + money(t.cost_usd) : null,
+    t.tokens_in !== null ? "tokens " + tokens(t.tokens_in) + " in / " + tokens(t.tokens_out) + " out" : null,
+    t.turns !== null ? t.turns + " turns" : null, t.branch ? "branch " + t.branch : null,
+    t.depends_on.length ? "after " + t.depends_on.join(", ") : null, t.critical ? "on the critical path" : null];
+  fill("detail-meta", bits.filter(Boolean).join(" · "));
+  if (t.failure) add($("detail-meta"), el("div", {class: "failure"}, t.failure));
+}
+
+async function refreshDetail(force) {
+  const t = currentTask();
+  if (!t) return;
+  const sig = [t.id, t.status, t.attempt, t.running].join("|");
+  const stale = Date.now() - ui.detailAt > 5000 && t.running;
+  if (!force && sig === ui.detailSig && !stale) return;
+  ui.detailSig = sig;
+  ui.detailAt = Date.now();
+  try {
+    const d = await getJSON(taskURL(t.id));
+    if (d.id !== ui.selected) return;
+    renderQA(d);
+    renderAttempts(d);
+  } catch (err) { /* next poll */ }
+  if (ui.tab === "diff") loadDiff(force);
+}
+
+function renderQA(d) {
+  if (!d.qa.length) {
+    fill("qa", el("p", {class: "empty"}, d.test_result ? "Test result: " + d.test_result : "No QA output yet."));
+    return;
+  }
+  fill("qa", d.test_result ? el("p", {class: "muted"}, "Test result: " + d.test_result) : null,
+    d.qa.map((q) => el("div", {class: "qa"}, el("h3", {}, "Attempt " + (q.n === null || q.n === undefined ? "?" : q.n)
+      + (q.source === "qa_feedback" ? " (QA feedback)" : "") + (q.truncated ? " (last 32 KiB)" : "")),
+      el("pre", {class: "log"}, q.text))));
+}
+
+function renderAttempts(d) {
+  const rows = d.attempts.map((a) => el("tr", {class: a.running ? "running" : ""},
+    el("td", {}, a.n === null ? "?" : String(a.n)), el("td", {}, a.kind || ""), el("td", {}, [a.node, a.slot].filter(Boolean).join("/")),
+    el("td", {}, clock(a.start)), el("td", {}, a.running ? "running" : clock(a.end)), el("td", {}, dur(a.duration)),
+    el("td", {}, a.outcome || (a.exit_code !== null && a.exit_code !== undefined ? "exit " + a.exit_code : "")),
+    el("td", {}, a.cost_usd !== null && a.cost_usd !== undefined ? money(a.cost_usd) : ""),
+    el("td", {}, a.tokens_in !== null && a.tokens_in !== undefined ? tokens(a.tokens_in) + " / " + tokens(a.tokens_out) : ""),
+    el("td", {}, a.result_subtype || "")));
+  const table = el("table", {class: "attempts"}, el("thead", {}, el("tr", {},
+    ["#", "kind", "slot", "started", "ended", "took", "outcome", "cost", "tokens in/out", "result"].map((h) => el("th", {}, h)))),
+    el("tbody", {}, rows));
+  const hist = d.history.length ? el("div", {class: "history"}, el("h3", {}, "Status changes"),
+    el("ol", {}, d.history.map((h) => el("li", {}, clock(h.ts) + "  " + (h.src || "?") + " → " + (h.dst || "?")
+      + (h.trigger ? "  (" + h.trigger + ")" : ""))))) : null;
+  fill("attempts", d.attempts.length ? table : el("p", {class: "empty"}, "No attempts yet."), hist);
+}
+
+async function loadDiff(force) {
+  const t = currentTask();
+  if (!t) return;
+  const sig = [t.id, t.status, t.attempt].join("|");
+  if (!force && sig === ui.diffSig) return;
+  ui.diffSig = sig;
+  try {
+    const d = await getJSON(taskURL(t.id, "/diff"));
+    if (t.id !== ui.selected) return;
+    $("diff-source").textContent = (d.source ? "from " + d.source : "") + (d.message ? (d.source ? ": " : "") + d.message : "")
+      + (d.truncated ? " (cut at 512 KiB)" : "");
+    renderDiff(d.text);
+  } catch (err) { ui.diffSig = null; }
+}
+
+function renderDiff(text) {
+  const pre = $("diff");
+  pre.replaceChildren();
+  const frag = document.createDocumentFragment();
+  for (const line of text.split("\n")) {
+    const cls = line.startsWith("+++") || line.startsWith("---") ? "d-file" : line.startsWith("+") ? "d-add"
+      : line.startsWith("-") ? "d-del" : line.startsWith("@@") ? "d-hunk" : line.startsWith("diff ") ? "d-head" : null;
+    frag.appendChild(cls ? el("span", {class: cls}, line) : document.createTextNode(line));
+    frag.appendChild(document.createTextNode("\n"));
+  }
+  pre.appendChild(frag);
+}
+
+// ------------------------------------------------------------------ the log, streamed
+async function pollLog() {
+  const state = ui.log;
+  if (!state.task || state.busy) return;
+  state.busy = true;
+  try {
+    const q = state.next === null ? "" : "?offset=" + state.next + (state.inode !== null ? "&inode=" + state.inode : "");
+    const d = await getJSON(taskURL(state.task, "/log") + q);
+    if (ui.log !== state) return;
+    const pre = $("log");
+    const atBottom = pre.scrollHeight - pre.scrollTop - pre.clientHeight < 40;
+    if (!d.exists) {
+      pre.textContent = "";
+      pre.setAttribute("data-empty", "no log yet");
+    } else {
+      pre.removeAttribute("data-empty");
+      if (d.reset) pre.textContent = d.text;
+      else if (d.text) pre.appendChild(document.createTextNode(d.text));
+      if (pre.textContent.length > LOG_MAX) pre.textContent = pre.textContent.slice(-LOG_MAX);
+    }
+    state.next = d.next;
+    state.inode = d.inode;
+    if (atBottom || d.reset) pre.scrollTop = pre.scrollHeight;
+  } catch (err) { /* next poll */ } finally {
+    state.busy = false;
+  }
+}
+
+function logLoop() {
+  pollLog().finally(() => setTimeout(logLoop, POLL_MS));
+}
+
+// ------------------------------------------------------------------ wiring
+function showTab(name) {
+  ui.tab = name;
+  for (const b of document.querySelectorAll("#tabs button")) b.classList.toggle("active", b.dataset.tab === name);
+  for (const p of document.querySelectorAll(".tab")) p.classList.toggle("active", p.id === "tab-" + name);
+  if (name === "diff") loadDiff(false);
+}
+
+function start() {
+  for (const b of document.querySelectorAll("#tabs button")) b.addEventListener("click", () => showTab(b.dataset.tab));
+  const cpKey = document.querySelector(".cp-key");
+  if (cpKey) cpKey.textContent = "★";
+  const hash = location.hash;
+  const t = /[#&]tab=(log|qa|diff|attempts)/.exec(hash);
+  if (t) showTab(t[1]);
+  const m = /[#&]task=([^&]+)/.exec(hash);
+  if (m) { try { selectTask(decodeURIComponent(m[1]), true); } catch (e) { /* bad hash */ } }
+  pollSnapshot();
+  logLoop();
+}
+
+document.addEventListener("DOMContentLoaded", start);
