@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-ray lint bench demo clean plugin-check
+.PHONY: install test test-ray lint bench demo clean plugin-check test-browser screenshot chromium
 
 $(STAMP): setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,18 @@ bench: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m engine.demo
+
+# The dashboard in a real browser: Debian's Chromium, installed when missing (CI runs as root).
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@chromium --version
+
+test-browser: $(STAMP) chromium
+	RUN_BROWSER_TESTS=1 $(PY) -m pytest -q tests/test_dashboard_browser.py
+
+# The README's dashboard picture, taken from a live run of the demo plan.
+screenshot: $(STAMP) chromium
+	$(PY) -m engine.dashboard.screenshot docs/dashboard.png
 
 # The real Claude Code CLI, pinned (engine/claude.py: PINNED_CLI_VERSION), in a git-ignored prefix.
 CLAUDE_CODE_VERSION := $(shell sed -n 's/^PINNED_CLI_VERSION = "\(.*\)"$$/\1/p' engine/claude.py)

@@ -646,6 +646,9 @@ def build_snapshot(progress, machine, context, journal, pool_size, warnings, now
             reason, todo = _advice(t, e)
             attention.append({"task": t, "status": status, "reason": clean_text(reason), "todo": todo})
 
+    slots.sort(key=lambda s: [(0, int(part), "") if part.isdigit() else (1, 0, part)
+                              for part in re.split(r"(\d+)", s)])  # wt-2 before wt-10
+
     # the run and its machine
     state = text(machine.get("current_state"), 60)
     status = text(progress.get("status"), 40)

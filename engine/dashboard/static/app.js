@@ -125,8 +125,7 @@ function renderHeader(snap) {
   const parts = [];
   if (!snap.has_run) parts.push("no run in this project yet (.claude/auto-progress.yaml not found)");
   if (r.status) parts.push(el("span", {class: "pill run-" + cut(r.status, 20)}, r.status));
-  if (r.current_group) parts.push("group " + r.current_group + "/" + (r.total_groups || "?")
-    + (m.last_group_status ? " (" + m.last_group_status + ")" : ""));
+  if (r.current_group) parts.push("group " + r.current_group + "/" + (r.total_groups || "?"));
   if (r.mode) parts.push(r.mode.toLowerCase());
   if (r.base) parts.push("base " + r.base);
   if (r.plan) parts.push(r.plan);
