@@ -11,6 +11,7 @@ import pytest
 
 from engine.dashboard.headless import Browser, find_chromium
 from tests.test_dashboard import HOSTILE, hostile_task, orchestrator, plan_with, start_run
+from tests.test_dashboard import dashboards, demo_repo  # noqa: F401 - fixtures, shared
 from tests.conftest import python_env
 
 pytestmark = pytest.mark.skipif(not os.environ.get("RUN_BROWSER_TESTS"),
@@ -23,20 +24,8 @@ def chromium_present():
 
 
 @pytest.fixture
-def demo_repo(sealed_env, tmp_path, monkeypatch):
-    from engine import demo
-
-    repo = demo.make_repo(str(tmp_path / "d"))
-    monkeypatch.chdir(repo)
-    return repo, str(tmp_path / "d" / "plan.yaml")
-
-
-@pytest.fixture
 def board(dashboards, demo_repo):
     return lambda: dashboards(demo_repo[0])
-
-
-from tests.test_dashboard import dashboards  # noqa: E402,F401 - the fixture, shared
 
 
 def js(value):
