@@ -1,5 +1,5 @@
 """The Ray executor against the local one, in the same run, on a real two-node cluster started
-here (tests/ray/cluster.py; needs `pip install '.[ray]'`):
+here (tests/ray/ray_cluster.py; needs `pip install '.[ray]'`):
 
 1. 16 tasks whose agent sleeps 1 s and commits a file, 8 at a time: each attempt on the Ray
    backend (push the start, submit, stream the log, fetch the result into auto/TASK) vs the
@@ -91,7 +91,7 @@ def main():
     parser.add_argument("--parallel", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=5, help="samples for the per-attempt overheads")
     args = parser.parse_args()
-    from cluster import LocalCluster
+    from ray_cluster import LocalCluster
 
     from engine.ray_executor import RayBackend, RayConfig
 

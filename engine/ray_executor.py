@@ -399,7 +399,7 @@ class RayBackend:
             code, timed_out = int(info.driver_exit_code), False
         else:
             code, timed_out = LOST_EXIT, False
-        reason = None
+        reason = (summary or {}).get("reason")
         if summary is None and not interrupted:
             message = (getattr(info, "message", None) or "the job is gone").strip().splitlines()
             reason = f"ray job {status.lower()}: {message[0] if message else status}"
@@ -436,37 +436,56 @@ class _Tail(threading.Thread):
         self.client, self.sid, self.log_path = client, sid, log_path
         self.written = 0
         self.last = ""
-        self.error = None
         self._lock = threading.Lock()
+        self._closed = False
+        self._loop = self._task = None
+        self._ready = threading.Event()
 
     def _write(self, text):
         with self._lock:
-            with open(self.log_path, "a", encoding="utf-8") as fh:
-                fh.write(text)
-            self.written += len(text)
-            self.last = (self.last + text)[-8192:]
+            if not self._closed:
+                self._append(text)
 
     def run(self):
         async def follow():
             async for chunk in self.client.tail_job_logs(self.sid):
                 self._write(chunk)
+
+        self._loop = asyncio.new_event_loop()
         try:
-            asyncio.run(follow())
-        except Exception as exc:  # a lost node closes the stream; what we wrote stays
-            self.error = exc
+            self._task = self._loop.create_task(follow())
+            self._ready.set()
+            self._loop.run_until_complete(self._task)
+        except (asyncio.CancelledError, Exception):  # cancelled, or a lost node closed the stream
+            pass
+        finally:
+            self._ready.set()
+            self._loop.close()
 
     def finish(self, client):
-        """After the job ended: give the stream a moment, then fill in from the stored log
-        whatever it missed (the stored log is the same text from its beginning)."""
-        self.join(timeout=3.0)
-        if self.is_alive():
-            return  # still streaming (a daemon thread): what it has is in the log already
+        """The job has ended: stop streaming, then add from the stored log (the same text from
+        its beginning) whatever the stream had not delivered yet."""
+        self._ready.wait(5)
+        with self._lock:
+            self._closed = True  # the stream writes no more
+        if self._task is not None and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._task.cancel)
+            except RuntimeError:  # the loop closed meanwhile
+                pass
         try:
             text = client.get_job_logs(self.sid)
         except Exception:  # the node holding the log is gone: keep what was streamed
             return
-        if len(text) > self.written:
-            self._write(text[self.written:])
+        with self._lock:
+            if len(text) > self.written:
+                self._append(text[self.written:])
+
+    def _append(self, text):
+        with open(self.log_path, "a", encoding="utf-8") as fh:
+            fh.write(text)
+        self.written += len(text)
+        self.last = (self.last + text)[-8192:]
 
     def summary(self):
         for line in reversed(self.last.splitlines()):

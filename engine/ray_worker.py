@@ -12,15 +12,14 @@ own session stopped as a group), commit what a successful agent left uncommitted
 to the attempt's own ref, and exit with the agent's status. Output goes to stdout, which Ray
 keeps as the job's log and the orchestrator streams into the task's log.
 
-Stopping: `stop_job` sends TERM; the agent's group is stopped and nothing is pushed (like
-an interrupted local attempt). The worker is a child subreaper, so whatever the agent
-detached is re-parented here and killed at the end. Each attempt gets a fresh directory;
+Stopping: `stop_job` sends TERM; run_agent stops the agent's whole tree (its reaper is a
+child subreaper: what the agent detached is stopped too, also when it ends by itself) and
+nothing is pushed (like an interrupted local attempt). Each attempt gets a fresh directory;
 an earlier attempt's directory is removed only once its worker and agent are both gone
 (an agent whose worker died is an orphan no one can collect: it is stopped).
 """
 
 import argparse
-import ctypes
 import hashlib
 import json
 import os
@@ -33,6 +32,7 @@ import threading
 import time
 
 from engine import git, store
+from engine.errors import OrchestratorError
 from engine.executor import AgentSpec, run_agent
 from engine.procs import alive, process_start_time, stop_group
 
@@ -120,43 +120,6 @@ def checkout(cache, attempts_dir, attempt_dir, branch, commit):
             git.run(cache, "worktree", "add", "-q", "--detach", attempt_dir, commit)
 
 
-# --------------------------------------------------------------------------- orphans
-def _become_subreaper():
-    """Orphans of the agent (daemonized grandchildren) are re-parented to us, not to init."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-    except (OSError, AttributeError):
-        pass
-
-
-def _children():
-    pids = set()
-    try:
-        for tid in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{tid}/children", encoding="ascii") as fh:
-                pids.update(int(p) for p in fh.read().split())
-    except OSError:
-        pass
-    return pids
-
-
-def reap_orphans():
-    """Kill whatever the agent left behind (it was re-parented to us); how many there were."""
-    left = _children()
-    for pid in left:
-        stop_group(pid, grace=0.5)  # its own session if it made one
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    for pid in left:
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
-    return len(left)
-
-
 class _Echo(threading.Thread):
     """Copies the agent's log file to our stdout as it grows: Ray keeps our stdout as the job's
     log, which the orchestrator streams while the attempt runs."""
@@ -232,9 +195,6 @@ def run(args):
         with _Echo(spec.log_path):
             result = run_agent(spec, on_start=lambda pid, start: _write_owner(attempt_dir, agent_pid=pid,
                                                                                 agent_start=start))
-        orphans = reap_orphans()
-        if orphans:
-            say(f"stopped {orphans} process(es) the agent left running")
         code = result.exit_code
         if code < 0:
             code = 128 - code
@@ -252,7 +212,6 @@ def run(args):
                                       "duration": round(result.duration, 3)}), flush=True)
         return code
     finally:
-        reap_orphans()
         with store.file_lock(os.path.join(cache, "orchestrator-worktree")):
             git.run(cache, "worktree", "remove", "--force", "--force", attempt_dir, check=False)
             for leftover in (attempt_dir, attempt_dir + ".data"):
@@ -266,7 +225,6 @@ def run(args):
 
 def main(argv=None):
     args = parse(argv)
-    _become_subreaper()
 
     def stop(signum, frame):
         raise Stopped(signum)
@@ -282,6 +240,9 @@ def main(argv=None):
     except git.GitError as exc:
         say(f"git failed: {exc.line} {(exc.output or '').strip()[-500:]}")
         return 2
+    except OrchestratorError as exc:  # the agent could not be started (AgentLaunchError): say why
+        print(END_MARK + json.dumps({"exit": 127, "timed_out": False, "head": None, "reason": exc.line}), flush=True)
+        return 127
 
 
 if __name__ == "__main__":

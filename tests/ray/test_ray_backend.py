@@ -12,10 +12,12 @@ import time
 
 import pytest
 
-from conftest import make_attempt
-from tests.conftest import PYTHON, git, python_env
+pytest.importorskip("ray.job_submission", reason="Ray is not installed: `pip install '.[ray]'` (or `make test-ray`)")
 
-from engine.ray_executor import RayBackend, RayConfig, RayExecutorError, submission_id
+from ray_cluster import make_attempt  # noqa: E402
+from tests.conftest import PYTHON, git, python_env  # noqa: E402
+
+from engine.ray_executor import RayBackend, RayConfig, RayExecutorError, submission_id  # noqa: E402
 
 
 def backend(cluster, repo, remote, **over):
@@ -93,7 +95,7 @@ def test_a_failing_agent_returns_its_status_and_a_timeout_is_enforced_on_the_nod
 SUBMITTER = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[1])
-    from conftest import make_attempt
+    from ray_cluster import make_attempt
     from engine.ray_executor import RayBackend, RayConfig
     attempt = make_attempt(sys.argv[2], "t5", command=sys.argv[5], env={"COUNT_FILE": sys.argv[6]})
     backend = RayBackend(RayConfig(address=sys.argv[3], remote=sys.argv[4], resources={"agent": 1}), sys.argv[2])

@@ -1,4 +1,5 @@
-"""A real two-node Ray cluster on this host, for the Ray tests and bench/bench_ray.py.
+"""A real two-node Ray cluster on this host, for the Ray tests and bench/bench_ray.py, and
+attempts shaped like the scheduler's for driving the backend directly.
 
 Two `ray start` processes (a head and a second node), each with its own temp dir and its
 own NODE_WORKDIR (the worker's per-node cache), per RAY-NOTES: ports outside Ray's worker
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass, field
 
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 GCS_PORT = 6390
@@ -111,3 +113,40 @@ class LocalCluster:
                 except ProcessLookupError:
                     pass
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+@dataclass
+class Attempt:
+    """The fields the scheduler hands a backend (engine.executor.Attempt), recorded into a real
+    progress file."""
+    task_id: str
+    n: int
+    command: str
+    env: dict
+    log_path: str
+    timeout: float
+    branch: str
+    base: str
+    base_commit: str
+    run_id: str
+    progress: object = None
+    entry: dict = field(default_factory=dict)
+    cwd: str = None
+    exit_path: str = None
+
+    def record(self, **fields):
+        self.progress.set_task(self.task_id, **fields)
+
+
+def make_attempt(root, task, n=1, command="python3 -m engine.demo_agent", env=None, timeout=120, run_id="run-t"):
+    from engine.paths import Layout
+    from tests.conftest import git
+    from engine.progress import Progress
+
+    layout = Layout(str(root))
+    progress = Progress(layout)
+    base = git(root, "rev-parse", "main")
+    data = {"TASK_ID": task, "TASK_ATTEMPT": str(n), "TASK_DESCRIPTION": f"task {task}", "BASE": "main",
+            "DEMO_AGENT_SLEEP": "0.2", **(env or {})}
+    return Attempt(task, n, command, data, os.path.join(layout.claude, "auto-logs", f"{task}.log"), timeout,
+                   f"auto/{task}", "main", base, run_id, progress, progress.task(task))
