@@ -340,13 +340,16 @@ class RayBackend:
             if (entry or {}).get("submission_id") and (entry or {}).get("status") in (None, "running"):
                 sids.add(entry["submission_id"])
         for sid in sids:
-            with self._lock:
-                self._stopped.add(sid)
-            try:
-                self.client.stop_job(sid)
-            except Exception:  # already gone, or unknown: nothing left to stop
-                pass
+            self._stop_job(sid)
         return sorted(sids)
+
+    def _stop_job(self, sid):
+        with self._lock:
+            self._stopped.add(sid)
+        try:
+            self.client.stop_job(sid)
+        except Exception:  # already gone, or unknown: nothing left to stop
+            pass
 
     # ------------------------------------------------------------------ following a job
     def _log(self, attempt, text):
@@ -376,6 +379,9 @@ class RayBackend:
                     attempt.record(node=node)
                 if status in TERMINAL:
                     break
+                cancel = getattr(attempt, "cancel", None)
+                if cancel is not None and cancel.is_set() and sid not in self._stopped:
+                    self._stop_job(sid)  # Ctrl-C/abort: the scheduler stops its attempts
                 if status == "PENDING" and time.time() - pending_checked > 10:
                     pending_checked = time.time()
                     why = self.unsatisfiable()
