@@ -239,12 +239,14 @@ def build(data, raw_tasks, source, max_agents):
                 agent=agent, e2e=e2e, source=source)
 
 
-def check_for_run(plan_path, layout, agent=None, require_repo=True):
+def check_for_run(plan_path, layout, agent=None, require_repo=True, executor=None):
     """Everything `orchestrator run` refuses, checked before anything is created; `validate`
     calls the same function, so a plan that validates runs. Returns (plan, settings, base).
 
     Checks: the plan (see `build`), the configuration for the plan's work type and every other
-    block of it (engine.config.load), an agent for every task (task, plan or AGENT), and in a
+    block of it (engine.config.load), the executor settings (`executor:`/`ray:` in the file and
+    the plan, or EXECUTOR = --executor; the cluster itself is not contacted), an agent for every
+    task (task, plan or AGENT), and in a
     repository the base branch and that no task branch `auto/<id>` is blocked (checked out
     outside the pool, or a ref name clash). Outside a repository, with require_repo False,
     the git checks are skipped and base is the plan's own (possibly None)."""
@@ -257,6 +259,9 @@ def check_for_run(plan_path, layout, agent=None, require_repo=True):
     except OrchestratorError as exc:
         raise PlanError(exc.line) from None
     plan = from_data(data, plan_path, settings.max_agents)
+    from engine import ray_executor
+
+    ray_executor.load_config(layout.root, data, executor)
     command = agent_field(agent, "--agent") or plan.agent
     missing = [t for t in plan.order if not (plan.tasks[t].agent or command)]
     if missing:

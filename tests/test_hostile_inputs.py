@@ -94,13 +94,13 @@ BAD_CONFIGS = [
 ]
 
 
-def _validate_and_run_refuse(repo, tmp_path, plan_text):
+def _validate_and_run_refuse(repo, tmp_path, plan_text, commands=("validate", "run")):
     from engine.cli.orchestrator import cli as orchestrator
 
     plan = tmp_path / "plan.yaml"
     plan.write_text(plan_text)
     before = snapshot(repo)
-    for command in ("validate", "run"):
+    for command in commands:
         r = invoke(orchestrator, "orchestrator", command, str(plan))
         assert r.code == 1 and r.out == "", (command, r)
         assert len(r.err.strip().splitlines()) == 1 and r.err.startswith("ERROR: ") and "Traceback" not in r.err, r
@@ -136,3 +136,16 @@ def test_good_plan_and_config_validate(ready, tmp_path):
     plan.write_text("work_type: BACKEND\n" + GOOD_TASKS)
     r = invoke(orchestrator, "orchestrator", "validate", str(plan))
     assert r.code == 0 and r.lines[0] == "Plan OK: 2 tasks, 2 groups (max_agents 1), base main", r
+
+
+EXECUTOR_CASES = [("", "executor: mars"), ("", "executor: ray"), ("", "ray: {address: 5}"),
+                  ("executor: mars", ""), ("ray: [a]", ""), ("executor: ray\nray: {address: 'http://h:8265'}", "")]
+
+
+@pytest.mark.parametrize("context,plan_extra", EXECUTOR_CASES, ids=range(len(EXECUTOR_CASES)))
+def test_bad_executor_settings_refused_by_validate(ready, tmp_path, monkeypatch, context, plan_extra):
+    """Validated without contacting any cluster (`run` checks the same via its executor set-up)."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    (ready / ".claude" / "auto-context.yaml").write_text(context + "\n")
+    err = _validate_and_run_refuse(ready, tmp_path, GOOD_TASKS + plan_extra + "\n", commands=("validate",))
+    assert "executor" in err or "ray" in err

@@ -91,14 +91,15 @@ def status_cmd(as_json, watch):
 @cli.command("validate")
 @click.argument("plan", type=click.Path(dir_okay=False))
 @click.option("--agent", help="The --agent you will pass to `run` (for tasks without one).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), help="The --executor you will pass to `run`.")
 @click.option("--json", "as_json", is_flag=True)
-def validate_cmd(plan, agent, as_json):
+def validate_cmd(plan, agent, executor, as_json):
     """Check PLAN exactly as `run` will (plan, configuration, agents, base branch) and show
     its parallel groups; nothing is created."""
     from engine import plan as plans
     from engine.paths import Layout
 
-    p, settings, base = plans.check_for_run(plan, Layout(), agent=agent, require_repo=False)
+    p, settings, base = plans.check_for_run(plan, Layout(), agent=agent, require_repo=False, executor=executor)
     if as_json:
         click.echo(json.dumps({"tasks": p.order, "groups": p.groups, "base": base,
                                "max_agents": settings.max_agents,
