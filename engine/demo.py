@@ -1,8 +1,10 @@
 """`make demo`: the whole pipeline on a throwaway repository with a bundled fake agent.
 
-Seven tasks in three dependency layers; `cli` fails QA once and passes on retry. The run
-stops at each session boundary (after every group), and `orchestrator resume` continues,
-exactly as a person or an agent would drive it. Then the drop-in scripts are shown briefly.
+Seven tasks in three dependency layers; `cli` is slow and fails QA once (it passes on
+retry). The first `orchestrator run` stops at the session boundary after group 1, as the
+skill's sessions do; `orchestrator resume --all-groups` then streams the rest: `docs`,
+which needs only `api`, starts the moment `api` is merged while `cli` is still running.
+Then the drop-in scripts are shown briefly.
 """
 
 import os
@@ -71,16 +73,19 @@ def main():
     repo = make_repo(base)
     plan = os.path.join(base, "plan.yaml")
     write_plan(plan)
-    env = dict(os.environ, PYTHONPATH=ROOT, DEMO_FLAKY="cli", DEMO_AGENT_SLEEP="0.3")
+    env = dict(os.environ, PYTHONPATH=ROOT, DEMO_FLAKY="cli", DEMO_AGENT_SLEEP="0.3", DEMO_SLOW="cli=2")
     orchestrator(repo, "validate", plan, env=env)
     code = orchestrator(repo, "run", plan, env=env)
+    print("\n# the session boundary after group 1; the rest streams: no barrier between groups")
     for _ in range(10):
         status = subprocess.run([sys.executable, "-m", "engine.cli.orchestrator", "status", "--json"], cwd=repo,
                                 env=env, capture_output=True, text=True)
         if '"status": "complete"' in status.stdout:
             break
-        code = orchestrator(repo, "resume", env=env)
+        code = orchestrator(repo, "resume", "--all-groups", env=env)
     orchestrator(repo, "status", env=env)
+    print("\n$ orchestrator graph --tasks   # the task machine, with where each task ended")
+    subprocess.run([sys.executable, "-m", "engine.cli.orchestrator", "graph", "--tasks"], cwd=repo, env=env)
     print("\n$ git log --oneline --graph main")
     subprocess.run(["git", "log", "--oneline", "--graph", "main"], cwd=repo)
     print("\n$ scripts/state-transition.sh resume")
@@ -88,6 +93,8 @@ def main():
     print("\n$ scripts/checkpoint-manager.sh read")
     subprocess.run([os.path.join(SCRIPTS, "checkpoint-manager.sh"), "read"], cwd=repo)
     print(f"\nDemo repository: {repo}\nPlan: {plan}")
+    command = os.path.join(os.path.dirname(sys.executable), "orchestrator")
+    print(f"Watch a run in the browser: cd {shlex.quote(repo)} && {shlex.quote(command)} dashboard --open")
     return code
 
 

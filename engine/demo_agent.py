@@ -3,6 +3,7 @@
 It reads its task only from the environment (TASK_ID, WORKTREE, QA_FEEDBACK, ...), writes
 `app/<task>.py` whose function returns "<task> ok", and commits. Knobs (environment):
 - DEMO_AGENT_SLEEP: seconds to "think" first (default 0.2);
+- DEMO_SLOW: per-task thinking time, e.g. `cli=2,docs=1` (overrides DEMO_AGENT_SLEEP for those);
 - DEMO_FLAKY: a task id whose first attempt is wrong (QA rejects it; the retry, which gets
   QA_FEEDBACK, is right);
 - DEMO_BROKEN: a task id that is always wrong (its retries run out);
@@ -19,7 +20,8 @@ import time
 
 def main():
     task = os.environ["TASK_ID"]
-    time.sleep(float(os.environ.get("DEMO_AGENT_SLEEP", "0.2")))
+    slow = dict(item.split("=", 1) for item in os.environ.get("DEMO_SLOW", "").split(",") if "=" in item)
+    time.sleep(float(slow.get(task) or os.environ.get("DEMO_AGENT_SLEEP", "0.2")))
     wrong = task == os.environ.get("DEMO_BROKEN") or (task == os.environ.get("DEMO_FLAKY")
                                                        and not os.environ.get("QA_FEEDBACK"))
     name = task.replace("-", "_")

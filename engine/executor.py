@@ -3,14 +3,14 @@
 An agent is a shell command run in its worktree through `engine.procs.run_command` (own
 session, output appended to a per-task log, everything it starts stopped when it ends), with
 task data in environment variables made safe by `engine.agent_env.prepare_env` (the whole
-texts in files next to the log). `LocalExecutor` runs up to N at once on this machine; another
-backend (a cluster scheduler) can implement `submit` with the same AgentSpec.
+texts in files next to the log). The scheduler hands each attempt to a backend: `LocalBackend`
+runs it here, in the task's slot; engine.ray_executor runs it on a cluster with the same three
+operations (run_attempt, recover, stop).
 """
 
 import contextlib
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from engine.agent_env import AgentLaunchError, prepare_env
@@ -88,14 +88,57 @@ def run_agent(spec, on_start=None, cancel=None):
     return AgentResult(spec.task_id, result.code, result.timed_out, result.duration, interrupted=result.interrupted)
 
 
-class LocalExecutor:
-    """Up to `max_workers` jobs at once; each job may run an agent subprocess."""
+# --------------------------------------------------------------------------- backends
+@dataclass
+class Attempt:
+    """One agent attempt as the scheduler hands it to a backend."""
 
-    def __init__(self, max_workers):
-        self.pool = ThreadPoolExecutor(max_workers=max(1, max_workers), thread_name_prefix="agent")
+    task_id: str
+    n: int
+    command: str
+    cwd: str  # the task's slot, or None when the backend has no local checkout
+    env: dict
+    log_path: str
+    exit_path: str
+    timeout: float
+    branch: str
+    base: str
+    base_commit: str = None
+    run_id: str = None
+    entry: dict = field(default_factory=dict)  # the task's progress entry (a copy)
+    layout: object = None
+    record: object = None  # record(**fields): persist into the task entry before starting anything
+    on_start: object = None  # on_start(pid, start_time)
+    cancel: object = None  # a threading.Event: set on Ctrl-C/abort, the attempt stops
 
-    def submit(self, fn, *args):
-        return self.pool.submit(fn, *args)
 
-    def shutdown(self):
-        self.pool.shutdown(wait=True, cancel_futures=True)
+class LocalBackend:
+    """Agents as subprocesses of this orchestrator, each in its task's slot."""
+
+    needs_checkout = True
+
+    def run_attempt(self, attempt):
+        spec = AgentSpec(attempt.task_id, attempt.command, attempt.cwd, attempt.env, attempt.log_path,
+                         attempt.timeout, exit_path=attempt.exit_path)
+        return run_agent(spec, on_start=attempt.on_start, cancel=attempt.cancel)
+
+    def recover(self, attempt):
+        """An attempt that outlived a killed orchestrator: wait for it if it still runs
+        (stopped past its timeout), then collect the exit status its trailer recorded."""
+        from engine.procs import alive, stop_group, wait_for
+
+        entry = attempt.entry
+        pid, start = entry.get("pid"), entry.get("pid_start")
+        if pid and alive(pid, start) and not wait_for(pid, start, timeout=attempt.timeout):
+            stop_group(pid, start)
+        code = read_exit(attempt.exit_path)
+        if code is None:
+            return None
+        return AgentResult(attempt.task_id, code, False, 0.0)
+
+    def stop(self, entries):
+        from engine.procs import stop_group
+
+        for entry in entries.values():
+            if entry.get("pid"):
+                stop_group(entry["pid"], entry.get("pid_start"), grace=1.0)

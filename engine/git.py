@@ -366,6 +366,26 @@ def set_branch(repo, branch, commit):
         run(repo, "update-ref", "-m", "parallel-orchestrator: attempt result", "refs/heads/" + branch, commit)
 
 
+# --------------------------------------------------------------------------- the task flow's operations
+def changed_files(repo, base, branch):
+    """Files BRANCH changes since it forked from BASE (three-dot diff), sorted."""
+    proc = run(repo, "diff", "--name-only", "-z", f"{base}...refs/heads/{branch}", "--", check=False)
+    return sorted(f for f in proc.stdout.split("\0") if f) if proc.returncode == 0 else []
+
+
+def commit_tree(repo, tree, parents, message):
+    """A commit object for TREE with PARENTS, without touching any checkout; its sha."""
+    args = ["commit-tree", tree]
+    for parent in parents:
+        args += ["-p", parent]
+    return committing(repo, *args, "-m", message).stdout.strip()
+
+
+def update_ref(repo, ref, new, old=None, reason="parallel-orchestrator"):
+    """Point REF at NEW, only if it still points at OLD (compare-and-swap) when OLD is given."""
+    run(repo, "update-ref", "-m", reason, ref, new, *([old] if old else []))
+
+
 def delete_ref(repo, ref):
     run(repo, "update-ref", "-d", ref, check=False)
 
@@ -404,3 +424,40 @@ def diff_text(repo, old, new):
     """`git diff --stat --patch OLD NEW` as text, without external diff or textconv drivers."""
     return run(repo, "--no-optional-locks", "diff", "--patch-with-stat", "--no-color", "--no-ext-diff",
                "--no-textconv", "-M", "--end-of-options", old, new, "--").stdout
+
+
+
+
+def is_worktree_on(path, branch):
+    """True when the checkout at PATH exists and has BRANCH checked out."""
+    if not os.path.isdir(path):
+        return False
+    proc = run(path, "symbolic-ref", "-q", "HEAD", check=False)
+    return proc.returncode == 0 and proc.stdout.strip() == f"refs/heads/{branch}"
+
+
+def discard_changes(path):
+    """Throw away uncommitted edits in the checkout at PATH (a killed attempt's partial work)."""
+    run(path, "reset", "-q", "--hard")
+    run(path, "clean", "-q", "-ffd")
+
+
+def add_detached_worktree(repo, path, commit):
+    """A throwaway checkout of COMMIT at PATH (for e2e), registered under the worktree lock."""
+    with worktree_lock(repo):
+        run(repo, "worktree", "add", "-q", "--detach", path, commit)
+
+
+def remove_worktree(repo, path):
+    with worktree_lock(repo):
+        run(repo, "worktree", "remove", "--force", path, check=False)
+
+
+def rebase_onto(path, base):
+    """Replay the branch checked out at PATH onto BASE; commits whose change BASE already has
+    are dropped. True when it applied cleanly; else the rebase is aborted, nothing moved."""
+    proc = committing(path, "rebase", "-q", base, check=False)
+    if proc.returncode == 0:
+        return True
+    run(path, "rebase", "--abort", check=False)
+    return False

@@ -10,6 +10,7 @@ chunks of at most `max_agents` tasks.
 """
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ class Task:
     expected_output: str = None
     complexity: str = None
     timeout: float = None
+    allow_empty: bool = False  # an agent that commits nothing is a success, not "no changes"
     implicit_deps: list = field(default_factory=list)
 
     @property
@@ -56,6 +58,7 @@ class Plan:
     agent: str = None
     e2e: str = None
     source: str = None
+    max_budget_usd: float = None  # the run starts no new attempt once its agents cost this much
 
     def group_of(self, task_id):
         if not hasattr(self, "_group_index"):
@@ -64,6 +67,14 @@ class Plan:
 
 
 # --------------------------------------------------------------------------- loading
+def digest(path):
+    """The plan file's fingerprint: `resume` refuses a plan that changed under a run."""
+    import hashlib
+
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()[:16]
+
+
 def read(path):
     """The raw mapping of the plan file at PATH (any supported format); PlanError if unreadable."""
     try:
@@ -198,6 +209,22 @@ def _timeout(entry, task_id):
         raise PlanError(exc.line) from None
 
 
+def _flag(entry, key, where):
+    value = entry.get(key, False)
+    if not isinstance(value, bool):
+        raise PlanError(f"ERROR: {where}: `{key}` must be true or false, not {value!r}")
+    return value
+
+
+def _budget(data):
+    value = data.get("max_budget_usd")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise PlanError(f"ERROR: plan `max_budget_usd` must be a positive number of dollars, not {value!r}")
+    return float(value)
+
+
 def build(data, raw_tasks, source, max_agents):
     if not isinstance(raw_tasks, list) or not raw_tasks:
         raise PlanError(f"ERROR: plan {source} has no tasks")
@@ -220,6 +247,7 @@ def build(data, raw_tasks, source, max_agents):
             expected_output=_opt_str(entry, "expected_output", task_id),
             complexity=_opt_str(entry, "complexity", task_id),
             timeout=_timeout(entry, task_id),
+            allow_empty=_flag(entry, "allow_empty", f"task {task_id}"),
         )
         order.append(task_id)
     for task in tasks.values():
@@ -236,7 +264,7 @@ def build(data, raw_tasks, source, max_agents):
     serialize_shared_files(tasks, topo)
     groups = layer(tasks, topo, max_agents)
     return Plan(tasks=tasks, order=order, groups=groups, work_type=work_type or "", base=base,
-                agent=agent, e2e=e2e, source=source)
+                agent=agent, e2e=e2e, source=source, max_budget_usd=_budget(data))
 
 
 def check_for_run(plan_path, layout, agent=None, require_repo=True, executor=None):

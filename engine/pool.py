@@ -334,7 +334,7 @@ class Pool:
             return slot_id
         self.journal.append("release-intent", slot=slot_id, branch=snapshot.get("branch"), forced=force)
         try:
-            kept = self._release_git(snapshot, force, takeover=takeover)
+            kept = self._release_git(snapshot, force, takeover=takeover, quiet=quiet)
         except BaseException:
             self._mark(slot_id, releasing=None, owner=snapshot_owner)  # still busy, as before
             raise
@@ -342,7 +342,7 @@ class Pool:
         self.journal.append("release-done", slot=slot_id, branch=snapshot.get("branch"), kept=kept)
         return slot_id
 
-    def _release_git(self, slot, force, takeover=False):
+    def _release_git(self, slot, force, takeover=False, quiet=False):
         """Detach the slot (committing leftovers unless forced) and delete or keep its branch.
 
         Returns True when the branch was kept. Four git calls on the usual path: status,
@@ -385,6 +385,8 @@ class Pool:
         if unique is None:
             return False  # the branch is gone already
         if unique and not force:
+            if quiet:  # the orchestrator keeps approved branches on purpose: the merge queue takes them
+                return True
             warn(f"[WARN] Keeping branch {branch}: {unique} commit(s) not in {slot.get('base') or 'the base'} "
                  "(use --force to delete)")
             return True

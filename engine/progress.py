@@ -4,19 +4,20 @@ finally see real data (`tasks.<id>.status/branch/group/iterations/retry_count/qa
 process-local lock also serializes the executor's threads.
 """
 
+import contextlib
 import copy
 import os
 import threading
 
 from engine import store
 
-TERMINAL = ("merged", "failed", "blocked")
 
 
 class Progress:
     def __init__(self, layout):
         self.path = os.path.join(layout.claude, "auto-progress.yaml")
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._holder = None  # the thread inside `locked()`, which already holds the file lock
         self._cache = (None, None)
 
     def load(self):
@@ -37,9 +38,23 @@ class Progress:
     def exists(self):
         return os.path.exists(self.path)
 
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold both locks across several steps (an update and its journal record)."""
+        with self._lock:
+            if self._holder is threading.current_thread():
+                yield
+                return
+            with store.file_lock(self.path):
+                self._holder = threading.current_thread()
+                try:
+                    yield
+                finally:
+                    self._holder = None
+
     def update(self, change):
         """Apply change(data) under the locks and write; returns what change returned."""
-        with self._lock, store.file_lock(self.path):
+        with self.locked():
             data, header = store.load_yaml_mapping(self.path)
             data = data or {}
             result = change(data)

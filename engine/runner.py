@@ -14,102 +14,24 @@ One orchestrator per project at a time: `run`/`resume` hold an exclusive flock o
 import fcntl
 import hashlib
 import os
-import threading
 import time
 
 from engine import git, statefile, store
-from engine.config import load as load_settings
+from engine.context import Options, RunContext
 from engine.errors import OrchestratorError
-from engine.procs import alive, stop_group, wait_for
 from engine.paths import Layout
-from engine.plan import load as load_plan
-from engine.progress import TERMINAL, Progress
-from engine.view import Reporter
+from engine.plan import check_for_run
+from engine.procs import process_start_time
 
 PIPELINE = ("DECOMPOSE", "PARALLELIZE", "EXECUTE", "QA", "E2E", "INTEGRATE", "CHECKPOINT")
-
-
-class Options:
-    def __init__(self, all_groups=False, agent=None, quiet=False):
-        self.all_groups = all_groups
-        self.agent = agent
-        self.quiet = quiet
-
-
-class Run:
-    """Everything a handler needs, built once per process."""
-
-    def __init__(self, layout=None, options=None, reporter=None):
-        self.layout = layout or Layout()
-        self.options = options or Options()
-        self.progress = Progress(self.layout)
-        self.journal = store.Journal(self.layout.journal)
-        self.reporter = reporter or Reporter(quiet=self.options.quiet)
-        self._repo = None
-        self._plan = None
-        self._settings = None
-        self._pool = None
-        self.stop_requested = False  # set by CHECKPOINT at a session boundary
-        self.cancel = threading.Event()  # set on Ctrl-C/SIGTERM: no new agent attempts
-
-    # ------------------------------------------------------------------ lazily built parts
-    @property
-    def repo(self):
-        if self._repo is None:
-            self._repo = git.toplevel(self.layout.root)
-        return self._repo
-
-    @property
-    def plan(self):
-        if self._plan is None:
-            path = self.progress.load().get("plan_file")
-            if not path:
-                raise OrchestratorError("ERROR: no run in progress (no plan recorded); use `orchestrator run PLAN`")
-            self._plan = load_plan(path, self.settings.max_agents)
-        return self._plan
-
-    @property
-    def settings(self):
-        if self._settings is None:
-            work_type = self.progress.load().get("work_type") or ""
-            self._settings = load_settings(self.layout.root, work_type)
-        return self._settings
-
-    @property
-    def pool(self):
-        if self._pool is None:
-            from engine.pool import Pool
-
-            env = dict(os.environ, POOL_OWNER_PID=str(os.getpid()))
-            self._pool = Pool(self.layout, env=env)
-        return self._pool
-
-    @property
-    def base(self):
-        return self.progress.load()["base"]
-
-    @property
-    def current_group(self):
-        return self.progress.load().get("current_group")
-
-    def group_tasks(self, n=None):
-        n = n or self.current_group
-        return list(self.plan.groups[n - 1]) if n else []
-
-    def task_state(self, task_id):
-        return self.progress.task(task_id)
-
-    def log_path(self, task_id):
-        return os.path.join(self.layout.claude, "auto-logs", f"{task_id}.log")
-
-    def exit_path(self, task_id, attempt):
-        return os.path.join(self.layout.claude, "auto-logs", f"{task_id}.attempt-{attempt}.exit")
+__all__ = ["Options", "RunContext", "start", "start_goal", "resume", "loop"]
 
 
 # ---------------------------------------------------------------------- starting and resuming
 def plan_digest(path):
-    with open(path, "rb") as fh:
-        return hashlib.sha256(fh.read()).hexdigest()[:16]
+    from engine.plan import digest
+
+    return digest(path)
 
 
 class RunLock:
@@ -136,27 +58,36 @@ class RunLock:
 def start(plan_path, options=None, layout=None):
     """`orchestrator run PLAN`: validate everything first, then begin at DECOMPOSE."""
     layout = layout or Layout()
+    options = options or Options()
     plan_path = os.path.abspath(plan_path)
-    settings = load_settings(layout.root)
-    plan = load_plan(plan_path, settings.max_agents)  # refuses a bad plan before any side effect
-    repo = git.toplevel(layout.root)
-    base = plan.base or git.current_branch(repo)
-    if not base:
-        raise OrchestratorError("ERROR: HEAD is detached; name a `base` branch in the plan")
-    if not git.branch_exists(repo, base):
-        raise OrchestratorError(f"ERROR: base branch does not exist: {base}")
-    agent = (options.agent if options else None) or plan.agent
-    missing = [t for t in plan.order if not (plan.tasks[t].agent or agent)]
-    if missing:
-        raise OrchestratorError(f"ERROR: no agent command for task {missing[0]} (set `agent` in the plan or "
-                                "pass --agent)")
-    run = Run(layout, options)
+    # refuses a bad plan, configuration, agent or base before any side effect
+    plan, _, base = check_for_run(plan_path, layout, options.agent)
+    agent = options.agent or plan.agent
+    executor = _executor(layout, plan_path, options)
+    return _start(layout, options, dict(plan_file=plan_path, plan_digest=plan_digest(plan_path), base=base,
+                                        work_type=plan.work_type or "", agent=agent, executor=executor))
+
+
+def start_goal(goal, options=None, layout=None):
+    """`orchestrator run --goal GOAL`: DECOMPOSE asks the planner for the plan first."""
+    layout = layout or Layout()
+    options = options or Options()
+    if not goal or not goal.strip():
+        raise OrchestratorError("the goal is empty")
+    git.toplevel(layout.root)  # a repository, before anything is written
+    return _start(layout, options, dict(goal=goal, goal_digest=_digest(goal.encode("utf-8")),
+                                        agent=options.agent, executor=options.executor or "local"))
+
+
+def _start(layout, options, record):
+    run = RunContext(layout, options)
     with RunLock(layout):
         previous = run.progress.load()
-        if previous.get("status") in ("running", "stopped") and previous.get("plan_digest") != plan_digest(plan_path):
-            raise OrchestratorError("ERROR: another run is in progress; `orchestrator resume` it or "
+        key = "plan_digest" if "plan_digest" in record else "goal_digest"
+        if previous.get("status") in ("running", "stopped") and previous.get(key) != record[key]:
+            raise OrchestratorError("another run is in progress; `orchestrator resume` it or "
                                     "`orchestrator abort` it first")
-        fresh = run.progress.update(lambda data: _begin(data, plan_path, plan, base, agent))
+        fresh = run.progress.update(lambda data: _begin(data, record, key))
         state = statefile.get_state(layout)
         if fresh or state not in PIPELINE:
             statefile.transition("DECOMPOSE", force=state not in ("IDLE", "COMPLETE", "FAILED", "PLAN"),
@@ -164,55 +95,109 @@ def start(plan_path, options=None, layout=None):
         return loop(run)
 
 
-def _begin(data, plan_path, plan, base, agent):
-    """Record the run; True when it starts afresh (a new plan, or the last run ended)."""
-    digest = plan_digest(plan_path)
-    fresh = data.get("plan_digest") != digest or data.get("status") in ("complete", "aborted")
+def _executor(layout, plan_path, options):
+    """`local` or `ray`: --executor, else the plan's or the configuration's `executor:`. A Ray
+    cluster is checked now (reachable, some node offers the resources), before anything starts."""
+    if options.executor == "local":
+        return "local"
+    from engine import plan as plans
+
+    data = plans.read(plan_path)
+    wants_ray = options.executor == "ray" or data.get("executor") == "ray" or \
+        (store.load_yaml_mapping(os.path.join(layout.claude, "auto-context.yaml"))[0] or {}).get("executor") == "ray"
+    if not wants_ray:
+        return "local"
+    from engine import ray_executor
+
+    backend = ray_executor.backend_from(layout.root, git.toplevel(layout.root), plan_data=data, executor="ray")
+    if backend is not None:
+        backend.check()
+        return "ray"
+    return "local"
+
+
+def _begin(data, record, key):
+    """Record the run; True when it starts afresh (a new plan or goal, or the last run ended)."""
+    fresh = data.get(key) != record[key] or data.get("status") in ("complete", "aborted")
     if fresh:
         data.clear()
-    data.update(plan_file=plan_path, plan_digest=digest, base=base, work_type=plan.work_type or "",
-                agent=agent, status="running", orchestrator_pid=os.getpid())
+    data.update(record, status="running", **_owner())
     data.setdefault("run_id", time.strftime("run-%Y%m%d-%H%M%S"))
     data.setdefault("started_at", store.utc_now())
     return fresh
 
 
+def _digest(raw):
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def _owner():
+    """The orchestrator's pid with its start time, so nobody signals a recycled pid."""
+    return {"orchestrator_pid": os.getpid(), "orchestrator_pid_start": process_start_time(os.getpid())}
+
+
 def resume(options=None, layout=None):
     layout = layout or Layout()
-    run = Run(layout, options)
+    run = RunContext(layout, options)
     data = run.progress.load()
-    if not data.get("plan_file"):
+    if not data.get("plan_file") and not data.get("goal"):
         raise OrchestratorError("NO_SESSION: nothing to resume (start one with `orchestrator run PLAN`)")
     with RunLock(layout):
         state = statefile.get_state(layout)
         if state == "COMPLETE" and data.get("status") == "complete":
             run.reporter.line("Run already complete.")
             return 0
+        _check_plan_unchanged(run, data, run.options)
+        state = statefile.get_state(layout)
         if state not in PIPELINE:
-            # aborted, or the state file was reset by another tool: continue at the next group
-            statefile.transition("PARALLELIZE", force=True, layout=layout)
-        run.progress.update(lambda d: d.update(status="running", orchestrator_pid=os.getpid()))
+            # aborted, or the state file was reset by another tool: continue at the next group;
+            # killed before DECOMPOSE wrote the task table (or the state file): decompose first
+            statefile.transition("PARALLELIZE" if data.get("tasks") else "DECOMPOSE", force=True, layout=layout)
+        run.progress.update(lambda d: d.update(status="running", **_owner()))
         return loop(run)
 
 
+def _check_plan_unchanged(run, data, options):
+    """The plan a run resumes with is the plan it was started with: an edited plan file (an
+    agent's commit, a person) would silently change verify commands, agents and dependencies
+    under work in progress. `--adopt-plan` takes the new plan after validating it; tasks
+    already merged stay merged, tasks the new plan drops are forgotten unless merged."""
+    path = data.get("plan_file")
+    if not path:
+        return  # a goal run that has not planned yet
+    try:
+        digest = plan_digest(path)
+    except OSError:
+        raise OrchestratorError(f"the run's plan file is gone: {path}; restore it to resume") from None
+    if digest == data.get("plan_digest"):
+        return
+    if not options.adopt_plan:
+        raise OrchestratorError(f"the plan file changed since the run started: {path} (restore it, or adopt the "
+                                "new plan with `orchestrator resume --adopt-plan`; merged tasks stay merged)")
+    plan, _, _ = check_for_run(path, run.layout, data.get("agent") if isinstance(data.get("agent"), str) else None)
+
+    def adopt(d):
+        tasks = d.get("tasks") or {}
+        d["tasks"] = {t: v for t, v in tasks.items() if t in plan.tasks or v.get("status") == "merged"}
+        d["plan_digest"] = digest
+    run.progress.update(adopt)
+    run.journal.append("plan-adopted", plan=path, digest=digest, previous=data.get("plan_digest"))
+    run.reporter.line(f"adopted the changed plan {path}; merged tasks stay merged")
+    statefile.transition("DECOMPOSE", force=True, layout=run.layout)
+
+
 def reconcile(run):
-    """Put reality in order after a crash, before any handler runs."""
+    """Put reality in order after a crash, before any handler runs. Agents that outlived a
+    killed orchestrator are not waited for here: each task's own worker recovers its attempt
+    (engine.scheduler), so no task waits on an unrelated one."""
     tasks = run.progress.load().get("tasks") or {}
-    for task_id, t in tasks.items():
-        if t.get("status") == "running" and t.get("pid") and alive(t["pid"], t.get("pid_start")):
-            # An agent that outlived the orchestrator is let finish (its exit status is
-            # recorded beside its log); one that overruns its timeout is stopped.
-            run.reporter.line(f"waiting for {task_id}'s agent from before the restart (pid {t['pid']})")
-            if not wait_for(t["pid"], t.get("pid_start"), timeout=run.settings.agent_timeout):
-                stop_group(t["pid"], t.get("pid_start"))
-                run.journal.append("agent-orphan-stopped", task=task_id, pid=t["pid"])
     if os.path.exists(os.path.join(git.common_dir(run.repo), "MERGE_HEAD")):
-        raise OrchestratorError("ERROR: a merge is in progress in the main checkout; finish or abort it, then resume")
-    if os.path.exists(run.pool.state_path):
+        raise OrchestratorError("a merge is in progress in the main checkout; finish or abort it, then resume")
+    if run.slots.exists():
         from engine import pool_health
 
-        run.pool.adopt(set(tasks), os.getpid())
-        _, _, repaired = pool_health.health(run.pool, repair=True)
+        run.slots.pool.adopt(set(tasks), os.getpid())
+        _, _, repaired = pool_health.health(run.slots.pool, repair=True)
         for line in repaired:
             run.reporter.line(f"pool repaired: {line}")
 
@@ -227,22 +212,14 @@ def loop(run):
         if state == "COMPLETE":
             run.progress.update(lambda d: d.update(status="complete", completed_at=store.utc_now()))
             run.reporter.final(run)
-            tasks = (run.progress.load().get("tasks") or {}).values()
-            return 0 if all(t.get("status") == "merged" for t in tasks) else 1
+            data = run.progress.load()
+            tasks = (data.get("tasks") or {}).values()
+            e2e_failed = any(g.get("e2e") == "failed" for g in (data.get("parallel_groups") or {}).values()
+                             if isinstance(g, dict))
+            return 0 if all(t.get("status") == "merged" for t in tasks) and not e2e_failed else 1
         handler = handler_for(state)
-        run.journal.append("state-enter", state=state)
         next_state = handler(run)
         statefile.transition(next_state, layout=run.layout)
         if run.stop_requested:
             run.progress.update(lambda d: d.update(status="stopped"))
             return 0
-
-
-def pending_tasks(run, statuses):
-    tasks = run.progress.load().get("tasks") or {}
-    return [t for t in run.group_tasks() if (tasks.get(t) or {}).get("status") in statuses]
-
-
-def group_finished(run, n):
-    tasks = run.progress.load().get("tasks") or {}
-    return all((tasks.get(t) or {}).get("status") in TERMINAL for t in run.group_tasks(n))

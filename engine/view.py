@@ -64,13 +64,15 @@ class Reporter:
         self._emit([f"  • {task_id}: {event}"] if self.boxes else [f"[orchestrator] {task_id}: {event}"])
 
     def group_progress(self, mode, statuses):
-        done = sum(1 for s in statuses.values() if s in ("executed", "approved", "merged", "failed", "blocked"))
+        done = sum(1 for s in statuses.values() if s in ("approved", "merging", "merged", "failed", "blocked",
+                                                          "blocked_permission"))
         elapsed = f"{time.time() - self.started:.1f}s"
         if not self.boxes:
             self._emit([f"[orchestrator] progress {done}/{len(statuses)} agents complete, {elapsed} elapsed"])
             return
-        icon = {"executed": "✅", "approved": "✅", "merged": "✅", "failed": "❌", "blocked": "⛔",
-                "running": "⏳", "rejected": "🔁"}
+        icon = {"approved": "✅", "merging": "✅", "merged": "✅", "failed": "❌", "blocked": "⛔",
+                "blocked_permission": "⛔", "running": "⏳", "executed": "🔎", "verifying": "🔎", "rejected": "🔁",
+                "conflicted": "🔁"}
         icon_mode = "⚡" if mode == "PARALLEL" else "⏸️"
         lines = [f"{icon_mode} Execution Mode: {mode}",
                  f"   Progress: {bar(done, len(statuses))} agents complete, {elapsed}", ""]
@@ -88,19 +90,69 @@ class Reporter:
                     f"Elapsed: {time.time() - self.started:.1f}s"])
 
 
+def status_counts(data):
+    """{status: number of tasks}, in the task machine's order."""
+    from engine.tasks import TaskStatus
+
+    counts = {}
+    for t in (data.get("tasks") or {}).values():
+        status = (t or {}).get("status") or "pending"
+        counts[status] = counts.get(status, 0) + 1
+    return {s.value: counts[s.value] for s in TaskStatus if s.value in counts}
+
+
+def status_header(state, data):
+    """The run in two lines: where the run machine is, then the task machine's tally."""
+    scope = data.get("scope_groups") or []
+    group = f"{scope[0]}-{scope[-1]}" if len(scope) > 1 else str(data.get("current_group"))
+    cost = data.get("cost_usd")
+    line = (f"State: {state} | Run: {data.get('status')} | Group: {group}/{data.get('total_groups')} | "
+            f"Mode: {data.get('mode', '-')} | Base: {data.get('base')}"
+            + (f" | Cost: ${cost:.2f}" if isinstance(cost, (int, float)) else ""))
+    tally = ", ".join(f"{n} {status}" for status, n in status_counts(data).items())
+    return f"{line}\nTasks: {tally}"
+
+
+def _money(value):
+    return f"${value:.2f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+
+def _count(value):
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else "-"
+
+
 def status_rows(data):
+    tasks = data.get("tasks") or {}
+    remote = any((t or {}).get("node") for t in tasks.values())
     rows = []
-    for task_id, t in (data.get("tasks") or {}).items():
+    for task_id, t in tasks.items():
         elapsed = t.get("elapsed")
-        rows.append((task_id, t.get("group", ""), t.get("status", ""), t.get("slot") or "-", t.get("branch") or "-",
-                     t.get("retry_count", 0), "yes" if t.get("qa_verified") else ("-" if not t.get("qa_timestamp")
-                                                                                   else "no"),
-                     f"{elapsed:.1f}s" if isinstance(elapsed, (int, float)) else "-"))
+        tokens = (t.get("tokens_in") or 0) + (t.get("tokens_out") or 0) if ("tokens_in" in t or "tokens_out" in t) \
+            else None
+        row = [task_id, t.get("group", ""), t.get("status", ""), t.get("slot") or "-"]
+        if remote:
+            row.append(t.get("node") or "-")
+        row += [t.get("iterations") or "-", t.get("retry_count", 0),
+                "yes" if t.get("qa_verified") else ("-" if not t.get("qa_timestamp") else "no"),
+                _money(t.get("cost_usd")), _count(tokens), _count(t.get("turns")),
+                f"{elapsed:.1f}s" if isinstance(elapsed, (int, float)) else "-",
+                _why(t)]
+        rows.append(tuple(row))
     return rows
+
+
+def _why(t):
+    """One short reason for a task that needs a person, else its branch."""
+    text = t.get("failure") or ""
+    if text:
+        return text if len(text) <= 60 else text[:59] + "…"
+    return t.get("branch") or "-"
 
 
 def status_table(data):
     from tabulate import tabulate
 
-    return tabulate(status_rows(data), headers=["task", "group", "status", "slot", "branch", "retries", "QA",
-                                                "elapsed"], tablefmt="rounded_outline")
+    remote = any((t or {}).get("node") for t in (data.get("tasks") or {}).values())
+    headers = ["task", "group", "status", "slot"] + (["node"] if remote else []) + \
+        ["attempt", "retries", "QA", "cost", "tokens", "turns", "elapsed", "branch / why"]
+    return tabulate(status_rows(data), headers=headers, tablefmt="rounded_outline")

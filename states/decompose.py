@@ -1,13 +1,20 @@
-"""DECOMPOSE: load and validate the plan, layer it, and write the progress file.
+"""DECOMPOSE: load and validate the plan, layer it, and write the progress file. A run
+started from a goal (`run --goal`) first has the planner write the plan, and records it
+before leaving DECOMPOSE, so a resumed run never plans twice.
 
 Re-entrant: statuses already recorded for the same plan are kept, so a resumed run never
 redoes finished work."""
 
+import os
+
 from engine import statefile
 
 
-def handle(run):
-    plan = run.plan
+def handle(ctx):
+    data = ctx.progress.load()
+    if data.get("goal") and not data.get("plan_file"):
+        _plan_the_goal(ctx, data)
+    plan = ctx.plan
 
     def write(data):
         tasks = data.setdefault("tasks", {})
@@ -23,10 +30,29 @@ def handle(run):
                                    for n, group in enumerate(plan.groups, 1)}
         data["total_groups"] = len(plan.groups)
 
-    run.progress.update(write)
-    if plan.work_type and statefile.get_work_type(run.layout) != plan.work_type:
-        statefile.set_work_type(plan.work_type, layout=run.layout)
+    ctx.progress.update(write)
+    if plan.work_type and statefile.get_work_type(ctx.layout) != plan.work_type:
+        statefile.set_work_type(plan.work_type, layout=ctx.layout)
     shared = sum(1 for t in plan.tasks.values() if t.implicit_deps)
-    run.reporter.line(f"plan: {len(plan.order)} tasks in {len(plan.groups)} groups"
+    ctx.reporter.line(f"plan: {len(plan.order)} tasks in {len(plan.groups)} groups"
                       + (f" ({shared} made sequential: shared files)" if shared else ""))
     return "PARALLELIZE"
+
+
+def _plan_the_goal(ctx, data):
+    """The planner writes .claude/auto-plan.yaml (at most once: engine.planner.plan_once keeps
+    a plan already written for this goal and resumes a planning job cut short), then the plan
+    is checked like any `run PLAN` and recorded."""
+    from engine import planner
+    from engine.plan import check_for_run, digest
+
+    output = os.path.join(ctx.layout.claude, "auto-plan.yaml")
+    path = planner.plan_once(ctx.layout.root, data["goal"], output, agent=ctx.options.planner,
+                             max_agents=ctx.settings.max_agents, reporter=ctx.reporter)
+    agent = data.get("agent")
+    plan, _, base = check_for_run(path, ctx.layout, agent)
+    ctx.progress.update(lambda d: d.update(plan_file=path, plan_digest=digest(path), base=base,
+                                           work_type=plan.work_type or "", agent=agent or plan.agent))
+    ctx.journal.append("planned", goal_digest=data.get("goal_digest"), plan=path)
+    ctx.reporter.line(f"planned the goal into {ctx.layout.rel(path)}")
+    ctx.forget("settings", "plan", "tasks")

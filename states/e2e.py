@@ -1,47 +1,30 @@
-"""E2E: build the merge candidate of the group's approved branches (off-tree, nothing
-moves) and run the plan's e2e command on it in a temporary detached worktree."""
+"""E2E: the plan's e2e command on the merged result of the scope (the base as it is now,
+in a temporary detached checkout). Tasks are merged as they are approved, so a failure
+cannot un-merge them: it is reported with the group (its `e2e` record, the handoff) and
+the run ends non-zero."""
 
-import os
-import shutil
-import subprocess
-import tempfile
-
-from engine import git, merge
-from engine.runner import pending_tasks
+from engine.tasks import TaskStatus as S
 
 
-def handle(run):
-    plan = run.plan
-    approved = pending_tasks(run, ("approved",))
-    if not plan.e2e:
-        run.reporter.line("E2E skipped: FRONTEND work, but the plan names no `e2e` command")
+def handle(ctx):
+    groups = ctx.scope_groups()
+    label = f"group-{groups[0]}" if len(groups) == 1 else f"groups-{groups[0]}-{groups[-1]}"
+    if not ctx.plan.e2e:
+        ctx.reporter.line("E2E skipped: FRONTEND work, but the plan names no `e2e` command")
         return "INTEGRATE"
-    if not approved:
-        run.reporter.line("E2E skipped: nothing approved in this group")
+    if not ctx.tasks_in((S.MERGED,)):
+        ctx.reporter.line("E2E skipped: nothing was merged in this scope")
         return "INTEGRATE"
-    branches = [plan.tasks[t].branch for t in approved]
-    report = merge.merge_branches(run.repo, run.base, branches, dry_run=True)
-    tmp = tempfile.mkdtemp(prefix="orchestrator-e2e-")
-    path = os.path.join(tmp, "candidate")
-    try:
-        with git.worktree_lock(run.repo):
-            git.run(run.repo, "worktree", "add", "-q", "--detach", path, report.candidate)
-        proc = subprocess.run(["/bin/sh", "-c", plan.e2e], cwd=path, capture_output=True, text=True,
-                              errors="replace", timeout=run.settings.qa_timeout)
-        ok = proc.returncode == 0
-        output = (proc.stdout + proc.stderr).strip().splitlines()[-20:]
-    except subprocess.TimeoutExpired:
-        ok, output = False, ["e2e command timed out"]
-    finally:
-        with git.worktree_lock(run.repo):
-            git.run(run.repo, "worktree", "remove", "--force", path, check=False)
-        shutil.rmtree(tmp, ignore_errors=True)
-    run.journal.append("e2e-result", group=run.current_group, ok=ok)
+    ok, feedback, output = ctx.checks.e2e(label)
+    ctx.journal.append("e2e-result", groups=groups, ok=ok)
+    merged = ctx.tasks_in((S.MERGED,))
+    for n in groups:
+        ctx.progress.update(lambda d, n=n: d.setdefault("parallel_groups", {}).setdefault(f"group_{n}", {}).update(
+            e2e="passed" if ok else "failed", **({} if ok else {"e2e_output": feedback[-2000:],
+                                                              "e2e_tasks": merged})))
     if ok:
-        run.reporter.line(f"E2E passed on the merge candidate of {len(branches)} branch(es)")
+        ctx.reporter.line(f"E2E passed on {ctx.base} with {len(merged)} merged task(s)")
     else:
-        for t in approved:
-            run.progress.set_task(t, status="failed", failure="e2e failed on the merge candidate: "
-                                  + " | ".join(output[-3:]))
-        run.reporter.line("E2E failed on the merge candidate; the group's tasks are not merged")
+        ctx.reporter.line(f"E2E FAILED on {ctx.base} (tasks merged in this scope: {', '.join(merged)}); "
+                          f"see {ctx.layout.rel(output)}")
     return "INTEGRATE"

@@ -61,13 +61,20 @@ def crash_run(repo, plan, env, rng, kill_budget):
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGKILL)  # the orchestrator only: its agents live on as orphans
                 kills += 1
-                with open(os.path.join(repo, ".claude/auto-state-machine.yaml")) as fh:
-                    states.add(yaml.safe_load(fh)["current_state"])
+                state_file = os.path.join(repo, ".claude/auto-state-machine.yaml")
+                if os.path.exists(state_file):  # (a kill during `run`'s first steps may precede it)
+                    with open(state_file) as fh:
+                        states.add(yaml.safe_load(fh)["current_state"])
+                else:
+                    states.add("(before the state file)")
         code = proc.wait(timeout=180)
         err = proc.stderr.read()
         proc.stderr.close()
-        first = False
+        # killed before `run` recorded anything: a person runs it again (there is nothing to resume)
+        first = not os.path.exists(os.path.join(repo, ".claude/auto-progress.yaml"))
         check_claude_files(repo)
+        if first:
+            continue
         with open(os.path.join(repo, ".claude/auto-progress.yaml")) as fh:
             if (yaml.safe_load(fh) or {}).get("status") == "complete":
                 assert code == 0, err

@@ -19,10 +19,10 @@ def cli():
     """Run coding agents in parallel git worktrees, QA each task, merge in dependency order."""
 
 
-def _options(all_groups, agent=None, quiet=False):
+def _options(all_groups, agent=None, quiet=False, **more):
     from engine.runner import Options
 
-    return Options(all_groups=all_groups, agent=agent, quiet=quiet)
+    return Options(all_groups=all_groups, agent=agent, quiet=quiet, **more)
 
 
 def _terminate_on_sigterm():
@@ -34,27 +34,62 @@ def _terminate_on_sigterm():
 
 
 @cli.command("run")
-@click.argument("plan", type=click.Path(dir_okay=False))
+@click.argument("plan", required=False, type=click.Path(dir_okay=False))
+@click.option("--goal", help="No plan yet: the planner agent splits GOAL into one first (inside DECOMPOSE).")
+@click.option("--planner", help="The planner for --goal: `claude` (default) or a shell command (see `plan`).")
 @click.option("--all-groups", is_flag=True, help="Do not stop at session boundaries (after each group).")
-@click.option("--agent", help="Default agent command for tasks without one (overrides the plan's).")
+@click.option("--agent", help="Default agent for tasks without one (overrides the plan's): a shell command, "
+                              "or `claude` for the Claude Code preset.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), help="Where agents run (default: the plan's or "
+                                                                      "the configuration's `executor`, else local).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def run_cmd(plan, all_groups, agent, quiet):
+def run_cmd(plan, goal, planner, all_groups, agent, executor, quiet):
     """Run PLAN (YAML, JSON or the skill's markdown task list) from the start."""
     from engine import runner
 
+    if bool(plan) == bool(goal):
+        raise click.UsageError("give a PLAN file or --goal GOAL (one of them)")
     _terminate_on_sigterm()
-    return runner.start(plan, _options(all_groups, agent, quiet))
+    options = _options(all_groups, agent, quiet, executor=executor, goal=goal, planner=planner)
+    if goal:
+        return runner.start_goal(goal, options)
+    return runner.start(plan, options)
 
 
 @cli.command("resume")
 @click.option("--all-groups", is_flag=True, help="Do not stop at session boundaries.")
+@click.option("--adopt-plan", is_flag=True, help="The plan file changed since `run`: validate it and go on with "
+                                                 "it (merged tasks stay merged).")
 @click.option("--quiet", is_flag=True)
-def resume_cmd(all_groups, quiet):
+def resume_cmd(all_groups, adopt_plan, quiet):
     """Continue the run exactly where it stopped (boundary, Ctrl-C, SIGKILL, reboot)."""
     from engine import runner
 
     _terminate_on_sigterm()
-    return runner.resume(_options(all_groups, quiet=quiet))
+    return runner.resume(_options(all_groups, quiet=quiet, adopt_plan=adopt_plan))
+
+
+@cli.command("retry")
+@click.argument("task")
+def retry_cmd(task):
+    """Give TASK another round after it failed or was blocked (e.g. once a denied tool is
+    allowed); `orchestrator resume` then runs it. Its retry count starts over."""
+    from engine import store
+    from engine.paths import Layout
+    from engine.progress import Progress
+    from engine.tasks import TaskBook
+
+    layout = Layout()
+    progress = Progress(layout)
+    data = progress.load()
+    if task not in (data.get("tasks") or {}):
+        raise click.UsageError(f"no task {task} in this run")
+    status = TaskBook(progress, store.Journal(layout.journal), 0).fire(task, "retry", retry_count=0,
+                                                                        failure=None, qa_feedback=None)
+    if data.get("status") == "complete":  # reopen the run, so `resume` carries it on
+        progress.update(lambda d: d.update(status="stopped"))
+    click.echo(f"{task}: {status.value} (run `orchestrator resume` to carry it on)")
+    return 0
 
 
 @cli.command("status")
@@ -65,21 +100,20 @@ def status_cmd(as_json, watch):
     from engine import statefile
     from engine.paths import Layout
     from engine.progress import Progress
-    from engine.view import status_table
+    from engine.view import status_counts, status_header, status_table
 
     layout = Layout()
     while True:
         data = Progress(layout).load()
         state = statefile.get_state(layout)
         if as_json:
-            click.echo(json.dumps({"state": state, **data}, ensure_ascii=False, default=str))
+            click.echo(json.dumps({"state": state, "counts": status_counts(data), **data}, ensure_ascii=False,
+                                  default=str))
             return 0
         if not data.get("tasks"):
             click.echo("NO_SESSION")
             return 1
-        text = (f"State: {state} | Run: {data.get('status')} | Group: {data.get('current_group')}/"
-                f"{data.get('total_groups')} | Mode: {data.get('mode', '-')} | Base: {data.get('base')}\n"
-                + status_table(data))
+        text = status_header(state, data) + "\n" + status_table(data)
         if not watch:
             click.echo(text)
             return 0
@@ -148,7 +182,9 @@ def plan_cmd(goal, output, planner_cmd, model, retries, force, quiet):
 
 @cli.command("graph")
 @click.argument("plan", required=False, type=click.Path(dir_okay=False))
-def graph_cmd(plan):
+@click.option("--tasks", "task_machine", is_flag=True,
+              help="Draw the task machine (each task's lifecycle), annotated with the run's tasks.")
+def graph_cmd(plan, task_machine):
     """The task DAG and its groups as Mermaid (the current run's plan by default)."""
     from engine import config, plan as plans
     from engine.errors import OrchestratorError
@@ -157,22 +193,29 @@ def graph_cmd(plan):
 
     layout = Layout()
     data = Progress(layout).load()
+    statuses = {t: v.get("status") for t, v in (data.get("tasks") or {}).items()} if not plan else {}
+    if task_machine:
+        from engine import tasks
+
+        click.echo(tasks.mermaid(statuses), nl=False)
+        return 0
     path = plan or data.get("plan_file")
     if not path:
-        raise OrchestratorError("ERROR: no plan given and no run in progress")
-    p = plans.load(path, config.load(layout.root).max_agents)
-    statuses = {t: v.get("status") for t, v in (data.get("tasks") or {}).items()} if not plan else {}
+        raise OrchestratorError("no plan given and no run in progress")
+    p = plans.load(path, config.load(layout.root, data.get("work_type") or "").max_agents)
     click.echo(plans.mermaid(p, statuses), nl=False)
+    return 0
 
 
 @cli.command("abort")
 def abort_cmd():
     """Stop the running orchestrator and its agents, release slots; branches and journal stay."""
     from engine import statefile, store
-    from engine.procs import alive, stop_group
     from engine.paths import Layout
     from engine.pool import Pool
+    from engine.procs import alive, stop_group
     from engine.progress import Progress
+    from engine.tasks import TaskBook, status_of
 
     layout = Layout()
     progress = Progress(layout)
@@ -180,13 +223,15 @@ def abort_cmd():
     if not data.get("tasks"):
         click.echo("NO_SESSION")
         return 1
-    pid = data.get("orchestrator_pid")
-    if isinstance(pid, int) and pid != os.getpid() and alive(pid):
-        os.kill(pid, signal.SIGTERM)
-        for _ in range(100):
-            if not alive(pid):
+    pid, start = data.get("orchestrator_pid"), data.get("orchestrator_pid_start")
+    # the pid is only signalled when it is still the same process (its start time matches)
+    if isinstance(pid, int) and pid != os.getpid() and start and alive(pid, start):
+        os.kill(pid, signal.SIGTERM)  # it unwinds like Ctrl-C: its attempts stop, uncounted
+        for _ in range(200):
+            if not alive(pid, start):
                 break
             time.sleep(0.05)
+    data = progress.load()
     stopped = [t for t, v in data["tasks"].items() if v.get("pid") and stop_group(v["pid"], v.get("pid_start"))]
     pool = Pool(layout)
     released = []
@@ -195,15 +240,19 @@ def abort_cmd():
             if slot.get("status") == "busy" and slot.get("task_id") in data["tasks"]:
                 pool.release(slot["id"], quiet=True)
                 released.append(slot["id"])
-
-    def mark(d):
-        d["status"] = "aborted"
-        for t in (d.get("tasks") or {}).values():
-            if t.get("status") == "running":
-                t.update(status="pending", pid=None)
-
-    progress.update(mark)
-    store.Journal(layout.journal).append("abort", stopped=stopped, released=released)
+    journal = store.Journal(layout.journal)
+    book = TaskBook(progress, journal, 0)
+    for task_id, entry in data["tasks"].items():
+        status = status_of(progress.task(task_id))
+        if status.value == "running":  # an attempt we stopped ourselves: not counted
+            book.fire(task_id, "interrupt", iterations=max(0, int(entry.get("iterations") or 1) - 1), pid=None)
+        elif status.value == "verifying":
+            book.fire(task_id, "qa_interrupt")
+        elif status.value == "merging":
+            book.fire(task_id, "merge_interrupt")  # the next run settles it against the base
+    progress.update(lambda d: [d.update(status="aborted")] + [
+        t.update(slot=None) for t in (d.get("tasks") or {}).values() if t.get("slot") in released])
+    journal.append("abort", stopped=stopped, released=released)
     statefile.transition("FAILED", layout=layout)
     click.echo(f"Aborted: {len(stopped)} agent(s) stopped, {len(released)} slot(s) released; "
                "branches and journal kept (`orchestrator resume` continues)")

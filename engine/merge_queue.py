@@ -1,0 +1,151 @@
+"""The merge queue: approved branches go into the base the moment they are approved, one
+merge at a time, computed off-tree (engine.merge), so dependents start from a base that
+contains them and the main checkout is never left half-merged.
+
+A conflict is a setback, not a dead end: the task goes to `conflicted` with feedback naming
+the conflicting files and the merged tasks that touched them, and the scheduler brings it
+back (first by rebasing the branch onto the base without the agent, else by re-running the
+agent on the new base). `bring_up_to_date` is that first step, `set_aside` the second's.
+"""
+
+import threading
+
+from engine import git, merge, store
+from engine.errors import OrchestratorError
+from engine.faults import crashpoint
+from engine.tasks import TaskStatus as S
+
+ATTEMPT_REFS = "refs/orchestrator/attempts"
+
+
+class MergeQueue:
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self._lock = threading.Lock()
+
+    def settle(self, task_ids):
+        """After a crash: a task left `approved` or `merging` whose branch the base already
+        contains is merged; one left `merging` otherwise goes back to `approved`."""
+        ctx = self.ctx
+        for task_id in task_ids:
+            status = ctx.tasks.status(task_id)
+            if status not in (S.APPROVED, S.MERGING):
+                continue
+            branch = ctx.plan.tasks[task_id].branch
+            tip = git.branch_commit(ctx.repo, branch)
+            if tip is not None and git.is_ancestor(ctx.repo, tip, f"refs/heads/{ctx.base}"):
+                self._merged(task_id, branch, git.branch_commit(ctx.repo, ctx.base), already=True)
+            elif status == S.MERGING:
+                ctx.tasks.fire(task_id, "merge_interrupt")
+
+    def merge(self, task_ids):
+        """Merge the approved TASK_IDS (in dependency order) into the base; returns
+        {task: status} for each. One merge at a time, whoever calls."""
+        ctx = self.ctx
+        plan = ctx.plan
+        with self._lock:
+            order = [t for t in plan.order if t in set(task_ids)]
+            results = {}
+            for task_id in list(order):
+                if plan.tasks[task_id].allow_empty and not git.branch_exists(ctx.repo, plan.tasks[task_id].branch):
+                    # approved with nothing to merge: its slot's release already dropped the empty branch
+                    order.remove(task_id)
+                    results[task_id] = self._merged(task_id, plan.tasks[task_id].branch,
+                                                    git.branch_commit(ctx.repo, ctx.base), already=True)
+            if not order:
+                return results
+            for task_id in order:
+                ctx.tasks.fire(task_id, "merge")
+            branches = merge.order_by_dependencies(
+                [plan.tasks[t].branch for t in order],
+                {plan.tasks[t].branch: [plan.tasks[d].branch for d in plan.tasks[t].all_deps] for t in order})
+            by_branch = {plan.tasks[t].branch: t for t in order}
+            ctx.journal.append("merge-intent", branches=branches, target=ctx.base)
+            crashpoint("merge-intent")
+            try:
+                report = merge.merge_branches(ctx.repo, ctx.base, branches, delete_merged=False)
+            except BaseException:
+                for task_id in order:  # nothing moved: the base moves in one step or not at all
+                    ctx.tasks.fire(task_id, "merge_interrupt")
+                raise
+            if report.error:
+                for task_id in order:
+                    if ctx.tasks.status(task_id) == S.MERGING:
+                        ctx.tasks.fire(task_id, "merge_interrupt")
+                raise OrchestratorError(f"{report.error}; then `orchestrator resume`")
+            crashpoint("merge-moved")
+            head = report.new_commit or git.branch_commit(ctx.repo, ctx.base)
+            for branch in report.merged:
+                results[by_branch[branch]] = self._merged(by_branch[branch], branch, head,
+                                                          already=branch in report.already)
+            for branch, reason, files in report.failed:
+                task_id = by_branch[branch]
+                if reason == "conflicts":
+                    results[task_id] = self._conflicted(task_id, files)
+                else:
+                    results[task_id] = ctx.tasks.fail(task_id, f"merge failed: {reason}")
+                    ctx.reporter.task(task_id, f"merge failed ({reason}); branch {branch} kept")
+            ctx.journal.append("merge-done", merged=report.merged, failed=[b for b, _, _ in report.failed],
+                               commit=report.new_commit)
+            return results
+
+    def _merged(self, task_id, branch, head, already=False):
+        ctx = self.ctx
+        status = ctx.tasks.fire(task_id, "merged", merged_commit=head, completed_at=store.utc_now())
+        # The base contains the branch now and no slot holds it: the safe delete.
+        if git.checked_out_at(ctx.repo, branch) is None:
+            git.delete_branch(ctx.repo, branch, check=False)
+        ctx.reporter.task(task_id, "merged" + (" (already in the base)" if already else ""))
+        return status
+
+    def _conflicted(self, task_id, files):
+        ctx = self.ctx
+        others = self.touched_by(task_id, files)
+        feedback = (f"MERGE CONFLICT: your branch no longer merges into {ctx.base}. Conflicting files: "
+                    f"{', '.join(files) or '(unknown)'}"
+                    + (f"; changed meanwhile by task(s) {', '.join(others)}" if others else "")
+                    + f". Redo your change on top of the current {ctx.base}, keeping their work.")
+        status = ctx.tasks.setback(task_id, "conflict", f"merge conflict in {', '.join(files) or 'the branch'}",
+                                   conflict_files=list(files), conflict_with=others, qa_feedback=feedback)
+        ctx.reporter.task(task_id, f"merge conflict ({', '.join(files)}"
+                          + (f", with {', '.join(others)}" if others else "") + ")"
+                          + ("; will retry on the new base" if status == S.CONFLICTED else "; retries exhausted"))
+        return status
+
+    def touched_by(self, task_id, files):
+        """Merged tasks whose changes touch FILES (whom a conflict is with)."""
+        tasks = self.ctx.progress.load().get("tasks") or {}
+        wanted = set(files)
+        return sorted(t for t, v in tasks.items()
+                      if t != task_id and v.get("status") == S.MERGED.value
+                      and wanted & set(v.get("changed_files") or ()))
+
+    def bring_up_to_date(self, task_id, path):
+        """Rebase TASK_ID's branch, checked out at PATH, onto the current base. True when it
+        applied cleanly (the branch moved; QA must run again); False when it conflicts
+        (nothing moved). A replay can succeed where the merge failed: a commit whose change
+        the base already has (two tasks made the same fix) is dropped instead of colliding."""
+        ctx = self.ctx
+        branch = ctx.plan.tasks[task_id].branch
+        old = git.branch_commit(ctx.repo, branch)
+        if old is None or not git.rebase_onto(path, ctx.base):
+            return False
+        new = git.branch_commit(ctx.repo, branch)
+        ctx.journal.append("branch-rebased", task=task_id, branch=branch, old=old, new=new)
+        crashpoint("rebased")
+        return True
+
+    def set_aside(self, task_id, attempt):
+        """Keep the conflicting attempt's work under refs/orchestrator/attempts/TASK/N and
+        drop the branch, so the agent starts again from the current base."""
+        ctx = self.ctx
+        branch = ctx.plan.tasks[task_id].branch
+        tip = git.branch_commit(ctx.repo, branch)
+        if tip is None:
+            return None
+        ref = f"{ATTEMPT_REFS}/{task_id}/{attempt}"
+        git.update_ref(ctx.repo, ref, tip)
+        git.delete_branch(ctx.repo, branch)
+        ctx.journal.append("attempt-kept", task=task_id, ref=ref, commit=tip)
+        crashpoint("set-aside")
+        return ref

@@ -1,0 +1,403 @@
+"""The streaming task flow that EXECUTE hosts: no barrier anywhere.
+
+A task starts the moment every task it depends on is merged and one of `concurrency`
+workers is free; its worker carries it through agent attempts and QA on its own slot until
+it is approved (or ends); the approved branch goes straight into the merge queue, and its
+dependents become ready at once. Tasks sharing a file are serialized by the plan (an
+implicit dependency), so they never race. Among ready tasks the one heading the longest
+remaining chain (by `complexity`) goes first, which keeps the critical path busy.
+
+Workers never decide policy: every status change is an event on the task machine
+(engine.tasks), and setbacks go through its one retry policy. The main thread only starts
+tasks, merges and watches; on Ctrl-C or SIGTERM it sets `cancel`, stops the running
+attempts (their tasks go back to pending without spending a retry) and re-raises.
+
+Resuming is the same loop: a task left `running` is recovered from the backend (a live
+orphan agent is waited for and its recorded exit status collected), `verifying` is
+verified again, `merging`/`approved` are settled against the base.
+"""
+
+import concurrent.futures as cf
+import os
+import time
+
+from engine import git, store, worktree
+from engine.errors import OrchestratorError
+from engine.executor import Attempt
+from engine.faults import crashpoint
+from engine.tasks import TERMINAL, TaskStatus as S
+
+WEIGHTS = {"S": 1, "M": 2, "L": 3, "XL": 5}
+STARTABLE = (S.PENDING, S.REJECTED, S.CONFLICTED)
+IN_FLIGHT = (S.RUNNING, S.EXECUTED, S.VERIFYING)  # a worker's business (after a crash: resumed)
+
+
+class TaskFailure(OrchestratorError):
+    """A problem that fails one task, never the run (raised inside a worker)."""
+
+
+class Scheduler:
+    def __init__(self, ctx, task_ids, concurrency):
+        self.ctx = ctx
+        self.plan = ctx.plan
+        self.scope = [t for t in self.plan.order if t in set(task_ids)]
+        self.concurrency = max(1, int(concurrency))
+        self.rank = self._ranks()
+        self.jobs = {}
+        self.budget_spent = None
+
+    # ------------------------------------------------------------------ main thread
+    def run(self):
+        """Carry every task of the scope to a terminal status (or raise on cancel)."""
+        ctx = self.ctx
+        ctx.merges.settle(self.scope)
+        workers = cf.ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="task")
+        try:
+            while True:
+                self._collect()
+                merged_any = self._merge_approved()
+                self._fail_unreachable()
+                started = self._start_ready(workers)
+                if not self.jobs and not merged_any and not started:
+                    break
+                if self.jobs and not merged_any:
+                    cf.wait(list(self.jobs.values()), timeout=1.0, return_when=cf.FIRST_COMPLETED)
+        except BaseException:
+            ctx.cancel.set()
+            self._stop_running()
+            workers.shutdown(wait=True, cancel_futures=True)
+            raise
+        workers.shutdown(wait=True)
+
+    def _collect(self):
+        for task_id, future in list(self.jobs.items()):
+            if not future.done():
+                continue
+            del self.jobs[task_id]
+            error = future.exception()
+            if error is not None:
+                raise error  # an infrastructure failure: stop cleanly, `resume` picks up
+
+    def _merge_approved(self):
+        approved = self.ctx.tasks_in((S.APPROVED,), self.scope)
+        if not approved:
+            return False
+        self.ctx.merges.merge(approved)
+        return True
+
+    def _deps(self, task_id):
+        return self.plan.tasks[task_id].all_deps
+
+    def _fail_unreachable(self):
+        """A pending task whose dependency ended without being merged can never start."""
+        statuses = self.ctx.tasks.statuses()
+        for task_id in self.scope:
+            if statuses.get(task_id) != S.PENDING:
+                continue
+            for dep in self._deps(task_id):
+                dep_status = statuses.get(dep, S.PENDING)
+                stuck = dep not in self.scope and dep_status not in TERMINAL
+                if (dep_status in TERMINAL and dep_status != S.MERGED) or stuck:
+                    reason = f"dependency {dep} is {dep_status.value}; not started"
+                    self.ctx.tasks.fail(task_id, reason)
+                    self.ctx.reporter.task(task_id, reason)
+                    statuses[task_id] = S.FAILED
+                    break
+
+    def _start_ready(self, workers):
+        ctx = self.ctx
+        if ctx.cancel.is_set():
+            return 0
+        statuses = ctx.tasks.statuses()
+        ready = []
+        for task_id in self.scope:
+            status = statuses.get(task_id, S.PENDING)
+            if task_id in self.jobs or status not in STARTABLE + IN_FLIGHT:
+                continue
+            if status in STARTABLE and not all(statuses.get(d) == S.MERGED for d in self._deps(task_id)):
+                continue
+            ready.append((status not in IN_FLIGHT, -self.rank[task_id], self.plan.order.index(task_id), task_id))
+        started = 0
+        for _, _, _, task_id in sorted(ready):
+            if len(self.jobs) >= self.concurrency:
+                break
+            allowed, why = self.may_start()
+            if not allowed:
+                if not self.jobs:
+                    ctx.reporter.line(why)
+                break
+            self._announce(task_id, statuses)
+            self.jobs[task_id] = workers.submit(self._carry, task_id)
+            started += 1
+        return started
+
+    def may_start(self):
+        """(allowed, reason): no new attempt once the run's agents have spent its budget."""
+        budget = self.plan.max_budget_usd
+        if budget is None:
+            return True, ""
+        spent = float(self.ctx.progress.load().get("cost_usd") or 0)
+        if spent < budget:
+            return True, ""
+        self.budget_spent = (f"run budget of ${budget:.2f} spent (${spent:.2f}): no new attempts; raise "
+                             "`max_budget_usd` in the plan and `orchestrator resume --adopt-plan`")
+        return False, self.budget_spent
+
+    def _announce(self, task_id, statuses):
+        deps = self._deps(task_id)
+        if not deps:
+            return
+        busy = [t for t, s in statuses.items() if s in (S.RUNNING, S.EXECUTED, S.VERIFYING) and t not in deps]
+        self.ctx.reporter.task(task_id, f"ready: {', '.join(deps)} merged"
+                               + (f"; starting while {', '.join(busy)} still run(s)" if busy else ""))
+
+    def _stop_running(self):
+        entries = self.ctx.progress.load().get("tasks") or {}
+        self.ctx.backend.stop({t: v for t, v in entries.items() if v.get("status") == S.RUNNING.value})
+
+    def _ranks(self):
+        """Length of the longest chain (by complexity weight) from each task to the end."""
+        children = {t: [] for t in self.scope}
+        for t in self.scope:
+            for d in self._deps(t):
+                if d in children:
+                    children[d].append(t)
+        rank = {}
+        for t in reversed(self.scope):
+            weight = WEIGHTS.get(str(self.plan.tasks[t].complexity or "").upper(), 1)
+            rank[t] = weight + max((rank[c] for c in children[t]), default=0)
+        return rank
+
+    # ------------------------------------------------------------------ a worker
+    def _carry(self, task_id):
+        """Carry one task through agent attempts and QA until it is approved or ends."""
+        ctx = self.ctx
+        try:
+            while not ctx.cancel.is_set():
+                status = ctx.tasks.status(task_id)
+                if status in (S.PENDING, S.REJECTED, S.RUNNING):
+                    self._attempt(task_id, status)
+                elif status == S.CONFLICTED:
+                    self._after_conflict(task_id)
+                elif status == S.EXECUTED:
+                    self._verify(task_id)
+                elif status == S.VERIFYING:
+                    ctx.tasks.fire(task_id, "qa_interrupt")
+                else:
+                    break
+        except TaskFailure as exc:
+            ctx.tasks.fail(task_id, exc.message, pid=None)
+            ctx.reporter.task(task_id, f"failed: {exc.message}")
+        finally:
+            if ctx.tasks.status(task_id) in TERMINAL | {S.APPROVED}:
+                self._give_back(task_id)
+        self._show_progress()
+
+    def _give_back(self, task_id):
+        try:
+            self.ctx.slots.release(task_id)
+        except OrchestratorError:
+            # e.g. the agent deleted its worktree: put the pool back in order instead
+            for line in self.ctx.slots.repair():
+                self.ctx.reporter.line(f"pool repaired: {line}")
+            self.ctx.tasks.update(task_id, slot=None)
+
+    def _attempt_for(self, task_id, n, path, feedback):
+        ctx = self.ctx
+        task = self.plan.tasks[task_id]
+        entry = ctx.tasks.entry(task_id)
+        command = task.agent or ctx.options.agent or ctx.progress.load().get("agent")
+        env = {"TASK_ID": task_id, "TASK_DESCRIPTION": task.description, "WORKTREE": path or "",
+               "BRANCH": task.branch, "BASE": ctx.base, "QA_FEEDBACK": feedback or "",
+               "TASK_ATTEMPT": str(n), "TASK_FILES": "\n".join(task.files), "TASK_VERIFY": task.verify or "",
+               "ORCHESTRATOR_ROOT": ctx.layout.root}
+        return Attempt(task_id=task_id, n=n, command=command, cwd=path, env=env, log_path=ctx.log_path(task_id),
+                       exit_path=ctx.log_path(task_id, f"attempt-{n}.exit"),
+                       timeout=task.timeout or ctx.settings.agent_timeout, branch=task.branch, base=ctx.base,
+                       base_commit=entry.get("base_commit"), run_id=ctx.progress.load().get("run_id"),
+                       entry=entry, layout=ctx.layout, cancel=ctx.cancel,
+                       record=lambda **fields: ctx.tasks.record_attempt(task_id, n, **fields),
+                       on_start=lambda pid, start: ctx.tasks.update(task_id, pid=pid, pid_start=start))
+
+    def _agent(self, task_id):
+        return self.plan.tasks[task_id].agent or self.ctx.options.agent or self.ctx.progress.load().get("agent")
+
+    def _launch(self, task_id, attempt):
+        """Run ATTEMPT on the backend; the `claude` preset wraps it (session, stream, costs)."""
+        agent = self._agent(task_id)
+        if _is_claude(agent):
+            from engine import claude
+
+            return claude.run_attempt(self.ctx.backend, attempt, claude.options_from(agent), self.plan.tasks[task_id],
+                                      self.ctx.claude_stagger, self.ctx.cancel)
+        return self.ctx.backend.run_attempt(attempt)
+
+    def _recover(self, task_id, attempt):
+        if _is_claude(self._agent(task_id)):
+            from engine import claude
+
+            return claude.recover_attempt(self.ctx.backend, attempt, self.plan.tasks[task_id])
+        return self.ctx.backend.recover(attempt)
+
+    def _attempt(self, task_id, status):
+        """One agent attempt (or the collection of one that outlived a killed orchestrator)."""
+        ctx = self.ctx
+        backend = ctx.backend
+        entry = ctx.tasks.entry(task_id)
+        n = int(entry.get("iterations") or 0)
+        result = None
+        if status == S.RUNNING:  # left running by a dead orchestrator
+            path = ctx.slots.hold(task_id)[1] if backend.needs_checkout else None
+            result = self._recover(task_id, self._attempt_for(task_id, n, path, entry.get("qa_feedback")))
+            if result is None:  # nothing to collect: the same attempt runs again, not counted
+                ctx.tasks.fire(task_id, "interrupt", iterations=max(0, n - 1), pid=None)
+                return
+            ctx.journal.append("agent-collected", task=task_id, attempt=n, code=result.exit_code)
+            ctx.reporter.task(task_id, f"collected attempt {n} (exit {result.exit_code}) from before the restart")
+        else:
+            n += 1
+            feedback = entry.get("qa_feedback") if status in (S.REJECTED, S.CONFLICTED) else None
+            slot, path = ctx.slots.hold(task_id, discard_edits=True) if backend.needs_checkout else (None, None)
+            base_commit = git.branch_commit(ctx.repo, ctx.base)
+            ctx.tasks.fire(task_id, "start", iterations=n, slot=slot, pid=None, base_commit=base_commit,
+                           started_at=entry.get("started_at") or store.utc_now())
+            ctx.tasks.record_attempt(task_id, n, kind="agent", slot=slot, started_at=store.utc_now())
+            ctx.journal.append("agent-start", task=task_id, slot=slot, attempt=n)
+            ctx.reporter.task(task_id, f"running in {slot or 'the backend'} (attempt {n})")
+            result = self._launch(task_id, self._attempt_for(task_id, n, path, feedback))
+        self._settle_attempt(task_id, n, path, result)
+
+    def _settle_attempt(self, task_id, n, path, result):
+        ctx = self.ctx
+        entry = ctx.tasks.entry(task_id)
+        elapsed = round(float(entry.get("elapsed") or 0) + result.duration, 2)
+        done = {"ended_at": store.utc_now(), "exit_code": result.exit_code, **(result.details or {})}
+        ctx.journal.append("agent-exit", task=task_id, code=result.exit_code, timed_out=result.timed_out)
+        if result.interrupted or ctx.cancel.is_set():
+            ctx.tasks.record_attempt(task_id, n, outcome="interrupted", **done)
+            ctx.tasks.fire(task_id, "interrupt", iterations=n - 1, pid=None, elapsed=elapsed)
+            return
+        if result.denied:
+            ctx.tasks.record_attempt(task_id, n, outcome="blocked_permission", **done)
+            ctx.tasks.fire(task_id, "deny", pid=None, elapsed=elapsed,
+                           failure=f"blocked on permission: the agent was denied {', '.join(result.denied)}")
+            ctx.reporter.task(task_id, f"blocked on permission ({', '.join(result.denied)}): allow it and "
+                              f"`orchestrator retry {task_id}`")
+            return
+        if result.exit_code == 0 and not result.timed_out:
+            problem = self._check_work(task_id, path)
+            if problem:
+                ctx.tasks.record_attempt(task_id, n, outcome="failed", reason=problem, **done)
+                raise TaskFailure(problem)
+            ctx.tasks.record_attempt(task_id, n, outcome="executed", **done)
+            ctx.tasks.fire(task_id, "agent_done", pid=None, elapsed=elapsed)
+            ctx.reporter.task(task_id, f"agent done in {result.duration:.1f}s")
+            return
+        why = f"timed out after {result.duration:.0f}s" if result.timed_out else \
+            (result.reason or f"exit {result.exit_code}")
+        ctx.tasks.record_attempt(task_id, n, outcome="failed", reason=why, **done)
+        status = ctx.tasks.setback(task_id, "agent", f"agent {why}", pid=None, elapsed=elapsed)
+        if status == S.PENDING:
+            ctx.reporter.task(task_id, f"agent {why}: retry {ctx.tasks.entry(task_id).get('retry_count')}/"
+                              f"{ctx.settings.retry_on_failure}")
+            if path and os.path.isdir(path):
+                git.forget_operations(path)
+                git.discard_changes(path)
+        else:
+            ctx.reporter.task(task_id, f"agent {why}: failed (retries exhausted, see {ctx.log_path(task_id)})")
+
+    def _check_work(self, task_id, path):
+        """Why an agent that exited 0 still has nothing to verify, or None. Leftovers are
+        committed first, so QA verifies exactly what will be merged."""
+        ctx = self.ctx
+        task = self.plan.tasks[task_id]
+        if path is not None:
+            if not os.path.isdir(path):
+                return "the agent deleted its worktree"
+            if not git.is_worktree_on(path, task.branch):
+                where = git.current_branch(path) or "a detached HEAD"
+                return f"the agent left {task.branch} (its checkout is on {where}); its work is kept there"
+            if worktree.commit_leftovers(path, f"{task_id}: uncommitted work left by the agent"):
+                ctx.reporter.task(task_id, "committed what the agent left uncommitted")
+        if not git.branch_exists(ctx.repo, task.branch):
+            return f"the attempt left no branch {task.branch}"
+        if not getattr(task, "allow_empty", False) and \
+                git.unique_commits(ctx.repo, task.branch, f"refs/heads/{ctx.base}") == 0:
+            return "no changes: the agent exited 0 without committing anything beyond the base"
+        return None
+
+    def _verify(self, task_id):
+        ctx = self.ctx
+        task = self.plan.tasks[task_id]
+        n = int(ctx.tasks.entry(task_id).get("iterations") or 1)
+        _, path = ctx.slots.hold(task_id)
+        if not git.is_worktree_on(path, task.branch):
+            raise TaskFailure(f"its checkout is no longer on {task.branch}")
+        worktree.commit_leftovers(path, f"{task_id}: uncommitted work left by the agent")
+        ctx.tasks.fire(task_id, "verify")
+        verdict = ctx.checks.verify(task_id, path, n)
+        ctx.journal.append("qa-result", task=task_id, verdict=verdict.verdict)
+        stamp = store.utc_now()
+        if verdict.verdict == "INTERRUPTED":
+            ctx.tasks.fire(task_id, "qa_interrupt")
+        elif verdict.verdict == "APPROVED":
+            changed = git.changed_files(ctx.repo, ctx.base, task.branch)
+            ctx.tasks.fire(task_id, "approve", qa_verified=True, qa_timestamp=stamp, test_result="passed",
+                           changed_files=changed)
+            ctx.reporter.task(task_id, "TASK_APPROVED")
+            crashpoint("approved")
+        elif verdict.verdict == "BLOCKED":
+            ctx.tasks.fire(task_id, "qa_blocked", qa_verified=False, qa_timestamp=stamp, test_result="blocked",
+                           failure=f"QA_BLOCKED: {verdict.feedback[-300:]}")
+            ctx.reporter.task(task_id, "QA_BLOCKED: the check could not run")
+        else:
+            status = ctx.tasks.setback(task_id, "qa", "QA rejected", qa_verified=False, qa_timestamp=stamp,
+                                       qa_feedback=verdict.feedback, test_result="failed")
+            ctx.reporter.task(task_id, "TASK_REJECTED" + (", retrying with the feedback" if status == S.REJECTED
+                                                          else ": retries exhausted"))
+
+    def _after_conflict(self, task_id):
+        """Bring a conflicted branch onto the moved base without the agent if that applies
+        cleanly (then QA again); else keep the attempt's work aside and re-run the agent
+        on the current base with the conflict as its feedback."""
+        ctx = self.ctx
+        n = int(ctx.tasks.entry(task_id).get("iterations") or 0)
+        if git.branch_exists(ctx.repo, self.plan.tasks[task_id].branch):
+            _, path = ctx.slots.hold(task_id, discard_edits=True)
+            if ctx.merges.bring_up_to_date(task_id, path):
+                ctx.tasks.record_attempt(task_id, n, kind="rebase", outcome="clean", ended_at=store.utc_now())
+                ctx.tasks.fire(task_id, "rebased", base_commit=git.branch_commit(ctx.repo, ctx.base))
+                ctx.reporter.task(task_id, f"rebased onto the new {ctx.base} without the agent; verifying again")
+                return
+            self._give_back(task_id)
+            kept = ctx.merges.set_aside(task_id, n)
+            ctx.reporter.task(task_id, f"the conflict needs the agent: the previous work is kept at {kept}")
+        self._attempt(task_id, S.CONFLICTED)
+
+    def _show_progress(self):
+        ctx = self.ctx
+        statuses = ctx.tasks.statuses(self.scope)
+        ctx.reporter.group_progress(ctx.progress.load().get("mode", "PARALLEL"),
+                                    {t: s.value for t, s in statuses.items()})
+
+
+def run_scope(ctx):
+    """EXECUTE's work: the scheduler over the session's scope at its concurrency. Returns
+    why it stopped early (the run's budget is spent), or None."""
+    data = ctx.progress.load()
+    scope = ctx.scope_tasks()
+    concurrency = int(data.get("concurrency") or 1)
+    if any(ctx.tasks.status(t) not in TERMINAL for t in scope):
+        if ctx.backend.needs_checkout:
+            ctx.slots.ensure(max(ctx.settings.max_agents, concurrency))
+        started = time.time()
+        scheduler = Scheduler(ctx, scope, concurrency)
+        scheduler.run()
+        ctx.journal.append("scope-done", tasks=len(scope), seconds=round(time.time() - started, 2))
+        return scheduler.budget_spent
+    return None
+
+
+def _is_claude(agent):
+    """The `claude` preset (a string or a `{preset: claude}` mapping), told apart cheaply."""
+    return agent == "claude" or (isinstance(agent, dict) and agent.get("preset") == "claude")

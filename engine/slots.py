@@ -1,0 +1,84 @@
+"""Pool slots as the task flow uses them: a task holds one only while it needs a checkout
+(its agent attempts and its QA), and gives it back the moment it is approved, so the next
+task starts at once; the branch outlives the slot and the merge queue takes it from there.
+
+Every lease records this orchestrator's pid as its owner (POOL_OWNER_PID), and the task's
+`slot` field in the progress file always names the slot it holds, or nothing.
+"""
+
+import os
+import threading
+
+from engine import git
+
+
+class Slots:
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self._pool = None
+        self._lock = threading.Lock()
+
+    @property
+    def pool(self):
+        with self._lock:
+            if self._pool is None:
+                from engine.pool import Pool
+
+                env = dict(os.environ, POOL_OWNER_PID=str(os.getpid()))
+                self._pool = Pool(self.ctx.layout, env=env)
+            return self._pool
+
+    def exists(self):
+        return os.path.exists(self.pool.state_path)
+
+    def ensure(self, size):
+        """A pool of at least SIZE slots (grown only while no slot is busy)."""
+        from engine.errors import NotInitialized
+
+        try:
+            status = self.pool.status()
+        except NotInitialized:
+            self.pool.init(size)
+            return
+        if status["pool_size"] < size and status["busy"] == 0:
+            self.pool.init(size, force=True)
+
+    def leases(self):
+        """{task id: slot id} for every busy slot."""
+        if not self.exists():
+            return {}
+        return {s["task_id"]: s["id"] for s in self.pool.status()["worktrees"]
+                if s.get("status") == "busy" and s.get("task_id")}
+
+    def path(self, slot_id):
+        return self.pool.slot_path(slot_id)
+
+    def hold(self, task_id, discard_edits=False):
+        """The slot TASK_ID holds (edits of a killed attempt discarded if asked, and the
+        checkout brought to the branch tip), or a fresh lease at the current base."""
+        slot_id = self.leases().get(task_id)
+        if slot_id is not None:
+            path = self.path(slot_id)
+            if os.path.isdir(path) and discard_edits:
+                git.forget_operations(path)  # a rebase/am/bisect an attempt left half done
+                git.discard_changes(path)
+        else:
+            slot_id, path, _ = self.pool.acquire(task_id, self.ctx.base)
+        self.ctx.tasks.update(task_id, slot=slot_id)
+        return slot_id, path
+
+    def release(self, task_id):
+        """Give back the slot TASK_ID holds, if any; its branch stays when it holds work."""
+        slot_id = self.leases().get(task_id)
+        if slot_id is not None:
+            self.pool.release(slot_id, quiet=True)
+            self.ctx.journal.append("release", slot=slot_id, task=task_id)
+        self.ctx.tasks.update(task_id, slot=None)
+        return slot_id
+
+    def repair(self):
+        """After an agent broke its slot (deleted the worktree): put the pool back in order."""
+        from engine import pool_health
+
+        _, _, repaired = pool_health.health(self.pool, repair=True)
+        return repaired
