@@ -41,8 +41,12 @@ class Checks:
         if not task.verify:
             return Verdict("APPROVED", "no verify command")
         output = ctx.log_path(task_id, f"qa-{attempt}.log")
-        result = procs.run_command(task.verify, path, output_path=output, timeout=ctx.settings.qa_timeout,
-                                   header=f"=== verify {task_id} attempt {attempt}: {task.verify}")
+        try:
+            result = procs.run_command(task.verify, path, output_path=output, timeout=ctx.settings.qa_timeout,
+                                       header=f"=== verify {task_id} attempt {attempt}: {task.verify}",
+                                       cancel=ctx.cancel)
+        except procs.CommandLaunchError as exc:
+            return Verdict("BLOCKED", f"verify could not start: {exc.message}", output)
         if result.interrupted or ctx.cancel.is_set():
             return Verdict("INTERRUPTED", "QA interrupted", output)
         feedback = procs.feedback(result, task.verify)
@@ -66,7 +70,10 @@ class Checks:
         try:
             git.add_detached_worktree(ctx.repo, path, commit)
             result = procs.run_command(command, path, output_path=output, timeout=ctx.settings.qa_timeout,
-                                       header=f"=== e2e {label} on {ctx.base} {commit[:12]}: {command}")
+                                       header=f"=== e2e {label} on {ctx.base} {commit[:12]}: {command}",
+                                       cancel=ctx.cancel)
+        except procs.CommandLaunchError as exc:
+            return False, f"e2e could not start: {exc.message}", output
         finally:
             git.remove_worktree(ctx.repo, path)
             shutil.rmtree(tmp, ignore_errors=True)

@@ -47,11 +47,13 @@ class MergeQueue:
             order = [t for t in plan.order if t in set(task_ids)]
             results = {}
             for task_id in list(order):
-                if plan.tasks[task_id].allow_empty and not git.branch_exists(ctx.repo, plan.tasks[task_id].branch):
-                    # approved with nothing to merge: its slot's release already dropped the empty branch
+                branch = plan.tasks[task_id].branch
+                empty = not git.unique_commits(ctx.repo, branch, f"refs/heads/{ctx.base}")
+                if plan.tasks[task_id].allow_empty and empty:
+                    # approved with nothing to merge (its slot's release may be dropping the empty branch now)
                     order.remove(task_id)
-                    results[task_id] = self._merged(task_id, plan.tasks[task_id].branch,
-                                                    git.branch_commit(ctx.repo, ctx.base), already=True)
+                    results[task_id] = self._merged(task_id, branch, git.branch_commit(ctx.repo, ctx.base),
+                                                    already=True)
             if not order:
                 return results
             for task_id in order:

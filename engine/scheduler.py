@@ -25,6 +25,7 @@ from engine import git, store, worktree
 from engine.errors import OrchestratorError
 from engine.executor import Attempt
 from engine.faults import crashpoint
+from engine.procs import CommandLaunchError
 from engine.tasks import TERMINAL, TaskStatus as S
 
 WEIGHTS = {"S": 1, "M": 2, "L": 3, "XL": 5}
@@ -51,6 +52,7 @@ class Scheduler:
         """Carry every task of the scope to a terminal status (or raise on cancel)."""
         ctx = self.ctx
         ctx.merges.settle(self.scope)
+        self._reclaim_slots()
         workers = cf.ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="task")
         try:
             while True:
@@ -68,6 +70,16 @@ class Scheduler:
             workers.shutdown(wait=True, cancel_futures=True)
             raise
         workers.shutdown(wait=True)
+
+    def _reclaim_slots(self):
+        """After a crash: a slot still leased by a task that no longer needs a checkout (it
+        was approved, or it ended) goes back to the pool, so the others find one."""
+        if not self.ctx.backend.needs_checkout or not self.ctx.slots.exists():
+            return
+        statuses = self.ctx.tasks.statuses()
+        for task_id in self.ctx.slots.leases():
+            if statuses.get(task_id, S.PENDING) not in STARTABLE + IN_FLIGHT:
+                self._give_back(task_id)
 
     def _collect(self):
         for task_id, future in list(self.jobs.items()):
@@ -185,7 +197,8 @@ class Scheduler:
                     ctx.tasks.fire(task_id, "qa_interrupt")
                 else:
                     break
-        except TaskFailure as exc:
+        except (TaskFailure, CommandLaunchError) as exc:
+            # one task's bad data (a value the kernel refuses) or broken checkout: that task only
             ctx.tasks.fail(task_id, exc.message, pid=None)
             ctx.reporter.task(task_id, f"failed: {exc.message}")
         finally:

@@ -148,7 +148,7 @@ def test_no_changes_fails_unless_allowed(orch, project, monkeypatch):
     assert r.code == 1
     tasks = progress()["tasks"]
     assert tasks["idle"]["status"] == "failed" and tasks["idle"]["failure"].startswith("no changes")
-    assert tasks["ok"]["status"] == "merged" and tasks["work"]["status"] == "merged"
+    assert tasks["ok"]["status"] == "merged" and tasks["work"]["status"] == "merged", (r.out, tasks)
 
 
 def test_an_agent_that_switches_branch_fails_its_task_and_keeps_the_work(orch, project, monkeypatch):
@@ -307,7 +307,7 @@ def test_the_run_budget_ends_the_session_at_a_boundary(orch, project, monkeypatc
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_CLAUDE_COST", "0.75")
     path = plan("  - {id: a}\n  - {id: b, depends_on: [a]}\n", extra="max_budget_usd: 0.5\n")
-    text = open(path).read().replace(f"agent: {PYTHON} {AGENT}", "agent: {preset: claude, stagger_seconds: 0}")
+    text = open(path).read().replace(f"agent: {PYTHON} {AGENT}", "agent: claude")
     open(path, "w").write(text)
     r = orch("run", "--all-groups", path)
     assert r.code == 0, r
