@@ -61,7 +61,7 @@ def start(plan_path, options=None, layout=None):
     options = options or Options()
     plan_path = os.path.abspath(plan_path)
     # refuses a bad plan, configuration, agent or base before any side effect
-    plan, _, base = check_for_run(plan_path, layout, options.agent)
+    plan, _, base = check_for_run(plan_path, layout, options.agent, executor=options.executor)
     agent = options.agent or plan.agent
     executor = _executor(layout, plan_path, options)
     return _start(layout, options, dict(plan_file=plan_path, plan_digest=plan_digest(plan_path), base=base,
