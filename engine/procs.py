@@ -252,6 +252,10 @@ def run_command(command, cwd, *, env=None, output_path, timeout=None, header=Non
         if result.code == -signal.SIGXFSZ and max_output:
             with contextlib.suppress(OSError):
                 result.output_limited = os.path.getsize(output_path) - start_offset > max_output
+        # Stopped from elsewhere while we were being cancelled (abort signals the recorded pid
+        # as it sets the event): ours, not the command's failure.
+        if result.code != 0 and cancel is not None and cancel.is_set():
+            result.code, result.interrupted = INTERRUPTED, True
     result.duration = time.monotonic() - started
     return result
 

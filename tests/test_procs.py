@@ -334,3 +334,19 @@ def test_concurrent_commands_stop_only_their_own_leftovers(tmp_path):
     assert {i: r.code for i, r in results.items()} == {i: i for i in range(8)}
     assert all(gone(read_pid(tmp_path / f"c{i}" / "child.pid")) for i in range(8))
     assert sibling["r"].code == 42
+
+
+def test_stopped_by_abort_while_cancelled_is_interrupted_not_failed(tmp_path):
+    """Abort sets the cancel event and signals the recorded pid at once; whichever wins, the
+    attempt is reported as interrupted."""
+    cancel, started = threading.Event(), {}
+
+    def abort():
+        wait_for_file(tmp_path / "child.pid")
+        cancel.set()
+        stop_group(started["pid"], started["start"], grace=1.0)
+
+    threading.Thread(target=abort, daemon=True).start()
+    result = run_command(f"echo $$ > child.pid; sleep {LONG}", str(tmp_path), output_path=str(tmp_path / "o.log"),
+                         cancel=cancel, on_start=lambda pid, start: started.update(pid=pid, start=start))
+    assert result.interrupted and result.code == INTERRUPTED
