@@ -25,13 +25,13 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 def check_name(value, what):
     if not value or not _NAME.fullmatch(value) or ".." in value:
-        raise InvalidValue(f"ERROR: invalid {what} '{value}': use letters, digits, '_', '.' and '-'")
+        raise InvalidValue(f"invalid {what} '{value}': use letters, digits, '_', '.' and '-'")
     return value
 
 
 def check_group(value):
     if not str(value).isdigit() or not 0 < int(value) < 100000:
-        raise InvalidValue(f"ERROR: invalid group number '{value}': a positive whole number")
+        raise InvalidValue(f"invalid group number '{value}': a positive whole number")
     return int(value)
 
 
@@ -39,8 +39,8 @@ class Memory:
     def __init__(self, layout=None):
         self.layout = layout or Layout()
         self.dir = self.layout.memory_dir
-        self.progress_path = os.path.join(self.layout.claude, "auto-progress.yaml")
-        self.archive_root = os.path.join(self.layout.claude, "auto-memory-archive")
+        self.progress_path = self.layout.progress
+        self.archive_root = self.layout.memory_archive
 
     def rel(self, name):
         return self.layout.rel(os.path.join(self.dir, name))
@@ -68,14 +68,14 @@ class Memory:
 
     def _progress_tail(self, lines=20):
         try:
-            with open(self.progress_path, encoding="utf-8", errors="replace") as fh:
-                return "".join(fh.readlines()[-lines:]).rstrip("\n")
+            text = store.read_bytes(self.progress_path).decode("utf-8", "replace")
+            return "".join(text.splitlines(True)[-lines:]).rstrip("\n")
         except OSError:
             return None
 
     def _latest_plan(self, lines=50):
         """The newest `.claude/plans/auto-*.md`, else the plan of the orchestrator's run."""
-        plans = os.path.join(self.layout.claude, "plans")
+        plans = self.layout.plans_dir
         try:
             names = [os.path.join(plans, n) for n in os.listdir(plans) if n.startswith("auto-") and n.endswith(".md")]
         except OSError:
@@ -241,8 +241,8 @@ class Memory:
         lines = ["=== RESUME CONTEXT ===", ""]
         context = os.path.join(self.dir, CONTEXT)
         if os.path.isfile(context):
-            with open(context, encoding="utf-8", errors="replace") as fh:
-                lines += ["### Context Summary ###", fh.read().rstrip("\n"), ""]
+            text = store.read_bytes(context).decode("utf-8", "replace")
+            lines += ["### Context Summary ###", text.rstrip("\n"), ""]
         lines += ["### Available Memory Files ###", *[f"- {self.rel(n)}" for n in self.listing()], "",
                   "=== END RESUME CONTEXT ==="]
         return lines
@@ -284,9 +284,9 @@ class Memory:
         while os.path.exists(target):
             suffix += 1
             target = os.path.join(self.archive_root, f"archive-{stamp}-{suffix}")
-        os.makedirs(target)
+        store.makedirs(target)
         for name in names:
-            os.replace(os.path.join(self.dir, name), os.path.join(target, name))
+            store.replace(os.path.join(self.dir, name), os.path.join(target, name))
         return [f"Memory files archived to: {self.layout.rel(target)}"]
 
 

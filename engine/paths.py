@@ -19,6 +19,12 @@ import os
 
 ROOT_ENV = "ORCHESTRATOR_ROOT"
 
+# Paths relative to the project root, for the places that need them relative (git pathspecs,
+# `.worktreeinclude` matching); Layout joins the same names to the root.
+CLAUDE_DIR = ".claude"
+PROFILE_REL = os.path.join(CLAUDE_DIR, "project-profile.yaml")
+CONTEXT_REL = os.path.join(CLAUDE_DIR, "auto-context.yaml")
+
 
 def _main_tree_of(git_entry):
     """Given a `.git` file or directory, return the main working tree that owns it."""
@@ -63,14 +69,52 @@ def project_root(cwd=None):
 
 
 class Layout:
-    """Every path the engine uses, derived from one project root."""
+    """Every path the engine uses, derived from one project root (and, for the pool, the
+    POOL_DIR / POOL_STATE_FILE environment variables the contract names). Nothing else in the
+    engine spells `.claude/...`: ask the layout.
 
-    def __init__(self, root=None):
+    Creating a layout registers its root with the store as trusted: every directory below it
+    is checked for symbolic links before the engine writes there (engine.store).
+    """
+
+    def __init__(self, root=None, env=None):
+        from engine import store
+
         self.root = root or project_root()
-        self.claude = os.path.join(self.root, ".claude")
-        self.state_file = os.path.join(self.claude, "auto-state-machine.yaml")
-        self.memory_dir = os.path.join(self.claude, "auto-memory")
-        self.journal = os.path.join(self.claude, "auto-journal.jsonl")
+        store.trust(self.root)
+        claude = self.claude = os.path.join(self.root, CLAUDE_DIR)
+        self.state_file = os.path.join(claude, "auto-state-machine.yaml")
+        self.memory_dir = os.path.join(claude, "auto-memory")
+        self.memory_archive = os.path.join(claude, "auto-memory-archive")
+        self.journal = os.path.join(claude, "auto-journal.jsonl")
+        self.progress = os.path.join(claude, "auto-progress.yaml")
+        self.context = os.path.join(self.root, CONTEXT_REL)
+        self.profile = os.path.join(self.root, PROFILE_REL)
+        self.plan = os.path.join(claude, "auto-plan.yaml")
+        self.plans_dir = os.path.join(claude, "plans")
+        self.logs = os.path.join(claude, "auto-logs")
+        self.planner_logs = os.path.join(self.logs, "planner")
+        self.run_lock = os.path.join(claude, "orchestrator.lock")
+        self.checkpoints = os.path.join(claude, "checkpoints")
+        self.pool_journal = os.path.join(claude, "pool-journal.jsonl")
+        self.pool_dir, self.pool_state = self.pool_paths(env)
+
+    def pool_paths(self, env=None):
+        """(pool directory, pool state file): POOL_DIR / POOL_STATE_FILE (relative to the root)
+        or `.claude/worktree-pool` and `.claude/pool-state.json`."""
+        env = os.environ if env is None else env
+        pool_dir = env.get("POOL_DIR") or os.path.join(self.claude, "worktree-pool")
+        state = env.get("POOL_STATE_FILE") or os.path.join(self.claude, "pool-state.json")
+        return (os.path.normpath(os.path.join(self.root, pool_dir)),
+                os.path.normpath(os.path.join(self.root, state)))
+
+    def task_log(self, task_id):
+        """The agent output of every attempt of TASK_ID (appended)."""
+        return os.path.join(self.logs, f"{task_id}.log")
+
+    def attempt_exit(self, task_id, attempt):
+        """The exit-status trailer of attempt N of TASK_ID."""
+        return os.path.join(self.logs, f"{task_id}.attempt-{attempt}.exit")
 
     def rel(self, path):
         """A path relative to the root, as the contract prints them (`.claude/...`)."""

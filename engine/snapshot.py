@@ -20,14 +20,21 @@ from engine import git, store
 from engine.errors import InvalidValue, OrchestratorError
 from engine.paths import Layout
 
+# The names a checkpoint stores its copies under (the manifest's keys); where each lives is
+# the layout's business (POOL_STATE_FILE can move the pool state).
 FILES = ("auto-state-machine.yaml", "auto-progress.yaml", "pool-state.json")
+
+
+def _sources(layout):
+    return {"auto-state-machine.yaml": layout.state_file, "auto-progress.yaml": layout.progress,
+            "pool-state.json": layout.pool_state}
 MANIFEST = "manifest.json"
 _ID = re.compile(r"cp-\d{8}-\d{6}(-\d+)?")
 
 
 def check_id(value):
     if not value or not _ID.fullmatch(value):
-        raise InvalidValue(f"ERROR: invalid checkpoint id '{value or ''}' (expected cp-YYYYMMDD-HHMMSS[-N])")
+        raise InvalidValue(f"invalid checkpoint id '{value or ''}' (expected cp-YYYYMMDD-HHMMSS[-N])")
     return value
 
 
@@ -43,7 +50,7 @@ def _manifest_sum(manifest):
 class Snapshots:
     def __init__(self, layout=None):
         self.layout = layout or Layout()
-        self.dir = os.path.join(self.layout.claude, "checkpoints")
+        self.dir = self.layout.checkpoints
 
     def path(self, cp_id):
         return os.path.join(self.dir, check_id(cp_id))
@@ -82,25 +89,23 @@ class Snapshots:
 
     def create(self, reason=""):
         if any(c in reason for c in "\x00\r") or len(reason) > 4096:
-            raise InvalidValue("ERROR: reason contains control characters or is too long")
+            raise InvalidValue("reason contains control characters or is too long")
         contents = {}
-        for name in FILES:
-            path = os.path.join(self.layout.claude, name)
+        for name, path in _sources(self.layout).items():
             with store.file_lock(path) if os.path.exists(path) else contextlib.nullcontext():
                 try:
-                    with open(path, "rb") as fh:
-                        contents[name] = fh.read()
+                    contents[name] = store.read_bytes(path)
                 except FileNotFoundError:
                     pass
         if not contents:
-            raise OrchestratorError("ERROR: nothing to checkpoint (no state, progress or pool file)")
+            raise OrchestratorError("nothing to checkpoint (no state, progress or pool file)")
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime())
         cp_id, n = f"cp-{stamp}", 1
         while os.path.exists(os.path.join(self.dir, cp_id)):
             n += 1
             cp_id = f"cp-{stamp}-{n}"
         staging = os.path.join(self.dir, f".{cp_id}.partial")
-        os.makedirs(staging)
+        store.makedirs(staging)
         for name, data in contents.items():
             store.atomic_write(os.path.join(staging, name), data, keep_last_good=False)
         manifest = {"id": cp_id, "created_at": store.utc_now(), "reason": reason,
@@ -108,7 +113,7 @@ class Snapshots:
                     "branches": self._branches(contents)}
         manifest["checksum"] = _manifest_sum(manifest)
         store.write_json(os.path.join(staging, MANIFEST), manifest)
-        os.replace(staging, os.path.join(self.dir, cp_id))  # a checkpoint appears whole or not at all
+        store.replace(staging, os.path.join(self.dir, cp_id))  # a checkpoint appears whole or not at all
         store.Journal(self.layout.journal).append("checkpoint-create", id=cp_id, reason=reason)
         return manifest
 
@@ -116,7 +121,7 @@ class Snapshots:
         path = os.path.join(self.path(cp_id), MANIFEST)
         data = store.load_json(path)
         if data is None:
-            raise OrchestratorError(f"ERROR: no checkpoint {cp_id}")
+            raise OrchestratorError(f"no checkpoint {cp_id}")
         return data
 
     def list(self):
@@ -149,9 +154,8 @@ class Snapshots:
                 problems.append(f"unexpected file {name}")
                 continue
             try:
-                with open(os.path.join(self.path(cp_id), name), "rb") as fh:
-                    if _sha(fh.read()) != digest:
-                        problems.append(f"{name} does not match its checksum")
+                if _sha(store.read_bytes(os.path.join(self.path(cp_id), name))) != digest:
+                    problems.append(f"{name} does not match its checksum")
             except FileNotFoundError:
                 problems.append(f"{name} is missing")
         branches = manifest.get("branches") or {}
@@ -168,12 +172,11 @@ class Snapshots:
     def restore(self, cp_id):
         problems = [p for p in self.verify(cp_id) if not p.startswith("branch ")]
         if problems:
-            raise OrchestratorError(f"ERROR: checkpoint {cp_id} failed verification: {'; '.join(problems)}")
+            raise OrchestratorError(f"checkpoint {cp_id} failed verification: {'; '.join(problems)}")
         manifest = self.manifest(cp_id)
         for name in manifest["files"]:
-            with open(os.path.join(self.path(cp_id), name), "rb") as fh:
-                data = fh.read()
-            target = os.path.join(self.layout.claude, name)
+            data = store.read_bytes(os.path.join(self.path(cp_id), name))
+            target = _sources(self.layout)[name]
             with store.file_lock(target):
                 store.atomic_write(target, data)
         store.Journal(self.layout.journal).append("checkpoint-restore", id=cp_id, files=sorted(manifest["files"]))

@@ -34,31 +34,31 @@ MAX_VALUE_LEN = 4096
 # --------------------------------------------------------------------------- validation
 def validate_state(name):
     if not machine.is_state(name):
-        raise InvalidValue(f"ERROR: Invalid state '{name}'. Valid states: {' '.join(machine.STATES)}")
+        raise InvalidValue(f"Invalid state '{name}'. Valid states: {' '.join(machine.STATES)}")
     return name
 
 
 def _validate_text(label, value, allow_newlines=False):
     pattern = _CONTROL if allow_newlines else _CONTROL_OR_NEWLINE
     if pattern.search(value):
-        raise InvalidValue(f"ERROR: {label} contains control characters")
+        raise InvalidValue(f"{label} contains control characters")
     if len(value) > MAX_VALUE_LEN:
-        raise InvalidValue(f"ERROR: {label} is longer than {MAX_VALUE_LEN} characters")
+        raise InvalidValue(f"{label} is longer than {MAX_VALUE_LEN} characters")
     return value
 
 
 def _parse_confidence(raw):
     if not _NUMBER.match(raw.strip()):
-        raise InvalidValue(f"ERROR: confidence must be a number, got '{raw}'")
+        raise InvalidValue(f"confidence must be a number, got '{raw}'")
     value = float(raw)
     if not math.isfinite(value):
-        raise InvalidValue(f"ERROR: confidence must be a finite number, got '{raw}'")
+        raise InvalidValue(f"confidence must be a finite number, got '{raw}'")
     return value
 
 
 def _parse_tokens(raw):
     if not _INTEGER.match(raw.strip()):
-        raise InvalidValue(f"ERROR: token amount must be an integer, got '{raw}'")
+        raise InvalidValue(f"token amount must be an integer, got '{raw}'")
     return int(raw)
 
 
@@ -147,7 +147,7 @@ def _roll_forward(layout, data):
 def _init_data(layout, state, via):
     """A fresh template at STATE, journaled; the memory directory exists afterwards (as the
     original `init` made it)."""
-    os.makedirs(layout.memory_dir, exist_ok=True)
+    store.makedirs(layout.memory_dir)
     data = _template(state)
     record = store.Journal(layout.journal).append("init", to=state, via=via, forced=False)
     data["journal_seq"] = record["seq"]
@@ -167,7 +167,7 @@ def init(state="IDLE", layout=None):
         try:
             _load(layout)
         except StateFileError:
-            os.replace(layout.state_file, layout.state_file + ".corrupt")
+            store.replace(layout.state_file, layout.state_file + ".corrupt")
         data = _init_data(layout, state, via="init")
         _save(layout, data, HEADER)
     return [_init_line(layout)]
@@ -262,7 +262,7 @@ def add_checkpoint(path, description="", layout=None):
         data["checkpoint_files"] = (list(files) if isinstance(files, list) else []) + [path]
 
     if not _update_if_present(layout, change):
-        raise NotInitialized("ERROR: State machine not initialized")
+        raise NotInitialized("State machine not initialized")
     return [f"Checkpoint added: {path}"]
 
 
@@ -306,7 +306,7 @@ def _token_number(usage, key):
     if value is None:
         value = DEFAULT_TOKENS[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise StateFileError(f"ERROR: token_usage.{key} in the state file is not a number: {value!r}")
+        raise StateFileError(f"token_usage.{key} in the state file is not a number: {value!r}")
     return value
 
 

@@ -12,25 +12,211 @@ Rules every writer follows (DESIGN.md, Durability):
 """
 
 import contextlib
+import errno
 import fcntl
 import itertools
 import json
 import os
+import stat
 import time
 import zlib
 
-from engine.errors import StateFileError
+from engine.errors import StateFileError, UnsafePath
 
 LAST_GOOD_SUFFIX = ".last-good"
+
+
+# --------------------------------------------------------------------------- never through a link
+# A cloned repository can carry symlinks under `.claude/` (a committed
+# `.claude/auto-journal.jsonl -> ~/.bashrc`). Every file or directory the engine creates,
+# replaces or appends to goes through the helpers below, which walk from a trusted anchor with
+# directory fds, open every directory on the way with O_NOFOLLOW and the last component with
+# O_NOFOLLOW, so a link anywhere below the anchor is refused (UnsafePath, one line) instead of
+# being followed. The anchor is the project root (Layout registers it with `trust`) or another
+# directory we checked ourselves (setup-worktree's private base); for a path under none of them
+# (a POOL_DIR the user pointed elsewhere) only the last component is guarded.
+
+_trusted = set()
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def trust(directory):
+    """Register DIRECTORY as an anchor: every component below it is checked for links."""
+    _trusted.add(os.path.normpath(os.path.abspath(directory)))
+
+
+def _anchor(parent):
+    """(anchor, components from the anchor down to PARENT): the longest trusted directory
+    that holds PARENT, else PARENT's own parent."""
+    best = None
+    for root in _trusted:
+        if (parent == root or parent.startswith(root.rstrip(os.sep) + os.sep)) and \
+                (best is None or len(root) > len(best)):
+            best = root
+    if best is None:  # only the last component is guarded
+        head, tail = os.path.split(parent)
+        return (head, [tail]) if tail else (parent, [])
+    rest = os.path.relpath(parent, best)
+    return best, ([] if rest == "." else rest.split(os.sep))
+
+
+def _refuse(path):
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    raise UnsafePath(f"{path} is a symbolic link (to {target}); refusing to write through it")
+
+
+def _is_link(name, dir_fd):
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def _open_dir(path, create):
+    """An fd on directory PATH, reached without following a link below its anchor."""
+    path = os.path.normpath(os.path.abspath(path))
+    anchor, parts = _anchor(path)
+    while True:
+        try:
+            fd = os.open(anchor, _DIR_FLAGS)
+            break
+        except FileNotFoundError:
+            if not create:
+                raise
+            os.makedirs(anchor, exist_ok=True)  # the anchor itself is trusted (or user-configured)
+    where = anchor
+    try:
+        for part in parts:
+            where = os.path.join(where, part)
+            try:
+                child = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o777, dir_fd=fd)
+                try:
+                    child = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(part, fd):
+                        _refuse(where)
+                    raise OSError(exc.errno, exc.strerror, where) from None
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(part, fd):
+                    _refuse(where)
+                if exc.filename == where:
+                    raise
+                if exc.errno == errno.ENOTDIR and create:  # what os.makedirs says for a file in the way
+                    raise FileExistsError(errno.EEXIST, "File exists", where) from None
+                raise OSError(exc.errno, exc.strerror, where) from None
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextlib.contextmanager
+def _parent(path, create=True):
+    """(directory fd, base name) for PATH; the fd is closed after the block."""
+    path = os.path.normpath(os.path.abspath(path))
+    directory, name = os.path.split(path)
+    fd = _open_dir(directory, create)
+    try:
+        yield fd, name
+    finally:
+        os.close(fd)
+
+
+def _open_in(dir_fd, name, flags, mode, shown):
+    try:
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EEXIST, errno.ENOTDIR) and _is_link(name, dir_fd):
+            _refuse(shown)
+        raise OSError(exc.errno, exc.strerror, shown) from None
+
+
+def open_fd(path, flags, mode=0o644):
+    """os.open without following a link anywhere below the anchor; parents are created when
+    FLAGS has O_CREAT. The caller owns the returned fd."""
+    with _parent(path, create=bool(flags & os.O_CREAT)) as (dfd, name):
+        return _open_in(dfd, name, flags, mode, path)
+
+
+def read_bytes(path):
+    """The bytes of PATH, refusing a link (an engine file that is a link is not ours to read
+    or to replace). FileNotFoundError when it (or its directory) does not exist."""
+    fd = open_fd(path, os.O_RDONLY)
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read()
+
+
+def open_append(path, binary=True, encoding="utf-8"):
+    """A file object appending to PATH (created if missing), never through a link."""
+    fd = open_fd(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    return os.fdopen(fd, "ab") if binary else os.fdopen(fd, "a", encoding=encoding)
+
+
+def makedirs(path):
+    """Create directory PATH and its parents; a link on the way (or at PATH) is refused."""
+    os.close(_open_dir(path, create=True))
+
+
+def replace(src, dst):
+    """Rename SRC over DST (both reached without links; a link at DST is refused, not replaced)."""
+    with _parent(src, create=False) as (sfd, sname), _parent(dst) as (dfd, dname):
+        if _is_link(dname, dfd):
+            _refuse(dst)
+        os.replace(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
+        os.fsync(dfd)
+
+
+def private_dir(path, create=True):
+    """Create PATH (mode 0700) if missing and return it; refuse it unless it is a real directory
+    that belongs to us and that nobody else can write into (a directory another user
+    pre-created in /tmp, or a link in its place, is never used)."""
+    path = os.path.normpath(os.path.abspath(path))
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.mkdir(path, 0o700)
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        _refuse(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafePath(f"{path} is not a directory; refusing to use it")
+    if info.st_uid != os.getuid():
+        raise UnsafePath(f"{path} belongs to another user (uid {info.st_uid}); refusing to use it")
+    if info.st_mode & 0o022:
+        raise UnsafePath(f"{path} is writable by other users (mode {info.st_mode & 0o777:o}); "
+                         "refusing to use it (chmod 700 it or remove it)")
+    trust(path)
+    return path
+
+
+def copy_file(src, dest):
+    """Copy SRC (a regular file, not a link) to DEST with its mode and times, never through a link."""
+    with open(src, "rb") as fh:
+        data = fh.read()
+        info = os.fstat(fh.fileno())
+    fd = open_fd(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IMODE(info.st_mode))
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fchmod(out.fileno(), stat.S_IMODE(info.st_mode))
+        os.utime(out.fileno(), ns=(info.st_atime_ns, info.st_mtime_ns))
 
 
 # --------------------------------------------------------------------------- locking
 @contextlib.contextmanager
 def file_lock(path):
     """Hold an exclusive flock on `<path>.lock` for the duration of the block."""
-    lock_path = path + ".lock"
-    os.makedirs(os.path.dirname(lock_path) or ".", exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_fd(path + ".lock", os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -39,64 +225,65 @@ def file_lock(path):
 
 
 # --------------------------------------------------------------------------- writing
-def _fsync_dir(directory):
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 _tmp_counter = itertools.count()
 
 
 def atomic_write(path, data, keep_last_good=True):
-    """Replace `path` with `data` (str or bytes) atomically and durably."""
+    """Replace `path` with `data` (str or bytes) atomically and durably, never through a link."""
     if isinstance(data, str):
         data = data.encode("utf-8")
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    # Our own temp name (not tempfile: its import costs every CLI call more than it saves).
-    while True:
-        tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{next(_tmp_counter)}.tmp")
+    with _parent(path) as (dfd, name):
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            break
-        except FileExistsError:
-            continue
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            mode = os.stat(path).st_mode & 0o777
+            info = os.stat(name, dir_fd=dfd, follow_symlinks=False)
         except FileNotFoundError:
-            mode = 0o644
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
-    if keep_last_good:
-        _write_last_good(path, data)
+            info = None
+        if info is not None and stat.S_ISLNK(info.st_mode):
+            _refuse(path)
+        if keep_last_good:  # refuse before replacing anything, not half-way
+            for suffix in (LAST_GOOD_SUFFIX, LAST_GOOD_SUFFIX + ".tmp"):
+                if _is_link(name + suffix, dfd):
+                    _refuse(path + suffix)
+        mode = stat.S_IMODE(info.st_mode) if info is not None else 0o644
+        # Our own temp name (not tempfile: its import costs every CLI call more than it saves).
+        while True:
+            tmp = f".{name}.{os.getpid()}.{next(_tmp_counter)}.tmp"
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             0o600, dir_fd=dfd)
+                break
+            except FileExistsError:
+                continue
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fchmod(fh.fileno(), mode)
+                os.fsync(fh.fileno())
+            os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=dfd)
+            raise
+        os.fsync(dfd)
+        if keep_last_good:
+            _write_last_good(dfd, name, path, data)
 
 
-def _write_last_good(path, data):
+def _write_last_good(dfd, name, path, data):
     """A plain copy (not a hard link: an in-place edit of the live file must not reach it)."""
-    target = path + LAST_GOOD_SUFFIX
+    target = name + LAST_GOOD_SUFFIX
     tmp = target + ".tmp"
-    with open(tmp, "wb") as fh:
+    fd = _open_in(dfd, tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, path + LAST_GOOD_SUFFIX + ".tmp")
+    with os.fdopen(fd, "wb") as fh:
         fh.write(data)
-    os.replace(tmp, target)
+    if _is_link(target, dfd):
+        _refuse(path + LAST_GOOD_SUFFIX)
+    os.replace(tmp, target, src_dir_fd=dfd, dst_dir_fd=dfd)
 
 
 def append_text(path, text):
     """Append to a plain log-like file (markdown memory notes) and fsync it."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
+    with open_append(path, binary=False) as fh:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
@@ -162,8 +349,7 @@ def load_yaml_mapping(path):
     An empty file is an empty mapping; anything but a mapping at the top is an error.
     """
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        text = read_bytes(path).decode("utf-8")
     except FileNotFoundError:
         return None, ""
     except UnicodeDecodeError:
@@ -193,8 +379,7 @@ def write_yaml(path, data, header=""):
 def load_json(path):
     """Return the parsed JSON document or None if the file does not exist."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        text = read_bytes(path).decode("utf-8", "replace")
     except FileNotFoundError:
         return None
     try:
@@ -262,7 +447,7 @@ class Journal:
             record.update(fields)
             line = dict(record, sum=_checksum(record))
             data = (json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_fd(self.path, os.O_RDWR | os.O_CREAT)
             try:
                 size = os.fstat(fd).st_size
                 if valid_end is not None and valid_end < size:

@@ -4,17 +4,17 @@ optional setup command, and keeping the main checkout's status clean. Shared by 
 """
 
 import os
-import shutil
 import subprocess
 
-from engine import git
-from engine.errors import OrchestratorError
+from engine import git, store
+from engine.errors import GitError, OrchestratorError
+from engine.paths import CONTEXT_REL, PROFILE_REL, Layout
 from engine.ui import warn
 
 # Files from the main `.claude/` an agent expects in its worktree (CONTRACT.md §2.2, §2.3).
 # The state machine file is *not* copied: commands in a worktree resolve to the main root.
-PROFILE = os.path.join(".claude", "project-profile.yaml")
-CONTEXT = os.path.join(".claude", "auto-context.yaml")
+PROFILE = PROFILE_REL
+CONTEXT = CONTEXT_REL
 INCLUDE_FILE = ".worktreeinclude"
 SETUP_TIMEOUT = 900
 
@@ -26,12 +26,12 @@ def resolve_base(repo, base=None):
     if not base:
         commit, branch = git.head(repo)
         if commit is None:
-            raise OrchestratorError("[ERROR] The repository has no commits yet; commit something first")
+            raise OrchestratorError("The repository has no commits yet; commit something first")
         return (branch or commit), commit
     if not git.has_commits(repo):
-        raise OrchestratorError("[ERROR] The repository has no commits yet; commit something first")
+        raise OrchestratorError("The repository has no commits yet; commit something first")
     if base.startswith("-") or any(c in base for c in "\x00\n\r\t "):
-        raise OrchestratorError(f"[ERROR] invalid base '{base}'")
+        raise OrchestratorError(f"invalid base '{base}'")
     commit = git.branch_commit(repo, base)
     if commit:
         return base, commit
@@ -42,7 +42,7 @@ def resolve_base(repo, base=None):
     commit = git.resolve_commit(repo, base)
     if commit:
         return base, commit
-    raise OrchestratorError(f"[ERROR] Base branch does not exist: {base}")
+    raise OrchestratorError(f"Base branch does not exist: {base}")
 
 
 def add_worktree(repo, path, branch, start=None, discard=None):
@@ -98,11 +98,7 @@ def never_copied(root, rel, never=()):
 
 def pool_paths(root):
     """The pool's directory and state file for this root (wherever POOL_DIR/POOL_STATE_FILE put them)."""
-    from engine.paths import Layout
-    from engine.pool import Pool
-
-    pool = Pool(Layout(root))
-    return pool.dir, pool.state_path
+    return Layout(root).pool_paths()
 
 
 def include_matches(root, never=()):
@@ -130,9 +126,7 @@ def copy_into(root, worktree, extra=(), never=()):
         src = os.path.join(root, rel)
         if rel in tracked or not os.path.isfile(src) or os.path.islink(src):
             continue
-        dest = os.path.join(worktree, rel)
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        shutil.copy2(src, dest)
+        store.copy_file(src, os.path.join(worktree, rel))
         copied.append(rel)
         if rel in wanted or rel.startswith(".claude" + os.sep):
             exclude_from_status(root, rel, directory=False)
@@ -142,10 +136,7 @@ def copy_into(root, worktree, extra=(), never=()):
 def setup_command(root):
     """The optional setup command from `.claude/auto-context.yaml` (worktree.setup_command,
     or parallelization.setup_command)."""
-    from engine import store
-
-    path = os.path.join(root, CONTEXT)
-    data, _ = store.load_yaml_mapping(path)
+    data, _ = store.load_yaml_mapping(Layout(root).context)
     for section in ("worktree", "parallelization"):
         value = (data or {}).get(section)
         if isinstance(value, dict) and value.get("setup_command"):
@@ -163,10 +154,10 @@ def run_setup(root, worktree, env_extra):
         proc = subprocess.run(["/bin/sh", "-c", command], cwd=worktree, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, timeout=SETUP_TIMEOUT)
     except subprocess.TimeoutExpired:
-        raise OrchestratorError(f"[ERROR] Setup command timed out after {SETUP_TIMEOUT}s in {worktree}") from None
+        raise OrchestratorError(f"Setup command timed out after {SETUP_TIMEOUT}s in {worktree}") from None
     if proc.returncode != 0:
         tail = " | ".join(proc.stdout.strip().splitlines()[-3:])
-        raise OrchestratorError(f"[ERROR] Setup command failed (exit {proc.returncode}) in {worktree}: {tail}")
+        raise OrchestratorError(f"Setup command failed (exit {proc.returncode}) in {worktree}: {tail}")
 
 
 def exclude_from_status(repo, rel_path, directory=True):
@@ -182,9 +173,7 @@ def exclude_from_status(repo, rel_path, directory=True):
                 return
     except FileNotFoundError:
         pass
-    os.makedirs(info, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(f"{line}\n")
+    store.append_text(path, f"{line}\n")
 
 
 def leftover_pathspec():
@@ -237,28 +226,33 @@ def create_task_worktree(root, task=None, base=None):
     _, base_commit = resolve_base(repo, base)
     branch = f"auto/{task}"
     base_dir = temp_base()
+    if os.path.lexists(base_dir):
+        store.private_dir(base_dir, create=False)  # someone else's directory is never used
     path = os.path.join(base_dir, task)
     listing = git.worktrees(repo)
     real = os.path.realpath(path)
     entry = next((e for e in listing if os.path.realpath(e["path"]) == real and not e["prunable"]), None)
     if entry is not None:
         if entry["branch"] != branch:
-            raise OrchestratorError(f"[ERROR] {path} is a worktree on {entry['branch'] or 'a detached HEAD'}, "
+            raise OrchestratorError(f"{path} is a worktree on {entry['branch'] or 'a detached HEAD'}, "
                                     f"not {branch}")
         warn(f"[WARN] Reusing existing worktree: {path}")
         return path, branch
     if os.path.lexists(path):
-        raise OrchestratorError(f"[ERROR] {path} exists and is not a worktree of this repository; "
+        raise OrchestratorError(f"{path} exists and is not a worktree of this repository; "
                                 "move it away first")
     where = git.checked_out_at(repo, branch, listing)
     if where:
-        raise OrchestratorError(f"[ERROR] Branch {branch} is checked out in {where}")
+        raise OrchestratorError(f"Branch {branch} is checked out in {where}")
     reuse = git.branch_exists(repo, branch) and git.unique_commits(repo, branch, base_commit) > 0
-    os.makedirs(base_dir, mode=0o700, exist_ok=True)
+    store.private_dir(base_dir)
     if reuse:
         warn(f"[WARN] Reusing existing branch {branch}: it has commits not in the base")
-    add_worktree(repo, path, branch, None if reuse else base_commit,
-                 discard=lambda: git.run(repo, "worktree", "prune", check=False))
+    try:
+        add_worktree(repo, path, branch, None if reuse else base_commit,
+                     discard=lambda: git.run(repo, "worktree", "prune", check=False))
+    except GitError as exc:  # expected when git refuses the path or branch: the contract's line
+        raise OrchestratorError(f"Failed to create worktree: {exc.detail}") from exc
     try:
         copy_into(root, path, extra=(CONTEXT,), never=(base_dir, *pool_paths(root)))
         run_setup(root, path, {"TASK_ID": task, "WORKTREE": path, "BRANCH": branch, "BASE": base or ""})

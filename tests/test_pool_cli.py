@@ -276,7 +276,7 @@ def test_status_corrupt_state_file(pm, repo):
     pm("init", "1")
     open(STATE, "w").write('{"version": "1.0", "worktrees": [')
     r = pm("status")
-    assert r.code == 1 and r.err.startswith(f"ERROR: cannot parse {repo / STATE}: line 1")
+    assert r.code == 1 and r.err.startswith(f"[ERROR] cannot parse {repo / STATE}: line 1")
 
 
 def test_cleanup_only_pool_things_and_slots_idle(pm, repo):

@@ -1,8 +1,9 @@
 """The CLI edge: the one place that maps exceptions to a stderr line and an exit code.
 
-Every console script calls `run(group)`. Expected failures (OrchestratorError) print their
-one-line message; click's usage errors become one `ERROR: ...` line with exit 1 (the
-contract's code for usage errors) instead of click's three-line block with exit 2.
+Every console script calls `run(group)`. User errors (OrchestratorError) print their one-line
+message with the command's prefix (engine.errors.format_line); click's usage errors become one
+such line with exit 1 (the contract's code for usage errors) instead of click's three-line
+block with exit 2; anything else is internal: exit 70, traceback with ORCH_DEBUG=1.
 """
 
 import os
@@ -10,7 +11,7 @@ import sys
 
 import click
 
-from engine.errors import OrchestratorError, one_line
+from engine.errors import ExitCode, OrchestratorError, format_line, prefix_for
 
 PROG_ENV = "ORCH_PROG"  # set by the bash shims so messages name the script the user called
 
@@ -25,41 +26,48 @@ def echo_lines(lines):
 
 
 def run(group, default_prog, args=None):
-    """Invoke a click group and return the process exit code; never raises."""
+    """Invoke a click group and return the process exit code; never raises (but see ORCH_DEBUG).
+
+    The one place that turns exceptions into a stderr line and an exit code: user errors
+    (OrchestratorError) print their message with the command's prefix and exit with their code;
+    anything else is internal (ExitCode.INTERNAL), one line, the traceback with ORCH_DEBUG=1.
+    """
+    argv = sys.argv[1:] if args is None else list(args)
+    prefix = prefix_for(default_prog, argv)
     try:
         result = group.main(args=args, prog_name=prog_name(default_prog), standalone_mode=False)
     except OrchestratorError as exc:
-        click.echo(exc.line, err=True)
-        return exc.exit_code
+        click.echo(exc.line_for(prefix), err=True)
+        return int(exc.exit_code)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
-        return 130
+        return ExitCode.INTERRUPTED
     except click.ClickException as exc:
-        click.echo(one_line(f"ERROR: {exc.format_message()}"), err=True)
-        return 1
+        click.echo(format_line(exc.format_message(), prefix), err=True)
+        return ExitCode.ERROR
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
-        return 130
+        return ExitCode.INTERRUPTED
     except BrokenPipeError:
         # The reader went away (e.g. `| head -1`): not an error worth a traceback.
         try:
             sys.stdout = open(os.devnull, "w")
         except OSError:
             pass
-        return 0
+        return ExitCode.OK
     except OSError as exc:  # the filesystem said no (read-only, full disk, permissions)
         where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
-        click.echo(one_line(f"ERROR: {exc.strerror or exc}{where}"), err=True)
-        return 1
-    except Exception as exc:  # a bug, not bad input: one line, the traceback on request
+        click.echo(format_line(f"{exc.strerror or exc}{where}", prefix), err=True)
+        return ExitCode.ERROR
+    except Exception as exc:  # a bug or an unexpected tool failure: one line, the traceback on request
         if os.environ.get("ORCH_DEBUG"):
             raise
-        click.echo(one_line(f"ERROR: internal error ({type(exc).__name__}: {exc}); "
-                            "set ORCH_DEBUG=1 for the traceback"), err=True)
-        return 70
-    return result if isinstance(result, int) else 0
+        click.echo(format_line(f"internal error ({type(exc).__name__}: {exc}); "
+                               "set ORCH_DEBUG=1 for the traceback", prefix), err=True)
+        return ExitCode.INTERNAL
+    return int(result) if isinstance(result, int) else ExitCode.OK
 
 
 def exit_with(group, default_prog):

@@ -1,0 +1,215 @@
+"""Files: never write through a link. A cloned repository can carry symlinks under `.claude/`;
+every command refuses with one line and the link's target stays byte-identical."""
+
+import os
+import stat
+import subprocess
+
+import pytest
+
+from engine import store
+from engine.errors import UnsafePath
+from engine.paths import Layout
+from tests.conftest import ROOT, git, invoke
+
+SECRET = b"my precious dotfile\n"
+
+
+def commands():
+    from engine.cli import checkpoint_manager, pool_manager, setup_worktree, state_transition
+
+    return {"st": (state_transition.cli, "state-transition"), "cm": (checkpoint_manager.cli, "checkpoint-manager"),
+            "pm": (pool_manager.cli, "pool-manager"), "sw": (setup_worktree.cli, "setup-worktree")}
+
+
+def run(which, *args):
+    group, prog = commands()[which]
+    return invoke(group, prog, *args)
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A file and a directory outside the repository, the links' targets."""
+    home = tmp_path / "victim"
+    home.mkdir()
+    (home / "dotfile").write_bytes(SECRET)
+    (home / "dir").mkdir()
+    (home / "dir" / "keep").write_bytes(SECRET)
+    return home
+
+
+def snapshot(directory):
+    """Every file under DIRECTORY with its bytes and mode (what must not change)."""
+    seen = {}
+    for base, dirs, files in os.walk(directory):
+        for name in dirs + files:
+            path = os.path.join(base, name)
+            info = os.lstat(path)
+            data = open(path, "rb").read() if stat.S_ISREG(info.st_mode) else None
+            seen[os.path.relpath(path, directory)] = (data, stat.S_IMODE(info.st_mode))
+    return seen
+
+
+def cloned_with_link(tmp_path, repo, rel, target, commit=True):
+    """A fresh clone of REPO whose tree carries the symlink REL -> TARGET (committed, as a
+    hostile repository would ship it)."""
+    link = os.path.join(str(repo), rel)
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    os.symlink(str(target), link)
+    if not commit:
+        return str(repo)
+    git(repo, "add", "-f", "--", rel)
+    git(repo, "commit", "-q", "-m", f"ship {rel}")
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(repo), str(clone))
+    assert os.path.islink(os.path.join(str(clone), rel))
+    os.chdir(clone)
+    return str(clone)
+
+
+def refused(r):
+    assert r.code == 1, r
+    assert len(r.err.splitlines()) == 1 and "symbolic link" in r.err and "Traceback" not in r.err, r.err
+
+
+# (link inside the repository, file or dir target, the commands that run with it in place)
+CASES = [
+    (".claude/auto-state-machine.yaml.last-good.tmp", "dotfile", [("st", "init")]),
+    (".claude/auto-state-machine.yaml.last-good", "dotfile", [("st", "init")]),
+    (".claude/auto-state-machine.yaml", "dotfile", [("st", "init")]),
+    (".claude/auto-state-machine.yaml.lock", "dotfile", [("st", "init")]),
+    (".claude/auto-journal.jsonl", "dotfile", [("st", "init")]),
+    (".claude/auto-journal.jsonl.lock", "dotfile", [("st", "init")]),
+    (".claude/auto-memory", "dir", [("st", "init")]),
+    (".claude", "dir", [("st", "init")]),
+    (".claude/auto-memory/idle-checkpoint.md", "dotfile", [("st", "checkpoint", "notes.md")]),
+    (".claude/auto-memory/context-summary.md", "dotfile", [("cm", "context")]),
+    (".claude/auto-memory/phase-plan-summary.md", "dotfile", [("cm", "write", "PLAN", "decided")]),
+    (".claude/auto-memory/task-t1-learnings.md", "dotfile", [("cm", "task", "t1", "learned")]),
+    (".claude/auto-memory-archive", "dir", [("cm", "cleanup")]),
+    (".claude/checkpoints", "dir", [("cm", "create")]),
+    (".claude/pool-state.json.last-good.tmp", "dotfile", [("pm", "init", "1")]),
+    (".claude/pool-state.json.lock", "dotfile", [("pm", "init", "1")]),
+    (".claude/pool-state.json", "dotfile", [("pm", "init", "1")]),
+]
+
+
+@pytest.mark.parametrize("rel,target,calls", CASES, ids=[c[0] + ":" + c[2][0][1] for c in CASES])
+def test_link_planted_in_a_clone_is_refused_and_its_target_untouched(tmp_path, repo, outside, rel, target, calls):
+    needs_state = any(c[1] in ("checkpoint", "context", "write", "task", "cleanup", "create") for c in calls)
+    clone = cloned_with_link(tmp_path, repo, rel, outside / target)
+    if needs_state:  # a session exists (its memory notes are what the link is waiting for)
+        assert run("st", "init").code == 0, "init must work beside this link"
+        if rel == ".claude/auto-memory-archive":
+            run("cm", "context")
+    before = snapshot(outside)
+    for call in calls:
+        refused(run(*call))
+    assert snapshot(outside) == before
+    assert os.path.islink(os.path.join(clone, rel))  # the link itself is left for the user to see
+
+
+def test_last_good_tmp_link_refused_before_anything_is_replaced(tmp_path, repo, outside):
+    """The refusal comes before the state file is replaced, not half-way."""
+    run("st", "init")
+    state = os.path.join(str(repo), ".claude", "auto-state-machine.yaml")
+    old = open(state, "rb").read()
+    os.symlink(str(outside / "dotfile"), state + ".last-good.tmp")
+    refused(run("st", "transition", "DECOMPOSE"))
+    assert open(state, "rb").read() == old
+    assert (outside / "dotfile").read_bytes() == SECRET
+
+
+def test_lock_link_refused_even_when_its_target_is_missing(tmp_path, repo):
+    """O_CREAT through a dangling link would create the target: refused instead."""
+    missing = tmp_path / "victim-missing"
+    cloned_with_link(tmp_path, repo, ".claude/auto-state-machine.yaml.lock", missing)
+    refused(run("st", "init"))
+    assert not os.path.lexists(missing)
+
+
+def test_store_helpers_refuse_links_anywhere_below_the_root(tmp_path, outside):
+    root = tmp_path / "proj"
+    (root / ".claude").mkdir(parents=True)
+    layout = Layout(str(root))
+    os.symlink(str(outside / "dir"), os.path.join(layout.claude, "auto-logs"))
+    log = layout.task_log("t1")
+    with pytest.raises(UnsafePath, match="auto-logs is a symbolic link"):
+        with store.open_append(log) as fh:
+            fh.write(b"agent output\n")
+    with pytest.raises(UnsafePath):
+        store.open_fd(layout.attempt_exit("t1", 1), os.O_WRONLY | os.O_CREAT)
+    with pytest.raises(UnsafePath):
+        store.makedirs(os.path.join(layout.logs, "planner"))
+    with pytest.raises(UnsafePath):
+        store.copy_file(str(outside / "dotfile"), os.path.join(layout.logs, "copy"))
+    assert sorted(os.listdir(outside / "dir")) == ["keep"]
+    # and the same helpers work on real directories
+    os.unlink(layout.logs)
+    with store.open_append(log) as fh:
+        fh.write(b"ok\n")
+    with store.open_append(log, binary=False) as fh:
+        fh.write("again\n")
+    assert open(log).read() == "ok\nagain\n"
+
+
+def test_replace_refuses_a_link_at_the_destination(tmp_path, outside):
+    root = tmp_path / "proj"
+    (root / ".claude").mkdir(parents=True)
+    Layout(str(root))
+    src = root / ".claude" / "a"
+    src.write_text("new")
+    os.symlink(str(outside / "dotfile"), root / ".claude" / "b")
+    with pytest.raises(UnsafePath):
+        store.replace(str(src), str(root / ".claude" / "b"))
+    assert (outside / "dotfile").read_bytes() == SECRET and src.read_text() == "new"
+
+
+# --------------------------------------------------------------------------- setup-worktree's base
+def test_worktree_base_that_others_can_write_is_refused(tmp_path, repo, monkeypatch):
+    base = tmp_path / "shared-base"
+    base.mkdir()
+    os.chmod(base, 0o777)
+    monkeypatch.setenv("AUTO_WORKTREE_BASE", str(base))
+    r = run("sw", "t1")
+    assert r.code == 1 and r.err.startswith("[ERROR] ") and "writable by other users" in r.err, r
+    assert len(r.err.splitlines()) == 1
+    assert os.listdir(base) == [] and "auto/t1" not in git(repo, "branch", "--list", "auto/t1")
+    os.chmod(base, 0o700)
+    r = run("sw", "t1")
+    assert r.code == 0 and r.out.strip() == f"{base}/t1|auto/t1", r
+
+
+def test_worktree_base_replaced_by_a_link_is_refused(tmp_path, repo, outside, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    base = tmp_path / f"auto-worktrees-{os.getuid()}"
+    os.symlink(str(outside / "dir"), base)
+    r = run("sw", "t1")
+    assert r.code == 1 and "symbolic link" in r.err and len(r.err.splitlines()) == 1, r
+    assert sorted(os.listdir(outside / "dir")) == ["keep"]
+
+
+def test_default_worktree_base_is_created_private(tmp_path, repo, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    r = run("sw", "t1")
+    assert r.code == 0, r
+    info = os.lstat(tmp_path / f"auto-worktrees-{os.getuid()}")
+    assert stat.S_IMODE(info.st_mode) == 0o700 and info.st_uid == os.getuid()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to make a directory that belongs to someone else")
+def test_worktree_base_owned_by_another_user_is_refused(tmp_path, repo, monkeypatch):
+    base = tmp_path / "theirs"
+    base.mkdir(mode=0o700)
+    os.chown(base, 65534, 65534)
+    monkeypatch.setenv("AUTO_WORKTREE_BASE", str(base))
+    r = run("sw", "t1")
+    assert r.code == 1 and "belongs to another user" in r.err, r
+
+
+def test_shim_refuses_with_one_line_in_a_subprocess(tmp_path, repo, outside):
+    """The same through the real console entry (the bash shim), not just in-process."""
+    cloned_with_link(tmp_path, repo, ".claude/auto-journal.jsonl", outside / "dotfile")
+    r = subprocess.run([os.path.join(ROOT, "scripts", "state-transition.sh"), "init"], capture_output=True, text=True)
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1 and "symbolic link" in r.stderr, r
+    assert (outside / "dotfile").read_bytes() == SECRET
