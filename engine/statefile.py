@@ -28,6 +28,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _CONTROL_OR_NEWLINE = re.compile(r"[\x00-\x1f\x7f]")
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 _INTEGER = re.compile(r"^[+-]?\d+$")
+STATE_KIND = "state"  # the `kind` of run-state transition records in the shared journal
 MAX_VALUE_LEN = 4096
 
 
@@ -128,19 +129,37 @@ def _apply_transition(data, source, dest, when):
     data["mandatory_skills"] = mandatory_skills(dest, as_text(data.get("work_type")))
 
 
+def is_state_transition(record):
+    """True for the journal records the roll-forward acts on: a run-state transition written by
+    `transition` below. Everything else that shares the journal (the runner's `state-enter`,
+    agent and merge events, task transitions `{"kind": "task", ...}`) is ignored by recovery."""
+    return (record.get("event") == "transition" and record.get("kind", STATE_KIND) == STATE_KIND
+            and isinstance(record.get("from"), str) and isinstance(record.get("to"), str))
+
+
+def _pending_transition(layout, data):
+    """The transition journaled after the file's `journal_seq` whose file write a kill cut off,
+    or None. Keyed on what the record means, not on its being the journal's last line."""
+    seq = data.get("journal_seq") if data is not None else None
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        return None
+    for record in store.Journal(layout.journal).since(seq):  # newest first
+        if is_state_transition(record):
+            # `prev_seq` is the journal_seq the file had when the transition was decided; other
+            # events (the runner's, the tasks') may sit before and after the record.
+            if record.get("prev_seq", record["seq"] - 1) == seq and current_state_of(data) == record["from"]:
+                return record
+            return None
+    return None
+
+
 def _roll_forward(layout, data):
     """Finish a transition that was journaled but whose file write was cut off by a kill."""
-    last = store.Journal(layout.journal).last()
-    if not last or last.get("event") != "transition":
+    record = _pending_transition(layout, data)
+    if record is None:
         return False
-    seq = data.get("journal_seq")
-    # `prev_seq` is the journal_seq the file had when the transition was decided; other
-    # events (the runner's) may sit between the two records.
-    if not isinstance(seq, int) or seq != last.get("prev_seq", last["seq"] - 1) or \
-            current_state_of(data) != last.get("from"):
-        return False
-    _apply_transition(data, last["from"], last["to"], last["ts"])
-    data["journal_seq"] = last["seq"]
+    _apply_transition(data, record["from"], record["to"], record["ts"])
+    data["journal_seq"] = record["seq"]
     return True
 
 
@@ -174,9 +193,14 @@ def init(state="IDLE", layout=None):
 
 
 def read(layout=None):
-    """The whole state mapping, or None when there is no state file."""
+    """The whole state mapping, or None when there is no state file. A transition that was
+    journaled but not yet written (a kill between the two) is applied to what is returned, so
+    `state` tells where the run is; the next mutating call writes it."""
     layout = layout or Layout()
-    return _load(layout)[0]
+    data = _load(layout)[0]
+    if data is not None:
+        _roll_forward(layout, data)
+    return data
 
 
 def get_state(layout=None):
@@ -231,8 +255,8 @@ def transition(new_state, force=False, layout=None):
             if not force:
                 machine.check_transition(source, new_state)
             forced = force and source in machine.EDGES and new_state not in machine.EDGES[source]
-            record = journal.append("transition", **{"from": source, "to": new_state, "forced": forced,
-                                                     "prev_seq": data.get("journal_seq")})
+            record = journal.append("transition", **{"kind": STATE_KIND, "from": source, "to": new_state,
+                                                     "forced": forced, "prev_seq": data.get("journal_seq")})
             _apply_transition(data, source, new_state, record["ts"])
             data["journal_seq"] = record["seq"]
             _save(layout, data, header)

@@ -486,6 +486,34 @@ class Journal:
                     return None, line_end
                 start = 0  # no good record in the window: read the whole file
 
+    def since(self, seq):
+        """Good records with a sequence number above SEQ, newest first. Reads back from the end
+        only as far as it must (the records a state file has not caught up with are few)."""
+        try:
+            fh = open(self.path, "rb")
+        except FileNotFoundError:
+            return []
+        with fh:
+            size = os.fstat(fh.fileno()).st_size
+            window = self.TAIL_BYTES
+            while True:
+                start = max(0, size - window)
+                fh.seek(start)
+                lines = fh.read(size - start).split(b"\n")[:-1]  # bytes after the last newline: torn
+                if start > 0:
+                    lines = lines[1:]  # the window's first line may be cut
+                found = []
+                for raw in reversed(lines):
+                    record = _decode_line(raw.decode("utf-8", "replace")) if raw.strip() else None
+                    if record is None or not isinstance(record.get("seq"), int):
+                        continue
+                    if record["seq"] <= seq:
+                        return found
+                    found.append(record)
+                if start == 0:
+                    return found
+                window *= 4
+
     def records(self):
         """Every good record in order (torn or corrupt lines skipped)."""
         try:
