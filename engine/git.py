@@ -28,6 +28,13 @@ def git_env():
         _env["GIT_TERMINAL_PROMPT"] = "0"
         _env.setdefault("GIT_EDITOR", "true")
         _env["LC_ALL"] = "C"
+        # No automatic `git maintenance`/gc after our commits and merges: it spawns a process
+        # per call and may repack under concurrent agents; the user's own git still runs it.
+        n = int(_env.get("GIT_CONFIG_COUNT") or 0) if str(_env.get("GIT_CONFIG_COUNT", "")).isdigit() else 0
+        for key, value in (("maintenance.auto", "false"), ("gc.auto", "0")):
+            _env[f"GIT_CONFIG_KEY_{n}"], _env[f"GIT_CONFIG_VALUE_{n}"] = key, value
+            n += 1
+        _env["GIT_CONFIG_COUNT"] = str(n)
     return _env
 
 

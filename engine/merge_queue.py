@@ -94,9 +94,9 @@ class MergeQueue:
     def _merged(self, task_id, branch, head, already=False):
         ctx = self.ctx
         status = ctx.tasks.fire(task_id, "merged", merged_commit=head, completed_at=store.utc_now())
-        # The base contains the branch now and no slot holds it: the safe delete.
-        if git.checked_out_at(ctx.repo, branch) is None:
-            git.delete_branch(ctx.repo, branch, check=False)
+        # The base contains the branch now: the safe delete (git itself keeps a branch a slot
+        # still has checked out; that slot's release deletes it)
+        git.delete_branch(ctx.repo, branch, check=False)
         ctx.reporter.task(task_id, "merged" + (" (already in the base)" if already else ""))
         return status
 

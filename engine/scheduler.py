@@ -19,6 +19,7 @@ verified again, `merging`/`approved` are settled against the base.
 
 import concurrent.futures as cf
 import os
+import threading
 import time
 
 from engine import git, store, worktree
@@ -46,6 +47,7 @@ class Scheduler:
         self.rank = self._ranks()
         self.jobs = {}
         self.budget_spent = None
+        self.wake = threading.Event()  # a worker approved a task or finished: look again now
 
     # ------------------------------------------------------------------ main thread
     def run(self):
@@ -56,6 +58,7 @@ class Scheduler:
         workers = cf.ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="task")
         try:
             while True:
+                self.wake.clear()  # (before looking: a wake-up from now on is never lost)
                 self._collect()
                 merged_any = self._merge_approved()
                 self._fail_unreachable()
@@ -63,7 +66,7 @@ class Scheduler:
                 if not self.jobs and not merged_any and not started:
                     break
                 if self.jobs and not merged_any:
-                    cf.wait(list(self.jobs.values()), timeout=1.0, return_when=cf.FIRST_COMPLETED)
+                    self.wake.wait(timeout=1.0)
         except BaseException:
             ctx.cancel.set()
             self._stop_running()
@@ -204,6 +207,7 @@ class Scheduler:
         finally:
             if ctx.tasks.status(task_id) in TERMINAL | {S.APPROVED}:
                 self._give_back(task_id)
+            self.wake.set()
         self._show_progress()
 
     def _give_back(self, task_id):
@@ -270,12 +274,12 @@ class Scheduler:
         else:
             n += 1
             feedback = entry.get("qa_feedback") if status in (S.REJECTED, S.CONFLICTED) else None
-            slot, path = ctx.slots.hold(task_id, discard_edits=True) if backend.needs_checkout else (None, None)
+            slot, path = ctx.slots.hold(task_id, discard_edits=True, record=False) if backend.needs_checkout \
+                else (None, None)
             base_commit = git.branch_commit(ctx.repo, ctx.base)
             ctx.tasks.fire(task_id, "start", iterations=n, slot=slot, pid=None, base_commit=base_commit,
-                           started_at=entry.get("started_at") or store.utc_now())
-            ctx.tasks.record_attempt(task_id, n, kind="agent", slot=slot, started_at=store.utc_now())
-            ctx.journal.append("agent-start", task=task_id, slot=slot, attempt=n)
+                           started_at=entry.get("started_at") or store.utc_now(),
+                           attempt={"n": n, "kind": "agent", "slot": slot, "started_at": store.utc_now()})
             ctx.reporter.task(task_id, f"running in {slot or 'the backend'} (attempt {n})")
             result = self._launch(task_id, self._attempt_for(task_id, n, path, feedback))
         self._settle_attempt(task_id, n, path, result)
@@ -287,13 +291,13 @@ class Scheduler:
         done = {"ended_at": store.utc_now(), "exit_code": result.exit_code, **(result.details or {})}
         ctx.journal.append("agent-exit", task=task_id, code=result.exit_code, timed_out=result.timed_out)
         if result.interrupted or ctx.cancel.is_set():
-            ctx.tasks.record_attempt(task_id, n, outcome="interrupted", **done)
-            ctx.tasks.fire(task_id, "interrupt", iterations=n - 1, pid=None, elapsed=elapsed)
+            ctx.tasks.fire(task_id, "interrupt", iterations=n - 1, pid=None, elapsed=elapsed,
+                           attempt=dict(done, n=n, outcome="interrupted"))
             return
         if result.denied:
-            ctx.tasks.record_attempt(task_id, n, outcome="blocked_permission", **done)
             ctx.tasks.fire(task_id, "deny", pid=None, elapsed=elapsed,
-                           failure=f"blocked on permission: the agent was denied {', '.join(result.denied)}")
+                           failure=f"blocked on permission: the agent was denied {', '.join(result.denied)}",
+                           attempt=dict(done, n=n, outcome="blocked_permission"))
             ctx.reporter.task(task_id, f"blocked on permission ({', '.join(result.denied)}): allow it and "
                               f"`orchestrator retry {task_id}`")
             return
@@ -302,14 +306,14 @@ class Scheduler:
             if problem:
                 ctx.tasks.record_attempt(task_id, n, outcome="failed", reason=problem, **done)
                 raise TaskFailure(problem)
-            ctx.tasks.record_attempt(task_id, n, outcome="executed", **done)
-            ctx.tasks.fire(task_id, "agent_done", pid=None, elapsed=elapsed)
+            ctx.tasks.fire(task_id, "agent_done", pid=None, elapsed=elapsed, attempt=dict(done, n=n, outcome="executed"))
             ctx.reporter.task(task_id, f"agent done in {result.duration:.1f}s")
+            self._verify(task_id, fresh=path)  # straight on, without looking at the checkout twice
             return
         why = f"timed out after {result.duration:.0f}s" if result.timed_out else \
             (result.reason or f"exit {result.exit_code}")
-        ctx.tasks.record_attempt(task_id, n, outcome="failed", reason=why, **done)
-        status = ctx.tasks.setback(task_id, "agent", f"agent {why}", pid=None, elapsed=elapsed)
+        status = ctx.tasks.setback(task_id, "agent", f"agent {why}", pid=None, elapsed=elapsed,
+                                   attempt=dict(done, n=n, outcome="failed", reason=why))
         if status == S.PENDING:
             ctx.reporter.task(task_id, f"agent {why}: retry {ctx.tasks.entry(task_id).get('retry_count')}/"
                               f"{ctx.settings.retry_on_failure}")
@@ -339,14 +343,18 @@ class Scheduler:
             return "no changes: the agent exited 0 without committing anything beyond the base"
         return None
 
-    def _verify(self, task_id):
+    def _verify(self, task_id, fresh=None):
+        """QA on the committed tip of the task's branch. FRESH is the checkout `_check_work`
+        has just looked at (right after the agent); otherwise it is checked here."""
         ctx = self.ctx
         task = self.plan.tasks[task_id]
         n = int(ctx.tasks.entry(task_id).get("iterations") or 1)
-        _, path = ctx.slots.hold(task_id)
-        if not git.is_worktree_on(path, task.branch):
-            raise TaskFailure(f"its checkout is no longer on {task.branch}")
-        worktree.commit_leftovers(path, f"{task_id}: uncommitted work left by the agent")
+        path = fresh
+        if path is None:
+            _, path = ctx.slots.hold(task_id)
+            if not git.is_worktree_on(path, task.branch):
+                raise TaskFailure(f"its checkout is no longer on {task.branch}")
+            worktree.commit_leftovers(path, f"{task_id}: uncommitted work left by the agent")
         ctx.tasks.fire(task_id, "verify")
         verdict = ctx.checks.verify(task_id, path, n)
         ctx.journal.append("qa-result", task=task_id, verdict=verdict.verdict)
@@ -356,8 +364,9 @@ class Scheduler:
         elif verdict.verdict == "APPROVED":
             changed = git.changed_files(ctx.repo, ctx.base, task.branch)
             ctx.tasks.fire(task_id, "approve", qa_verified=True, qa_timestamp=stamp, test_result="passed",
-                           changed_files=changed)
+                           changed_files=changed, slot=None)  # (its slot is given back right after)
             ctx.reporter.task(task_id, "TASK_APPROVED")
+            self.wake.set()  # the merge queue takes it while this worker gives its slot back
             crashpoint("approved")
         elif verdict.verdict == "BLOCKED":
             ctx.tasks.fire(task_id, "qa_blocked", qa_verified=False, qa_timestamp=stamp, test_result="blocked",

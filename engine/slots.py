@@ -53,9 +53,10 @@ class Slots:
     def path(self, slot_id):
         return self.pool.slot_path(slot_id)
 
-    def hold(self, task_id, discard_edits=False):
-        """The slot TASK_ID holds (edits of a killed attempt discarded if asked, and the
-        checkout brought to the branch tip), or a fresh lease at the current base."""
+    def hold(self, task_id, discard_edits=False, record=True):
+        """The slot TASK_ID holds (edits of a killed attempt discarded if asked), or a fresh
+        lease at the current base; recorded as the task's `slot` unless the caller records
+        it with its own next write (RECORD false)."""
         slot_id = self.leases().get(task_id)
         if slot_id is not None:
             path = self.path(slot_id)
@@ -64,7 +65,8 @@ class Slots:
                 git.discard_changes(path)
         else:
             slot_id, path, _ = self.pool.acquire(task_id, self.ctx.base)
-        self.ctx.tasks.update(task_id, slot=slot_id)
+        if record and self.ctx.tasks.entry(task_id).get("slot") != slot_id:
+            self.ctx.tasks.update(task_id, slot=slot_id)
         return slot_id, path
 
     def release(self, task_id):
@@ -73,7 +75,8 @@ class Slots:
         if slot_id is not None:
             self.pool.release(slot_id, quiet=True)
             self.ctx.journal.append("release", slot=slot_id, task=task_id)
-        self.ctx.tasks.update(task_id, slot=None)
+        if self.ctx.tasks.entry(task_id).get("slot") is not None:
+            self.ctx.tasks.update(task_id, slot=None)
         return slot_id
 
     def repair(self):

@@ -155,14 +155,17 @@ class TaskBook:
         ids = tasks if task_ids is None else task_ids
         return {t: status_of(tasks.get(t)) for t in ids}
 
-    def fire(self, task_id, trigger, **fields):
-        """Move TASK_ID by TRIGGER, set FIELDS with it; returns the new status."""
+    def fire(self, task_id, trigger, attempt=None, **fields):
+        """Move TASK_ID by TRIGGER, set FIELDS with it (and, with ATTEMPT = {"n": N, ...},
+        record attempt N in the same write); returns the new status."""
         def change(data):
             entry = data.setdefault("tasks", {}).setdefault(task_id, {})
             source = status_of(entry)
             dest = next_status(source, trigger)
             entry.update(fields)
             entry["status"] = dest.value
+            if attempt:
+                _record(data, task_id, dict(attempt))
             return source, dest
 
         with self.progress.locked():
@@ -189,26 +192,29 @@ class TaskBook:
     def record_attempt(self, task_id, n, **fields):
         """Create or update attempt N in the task's `attempts` list. Costs, tokens and turns
         are per attempt there; the task's and the run's figures are their sums."""
-        def change(data):
-            entry = data.setdefault("tasks", {}).setdefault(task_id, {})
-            attempts = [a for a in entry.get("attempts") or [] if isinstance(a, dict)]
-            kind = fields.get("kind", "agent")
-            for attempt in attempts:
-                if attempt.get("n") == n and attempt.get("kind", "agent") == kind:
-                    attempt.update(fields)
-                    break
-            else:
-                attempts.append(dict({"n": n, "kind": kind}, **fields))
-            entry["attempts"] = attempts
-            for key, value in fields.items():
-                if key not in SUMMED and key in CURRENT:
-                    entry[key] = value
-            for key in SUMMED:
-                if any(key in a for a in attempts):
-                    entry[key] = _total(a.get(key) for a in attempts)
-            if any("cost_usd" in t for t in data["tasks"].values() if isinstance(t, dict)):
-                data["cost_usd"] = _total(t.get("cost_usd") for t in data["tasks"].values() if isinstance(t, dict))
-        self.progress.update(change)
+        self.progress.update(lambda data: _record(data, task_id, dict(fields, n=n)))
+
+
+def _record(data, task_id, fields):
+    n = fields.pop("n")
+    entry = data.setdefault("tasks", {}).setdefault(task_id, {})
+    attempts = [a for a in entry.get("attempts") or [] if isinstance(a, dict)]
+    kind = fields.get("kind", "agent")
+    for attempt in attempts:
+        if attempt.get("n") == n and attempt.get("kind", "agent") == kind:
+            attempt.update(fields)
+            break
+    else:
+        attempts.append(dict({"n": n, "kind": kind}, **fields))
+    entry["attempts"] = attempts
+    for key, value in fields.items():
+        if key not in SUMMED and key in CURRENT:
+            entry[key] = value
+    for key in SUMMED:
+        if any(key in a for a in attempts):
+            entry[key] = _total(a.get(key) for a in attempts)
+    if any("cost_usd" in t for t in data["tasks"].values() if isinstance(t, dict)):
+        data["cost_usd"] = _total(t.get("cost_usd") for t in data["tasks"].values() if isinstance(t, dict))
 
 
 SUMMED = ("cost_usd", "tokens_in", "tokens_out", "turns")  # per attempt; the task shows the sum
