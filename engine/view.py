@@ -121,22 +121,28 @@ def _count(value):
     return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else "-"
 
 
+def _columns(data):
+    """Optional columns, shown only when some task has data for them."""
+    tasks = [t or {} for t in (data.get("tasks") or {}).values()]
+    return {"node": any(t.get("node") for t in tasks),
+            "usage": any(k in t for t in tasks for k in ("cost_usd", "tokens_in", "tokens_out", "turns"))}
+
+
 def status_rows(data):
-    tasks = data.get("tasks") or {}
-    remote = any((t or {}).get("node") for t in tasks.values())
+    shown = _columns(data)
     rows = []
-    for task_id, t in tasks.items():
+    for task_id, t in (data.get("tasks") or {}).items():
         elapsed = t.get("elapsed")
-        tokens = (t.get("tokens_in") or 0) + (t.get("tokens_out") or 0) if ("tokens_in" in t or "tokens_out" in t) \
-            else None
         row = [task_id, t.get("group", ""), t.get("status", ""), t.get("slot") or "-"]
-        if remote:
+        if shown["node"]:
             row.append(t.get("node") or "-")
         row += [t.get("iterations") or "-", t.get("retry_count", 0),
-                "yes" if t.get("qa_verified") else ("-" if not t.get("qa_timestamp") else "no"),
-                _money(t.get("cost_usd")), _count(tokens), _count(t.get("turns")),
-                f"{elapsed:.1f}s" if isinstance(elapsed, (int, float)) else "-",
-                _why(t)]
+                "yes" if t.get("qa_verified") else ("-" if not t.get("qa_timestamp") else "no")]
+        if shown["usage"]:
+            tokens = (t.get("tokens_in") or 0) + (t.get("tokens_out") or 0) \
+                if ("tokens_in" in t or "tokens_out" in t) else None
+            row += [_money(t.get("cost_usd")), _count(tokens), _count(t.get("turns"))]
+        row += [f"{elapsed:.1f}s" if isinstance(elapsed, (int, float)) else "-", _why(t)]
         rows.append(tuple(row))
     return rows
 
@@ -152,7 +158,8 @@ def _why(t):
 def status_table(data):
     from tabulate import tabulate
 
-    remote = any((t or {}).get("node") for t in (data.get("tasks") or {}).values())
-    headers = ["task", "group", "status", "slot"] + (["node"] if remote else []) + \
-        ["attempt", "retries", "QA", "cost", "tokens", "turns", "elapsed", "branch / why"]
+    shown = _columns(data)
+    headers = ["task", "group", "status", "slot"] + (["node"] if shown["node"] else []) + \
+        ["attempt", "retries", "QA"] + (["cost", "tokens", "turns"] if shown["usage"] else []) + \
+        ["elapsed", "branch / why"]
     return tabulate(status_rows(data), headers=headers, tablefmt="rounded_outline")
