@@ -92,6 +92,13 @@ PYTHON = sys.executable
 
 
 @pytest.fixture
+def orch():
+    from engine.cli.orchestrator import cli
+
+    return lambda *args: invoke(cli, "orchestrator", *args)
+
+
+@pytest.fixture
 def pm():
     from engine.cli.pool_manager import cli
 

@@ -7,16 +7,9 @@ import pytest
 import yaml
 
 from engine import demo
-from tests.conftest import branches, git, invoke, worktree_paths
+from tests.conftest import branches, git, worktree_paths
 
 TASKS = ["models", "utils", "config", "api", "cli", "tests", "docs"]
-
-
-@pytest.fixture
-def orch():
-    from engine.cli.orchestrator import cli
-
-    return lambda *args: invoke(cli, "orchestrator", *args)
 
 
 @pytest.fixture

@@ -5,23 +5,15 @@ import json
 import os
 import stat
 import subprocess
-import sys
 import time
 
 import pytest
 import yaml
 
 from engine import demo
-from tests.conftest import PYTHON, branches, git, invoke, python_env, worktree_paths
+from tests.conftest import PYTHON, branches, git, python_env, worktree_paths
 
 AGENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "streaming_agent.py")
-
-
-@pytest.fixture
-def orch():
-    from engine.cli.orchestrator import cli
-
-    return lambda *args: invoke(cli, "orchestrator", *args)
 
 
 @pytest.fixture
