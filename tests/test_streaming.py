@@ -169,13 +169,13 @@ def test_an_agent_that_deletes_its_worktree_fails_only_its_task(orch, project, m
 def test_verify_with_a_setsid_child_holding_output_is_judged_by_its_exit(orch, project, monkeypatch):
     repo, plan = project
     monkeypatch.setenv("AGENT_MODE", "t=file")
-    verify = "setsid sh -c 'sleep 60' & echo verified"
+    verify = "setsid sh -c 'sleep 60.417' & echo verified"
     started = time.time()
     r = orch("run", "--all-groups", plan(f"  - {{id: t, verify: \"{verify}\", expected_output: verified}}\n"))
     assert r.code == 0, r
     assert time.time() - started < 30  # not the child's 60 s
     assert progress()["tasks"]["t"]["status"] == "merged"
-    leftover = subprocess.run(["pgrep", "-f", "sleep 60"], capture_output=True, text=True).stdout.split()
+    leftover = subprocess.run(["pgrep", "-f", "sleep 60.417"], capture_output=True, text=True).stdout.split()
     assert leftover == []  # the child was stopped with the check
 
 
@@ -198,7 +198,7 @@ def _statuses():
 def test_abort_during_qa_leaves_the_task_to_verify_again_uncounted(orch, project, monkeypatch):
     repo, plan = project
     env = dict(python_env(), AGENT_MODE="t=file", DEMO_AGENT_SLEEP="0")
-    path = plan("  - {id: t, verify: sleep 30}\n")
+    path = plan("  - {id: t, verify: sleep 30.283}\n")
     proc = subprocess.Popen([PYTHON, "-m", "engine.cli.orchestrator", "run", "--quiet", path], cwd=repo, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -209,9 +209,9 @@ def test_abort_during_qa_leaves_the_task_to_verify_again_uncounted(orch, project
         proc.kill()
     t = progress()["tasks"]["t"]
     assert t["status"] == "executed" and not t.get("retry_count") and not t.get("slot")
-    assert subprocess.run(["pgrep", "-f", "sleep 30"], capture_output=True).returncode == 1  # the check is gone
-    with open(path, "w") as fh:
-        fh.write(open(path).read() if False else f"base: main\nagent: {PYTHON} {AGENT}\ntasks:\n  - {{id: t}}\n")
+    assert subprocess.run(["pgrep", "-f", "sleep 30.283"], capture_output=True).returncode == 1  # the check is gone
+    with open(path, "w") as fh:  # the slow check was the point; resume with a quick one (adopted)
+        fh.write(f"base: main\nagent: {PYTHON} {AGENT}\ntasks:\n  - {{id: t}}\n")
     r = orch("resume", "--adopt-plan")
     assert r.code == 0, r
     assert progress()["tasks"]["t"]["status"] == "merged"
