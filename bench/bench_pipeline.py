@@ -42,7 +42,7 @@ def timed_run(base, name, max_agents):
 def decompose_10k(base):
     from engine import plan as plans
     from engine.paths import Layout
-    from engine.runner import Options, Run
+    from engine.context import Options, RunContext
 
     rng = random.Random(1)
     path = os.path.join(base, "big.yaml")
@@ -56,13 +56,12 @@ def decompose_10k(base):
     load_time = time.perf_counter() - start
     root = os.path.join(base, "big")
     os.makedirs(os.path.join(root, ".claude"))
-    run = Run(Layout(root), Options(quiet=True))
-    run.progress.update(lambda d: d.update(plan_file=path, base="main"))
+    ctx = RunContext(Layout(root), Options(quiet=True))
+    ctx.progress.update(lambda d: d.update(plan_file=path, base="main"))
     from states import decompose
 
     start = time.perf_counter()
-    run._plan = None
-    decompose.handle(run)
+    decompose.handle(ctx)
     handler_time = time.perf_counter() - start
     return load_time, handler_time, len(p.groups)
 
