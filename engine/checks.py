@@ -40,7 +40,7 @@ class Checks:
         task = ctx.plan.tasks[task_id]
         if not task.verify:
             return Verdict("APPROVED", "no verify command")
-        output = ctx.log_path(task_id, f"qa-{attempt}.log")
+        output = ctx.layout.qa_log(task_id, attempt)
         try:
             result = procs.run_command(task.verify, path, output_path=output, timeout=ctx.settings.qa_timeout,
                                        header=f"=== verify {task_id} attempt {attempt}: {task.verify}",
@@ -64,7 +64,7 @@ class Checks:
         ctx = self.ctx
         command = ctx.plan.e2e
         commit = git.branch_commit(ctx.repo, ctx.base)
-        output = os.path.join(ctx.layout.claude, "auto-logs", f"e2e-{label}.log")
+        output = ctx.layout.e2e_log(label)
         tmp = tempfile.mkdtemp(prefix="orchestrator-e2e-")
         path = os.path.join(tmp, "base")
         try:

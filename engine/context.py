@@ -13,7 +13,6 @@ calls or subprocesses themselves; they act through these:
 Everything is built lazily, so a handler that needs no pool never touches git.
 """
 
-import os
 import threading
 
 from engine import store
@@ -123,9 +122,9 @@ class RunContext:
         ids = self.scope_tasks() if task_ids is None else task_ids
         return [t for t in ids if status_of(tasks.get(t)) in statuses]
 
-    def log_path(self, task_id, kind="log"):
-        """.claude/auto-logs/TASK.log, or TASK.<kind> (attempt-N.exit, qa-N.log, ...)."""
-        return os.path.join(self.layout.claude, "auto-logs", f"{task_id}.{kind}")
+    def log_path(self, task_id):
+        """.claude/auto-logs/TASK.log: every attempt's agent output, appended."""
+        return self.layout.task_log(task_id)
 
     # ------------------------------------------------------------------ operations
     @property

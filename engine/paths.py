@@ -116,6 +116,14 @@ class Layout:
         """The exit-status trailer of attempt N of TASK_ID."""
         return os.path.join(self.logs, f"{task_id}.attempt-{attempt}.exit")
 
+    def qa_log(self, task_id, attempt):
+        """The verify output of attempt N of TASK_ID."""
+        return os.path.join(self.logs, f"{task_id}.qa-{attempt}.log")
+
+    def e2e_log(self, label):
+        """The e2e command's output for a group (or a scope of groups)."""
+        return os.path.join(self.logs, f"e2e-{label}.log")
+
     def rel(self, path):
         """A path relative to the root, as the contract prints them (`.claude/...`)."""
         return os.path.relpath(path, self.root)

@@ -15,7 +15,7 @@ from engine import store
 
 class Progress:
     def __init__(self, layout):
-        self.path = os.path.join(layout.claude, "auto-progress.yaml")
+        self.path = layout.progress
         self._lock = threading.RLock()
         self._holder = None  # the thread inside `locked()`, which already holds the file lock
         self._cache = (None, None)

@@ -36,17 +36,16 @@ def plan_digest(path):
 
 class RunLock:
     def __init__(self, layout):
-        self.path = os.path.join(layout.claude, "orchestrator.lock")
+        self.path = layout.run_lock
         self.fd = None
 
     def __enter__(self):
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.fd = store.open_fd(self.path, os.O_RDWR | os.O_CREAT)  # never through a planted link
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self.fd)
-            raise OrchestratorError("ERROR: another orchestrator is running in this project "
+            raise OrchestratorError("another orchestrator is running in this project "
                                     "(see `orchestrator status`; `orchestrator abort` stops it)") from None
         return self
 
@@ -104,7 +103,7 @@ def _executor(layout, plan_path, options):
 
     data = plans.read(plan_path)
     wants_ray = options.executor == "ray" or data.get("executor") == "ray" or \
-        (store.load_yaml_mapping(os.path.join(layout.claude, "auto-context.yaml"))[0] or {}).get("executor") == "ray"
+        (store.load_yaml_mapping(layout.context)[0] or {}).get("executor") == "ray"
     if not wants_ray:
         return "local"
     from engine import ray_executor

@@ -229,7 +229,7 @@ class Scheduler:
                "TASK_ATTEMPT": str(n), "TASK_FILES": "\n".join(task.files), "TASK_VERIFY": task.verify or "",
                "ORCHESTRATOR_ROOT": ctx.layout.root}
         return Attempt(task_id=task_id, n=n, command=command, cwd=path, env=env, log_path=ctx.log_path(task_id),
-                       exit_path=ctx.log_path(task_id, f"attempt-{n}.exit"),
+                       exit_path=ctx.layout.attempt_exit(task_id, n),
                        timeout=task.timeout or ctx.settings.agent_timeout, branch=task.branch, base=ctx.base,
                        base_commit=entry.get("base_commit"), run_id=ctx.progress.load().get("run_id"),
                        entry=entry, layout=ctx.layout, cancel=ctx.cancel,

@@ -24,6 +24,6 @@ def handler_for(state):
     try:
         module = HANDLERS[state]
     except KeyError:
-        raise OrchestratorError(f"ERROR: the pipeline has no step for state {state}; "
+        raise OrchestratorError(f"the pipeline has no step for state {state}; "
                                 "start with `orchestrator run PLAN`") from None
     return importlib.import_module(module).handle

@@ -5,8 +5,6 @@ before leaving DECOMPOSE, so a resumed run never plans twice.
 Re-entrant: statuses already recorded for the same plan are kept, so a resumed run never
 redoes finished work."""
 
-import os
-
 from engine import statefile
 
 
@@ -46,7 +44,7 @@ def _plan_the_goal(ctx, data):
     from engine import planner
     from engine.plan import check_for_run, digest
 
-    output = os.path.join(ctx.layout.claude, "auto-plan.yaml")
+    output = ctx.layout.plan
     path = planner.plan_once(ctx.layout.root, data["goal"], output, agent=ctx.options.planner,
                              max_agents=ctx.settings.max_agents, reporter=ctx.reporter)
     agent = data.get("agent")
