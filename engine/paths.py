@@ -68,6 +68,17 @@ def project_root(cwd=None):
         here = parent
 
 
+def task_worktree_base(env=None):
+    """setup-worktree's base: AUTO_WORKTREE_BASE, else ${TMPDIR:-/tmp}/auto-worktrees-<uid>
+    (trailing / stripped). Shared with other users' processes when in /tmp, so it is used only
+    when it is ours and private (engine.store.private_dir)."""
+    env = os.environ if env is None else env
+    if env.get("AUTO_WORKTREE_BASE"):
+        return os.path.abspath(env["AUTO_WORKTREE_BASE"].rstrip("/") or "/")
+    tmp = (env.get("TMPDIR") or "/tmp").rstrip("/") or "/"
+    return os.path.join(os.path.abspath(tmp), f"auto-worktrees-{os.getuid()}")
+
+
 class Layout:
     """Every path the engine uses, derived from one project root (and, for the pool, the
     POOL_DIR / POOL_STATE_FILE environment variables the contract names). Nothing else in the
@@ -108,9 +119,13 @@ class Layout:
         return (os.path.normpath(os.path.join(self.root, pool_dir)),
                 os.path.normpath(os.path.join(self.root, state)))
 
-    def task_log(self, task_id):
-        """The agent output of every attempt of TASK_ID (appended)."""
-        return os.path.join(self.logs, f"{task_id}.log")
+    def task_log(self, task_id, kind="log"):
+        """`auto-logs/TASK.log` (agent output of every attempt, appended) or `TASK.<kind>`
+        (`attempt-N.exit`, `attempt-N.jsonl`, `qa-N.log`, ...)."""
+        return os.path.join(self.logs, f"{task_id}.{kind}")
+
+    def e2e_log(self, label):
+        return os.path.join(self.logs, f"e2e-{label}.log")
 
     def attempt_exit(self, task_id, attempt):
         """The exit-status trailer of attempt N of TASK_ID."""

@@ -22,12 +22,11 @@ from engine.paths import Layout
 
 # The names a checkpoint stores its copies under (the manifest's keys); where each lives is
 # the layout's business (POOL_STATE_FILE can move the pool state).
-FILES = ("auto-state-machine.yaml", "auto-progress.yaml", "pool-state.json")
+FILES = STATE, PROGRESS, POOL = ("auto-state-machine.yaml", "auto-progress.yaml", "pool-state.json")  # manifest names
 
 
 def _sources(layout):
-    return {"auto-state-machine.yaml": layout.state_file, "auto-progress.yaml": layout.progress,
-            "pool-state.json": layout.pool_state}
+    return {STATE: layout.state_file, PROGRESS: layout.progress, POOL: layout.pool_state}
 MANIFEST = "manifest.json"
 _ID = re.compile(r"cp-\d{8}-\d{6}(-\d+)?")
 
@@ -58,7 +57,7 @@ class Snapshots:
     def _branches(self, contents):
         """Branch -> tip for the branches named by the pool and progress files."""
         names = set()
-        pool = contents.get("pool-state.json")
+        pool = contents.get(POOL)
         if pool:
             try:
                 for slot in json.loads(pool).get("worktrees", []):
@@ -66,10 +65,10 @@ class Snapshots:
                         names.add(slot["branch"])
             except (ValueError, AttributeError):
                 pass
-        progress = contents.get("auto-progress.yaml")
+        progress = contents.get(PROGRESS)
         if progress:
             try:
-                data = store.parse_yaml(progress.decode("utf-8", "replace"), "auto-progress.yaml") or {}
+                data = store.parse_yaml(progress.decode("utf-8", "replace"), PROGRESS) or {}
             except OrchestratorError:
                 data = {}
             tasks = data.get("tasks") if isinstance(data, dict) else None

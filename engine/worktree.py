@@ -8,7 +8,7 @@ import subprocess
 
 from engine import git, store
 from engine.errors import GitError, OrchestratorError
-from engine.paths import CONTEXT_REL, PROFILE_REL, Layout
+from engine.paths import CLAUDE_DIR, CONTEXT_REL, PROFILE_REL, Layout, task_worktree_base
 from engine.ui import warn
 
 # Files from the main `.claude/` an agent expects in its worktree (CONTRACT.md §2.2, §2.3).
@@ -85,7 +85,7 @@ def never_copied(root, rel, never=()):
     the engine's files under `.claude/`, and the paths in `never` (a directory and all under
     it, or a file and its `<file>.*` companions such as locks)."""
     parts = rel.replace(os.sep, "/").split("/")
-    if ".git" in parts or (parts[0] == ".claude" and (len(parts) < 2 or parts[1] not in CLAUDE_USER_FILES)):
+    if ".git" in parts or (parts[0] == CLAUDE_DIR and (len(parts) < 2 or parts[1] not in CLAUDE_USER_FILES)):
         return True
     path = os.path.join(root, rel)
     for other in never:
@@ -128,7 +128,7 @@ def copy_into(root, worktree, extra=(), never=()):
             continue
         store.copy_file(src, os.path.join(worktree, rel))
         copied.append(rel)
-        if rel in wanted or rel.startswith(".claude" + os.sep):
+        if rel in wanted or rel.startswith(CLAUDE_DIR + os.sep):
             exclude_from_status(root, rel, directory=False)
     return copied
 
@@ -196,12 +196,8 @@ def commit_leftovers(path, message, known_dirty=None):
 
 # --------------------------------------------------------------------------- setup-worktree
 def temp_base(env=None):
-    """AUTO_WORKTREE_BASE, else ${TMPDIR:-/tmp}/auto-worktrees-<uid> (trailing / stripped)."""
-    env = os.environ if env is None else env
-    if env.get("AUTO_WORKTREE_BASE"):
-        return os.path.abspath(env["AUTO_WORKTREE_BASE"].rstrip("/") or "/")
-    tmp = (env.get("TMPDIR") or "/tmp").rstrip("/") or "/"
-    return os.path.join(os.path.abspath(tmp), f"auto-worktrees-{os.getuid()}")
+    """AUTO_WORKTREE_BASE, else ${TMPDIR:-/tmp}/auto-worktrees-<uid> (see engine.paths)."""
+    return task_worktree_base(env)
 
 
 def generate_task_id():
