@@ -13,8 +13,9 @@ if [ -d "$root/engine" ]; then  # 1. the checkout this file sits in: its .venv, 
     export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
     if [ -x "$root/.venv/bin/python" ]; then run "$root/.venv/bin/python"; fi
 fi
-if [ -n "${CLAUDE_PLUGIN_DATA:-}" ] && [ -x "$CLAUDE_PLUGIN_DATA/venv/bin/python" ]; then
-    run "$CLAUDE_PLUGIN_DATA/venv/bin/python"  # 2. the plugin's virtualenv
+data="${CLAUDE_PLUGIN_DATA:-}"  # 2. the plugin's virtualenv, once its SessionStart hook finished it
+if [ -n "$data" ] && [ -x "$data/venv/bin/python" ] && [ -f "$data/venv/.plugin-version" ]; then
+    run "$data/venv/bin/python"
 fi
 found="$(command -v "$console" 2>/dev/null || true)"  # 3. the console script on PATH
 if [ -n "$found" ] && [ "$(readlink -f "$found")" != "$self" ]; then exec "$found" "$@"; fi

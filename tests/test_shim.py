@@ -150,6 +150,9 @@ def test_copied_alone_from_the_plugin_data_virtualenv(tmp_path, name):
     script, work = alone(tmp_path, name)
     env = dict(bare_env([]), CLAUDE_PLUGIN_DATA=str(data))
     r = run(["bash", script, "help"], work, env)
+    assert r.returncode == 127  # a venv the hook has not finished (no .plugin-version) is not used
+    (data / "venv" / ".plugin-version").write_text("1\n")
+    r = run(["bash", script, "help"], work, env)
     check_first(r, name)
 
 
