@@ -134,6 +134,7 @@ class CommandResult:
     timeout: float = None
     pid: int = None
     output_limited: bool = False  # stopped because its output passed `max_output` bytes
+    output_end: int = None  # offset where it ends (None: the end of the file)
 
     @property
     def ok(self):
@@ -257,6 +258,8 @@ def run_command(command, cwd, *, env=None, output_path, timeout=None, header=Non
         if result.code != 0 and cancel is not None and cancel.is_set():
             result.code, result.interrupted = INTERRUPTED, True
     result.duration = time.monotonic() - started
+    with contextlib.suppress(OSError):
+        result.output_end = os.path.getsize(output_path)  # its tree is gone: nothing writes any more
     return result
 
 
@@ -314,13 +317,14 @@ def sweep(marker, grace=1.0, rounds=200):
 
 
 # --------------------------------------------------------------------------- what to show
-def tail_text(path, max_lines=40, max_bytes=8000, start=0):
+def tail_text(path, max_lines=40, max_bytes=8000, start=0, end=None):
     """The end of a command's output: at most `max_lines` lines and about `max_bytes` bytes
-    from offset `start` on, NUL bytes shown as `\\0`; a note says when earlier output was cut.
-    Reads only the tail, whatever the file's size."""
+    between offsets `start` and `end` (None: the end of the file), NUL bytes shown as `\\0`;
+    a note says when earlier output was cut. Reads only the tail, whatever the file's size."""
     try:
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
+            size = size if end is None else min(end, size)
             begin = max(start, size - max_bytes)
             fh.seek(begin)
             data = fh.read(size - begin)
@@ -335,6 +339,20 @@ def tail_text(path, max_lines=40, max_bytes=8000, start=0):
         lines, cut = lines[-max_lines:], True
     body = "\n".join(lines)
     return f"[… earlier output cut]\n{body}" if cut and body else body
+
+
+def output_contains(result, needle, max_bytes=16 * 1024 * 1024):
+    """Whether this command's own output (from `result.output_start`, so neither the header
+    line, which echoes the command, nor earlier runs in the same file) holds `needle`, looking
+    at no more than its first `max_bytes`."""
+    try:
+        with open(result.output_path, "rb") as fh:
+            fh.seek(result.output_start)
+            if result.output_end is not None:
+                max_bytes = min(max_bytes, max(0, result.output_end - result.output_start))
+            return needle.encode("utf-8", "surrogateescape") in fh.read(max_bytes)
+    except OSError:
+        return False
 
 
 def _short(command, limit=200):
@@ -363,6 +381,6 @@ def describe(result, command):
 def feedback(result, command, max_lines=40, max_bytes=8000):
     """What to tell an agent or a person about a command's run: which command ended how, then
     the tail of its output. Bounded, and never empty."""
-    tail = tail_text(result.output_path, max_lines, max_bytes, start=result.output_start)
+    tail = tail_text(result.output_path, max_lines, max_bytes, start=result.output_start, end=result.output_end)
     head = describe(result, command)
     return f"{head}; its output ends:\n{tail}" if tail.strip() else f"{head} and printed nothing"

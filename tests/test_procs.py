@@ -118,10 +118,12 @@ def test_silent_failure_feedback_names_the_command_and_code(tmp_path):
 
 def test_feedback_only_shows_this_commands_output(tmp_path):
     log = str(tmp_path / "agent.log")
-    run_command("echo first-run-output", str(tmp_path), output_path=log)
+    first = run_command("echo first-run-output", str(tmp_path), output_path=log)
     result = run_command("echo second; exit 1", str(tmp_path), output_path=log, header="=== 2")
     text = feedback(result, "echo second; exit 1")
     assert "second" in text and "first-run-output" not in text and "=== 2" not in text
+    earlier = feedback(first, "echo first-run-output")  # asked for after the file grew
+    assert "first-run-output" in earlier and "second" not in earlier
     assert "first-run-output" in open(log).read()  # appended, not replaced
 
 
@@ -350,3 +352,14 @@ def test_stopped_by_abort_while_cancelled_is_interrupted_not_failed(tmp_path):
     result = run_command(f"echo $$ > child.pid; sleep {LONG}", str(tmp_path), output_path=str(tmp_path / "o.log"),
                          cancel=cancel, on_start=lambda pid, start: started.update(pid=pid, start=start))
     assert result.interrupted and result.code == INTERRUPTED
+
+
+def test_output_contains_looks_at_this_commands_output_only(tmp_path):
+    """The header echoes the command, so `echo ALL-OK >/dev/null` must not count as ALL-OK."""
+    log = str(tmp_path / "qa.log")
+    run_command("echo ALL-OK", str(tmp_path), output_path=log)  # an earlier run in the same file
+    quiet = run_command("echo ALL-OK > /dev/null", str(tmp_path), output_path=log, header="=== echo ALL-OK")
+    loud = run_command("echo ALL-OK", str(tmp_path), output_path=log, header="=== echo ALL-OK")
+    from engine.procs import output_contains
+
+    assert not output_contains(quiet, "ALL-OK") and output_contains(loud, "ALL-OK")
