@@ -56,8 +56,7 @@ class MergeQueue:
                                                     already=True)
             if not order:
                 return results
-            for task_id in order:
-                ctx.tasks.fire(task_id, "merge")
+            ctx.tasks.fire_all([(t, "merge", {}, None) for t in order])
             branches = merge.order_by_dependencies(
                 [plan.tasks[t].branch for t in order],
                 {plan.tasks[t].branch: [plan.tasks[d].branch for d in plan.tasks[t].all_deps] for t in order})
@@ -67,19 +66,15 @@ class MergeQueue:
             try:
                 report = merge.merge_branches(ctx.repo, ctx.base, branches, delete_merged=False)
             except BaseException:
-                for task_id in order:  # nothing moved: the base moves in one step or not at all
-                    ctx.tasks.fire(task_id, "merge_interrupt")
+                # nothing moved (the base moves in one step or not at all)
+                ctx.tasks.fire_all([(t, "merge_interrupt", {}, None) for t in order])
                 raise
             if report.error:
-                for task_id in order:
-                    if ctx.tasks.status(task_id) == S.MERGING:
-                        ctx.tasks.fire(task_id, "merge_interrupt")
+                ctx.tasks.fire_all([(t, "merge_interrupt", {}, None) for t in order])
                 raise OrchestratorError(f"{report.error}; then `orchestrator resume`")
             crashpoint("merge-moved")
             head = report.new_commit or git.branch_commit(ctx.repo, ctx.base)
-            for branch in report.merged:
-                results[by_branch[branch]] = self._merged(by_branch[branch], branch, head,
-                                                          already=branch in report.already)
+            results.update(self._merged_all([(by_branch[b], b) for b in report.merged], head, report.already))
             for branch, reason, files in report.failed:
                 task_id = by_branch[branch]
                 if reason == "conflicts":
@@ -92,13 +87,22 @@ class MergeQueue:
             return results
 
     def _merged(self, task_id, branch, head, already=False):
+        return self._merged_all([(task_id, branch)], head, [branch] if already else [])[task_id]
+
+    def _merged_all(self, merged, head, already=()):
+        """Record merged tasks [(task, branch)] in one write, then drop their branches."""
         ctx = self.ctx
-        status = ctx.tasks.fire(task_id, "merged", merged_commit=head, completed_at=store.utc_now())
-        # The base contains the branch now: the safe delete (git itself keeps a branch a slot
+        if not merged:
+            return {}
+        stamp = store.utc_now()
+        statuses = ctx.tasks.fire_all([(t, "merged", {"merged_commit": head, "completed_at": stamp}, None)
+                                       for t, _ in merged])
+        # The base contains the branches now: the safe delete (git itself keeps a branch a slot
         # still has checked out; that slot's release deletes it)
-        git.delete_branch(ctx.repo, branch, check=False)
-        ctx.reporter.task(task_id, "merged" + (" (already in the base)" if already else ""))
-        return status
+        git.delete_branch(ctx.repo, *[b for _, b in merged], check=False)
+        for task_id, branch in merged:
+            ctx.reporter.task(task_id, "merged" + (" (already in the base)" if branch in already else ""))
+        return {t: s for (t, _), s in zip(merged, statuses)}
 
     def _conflicted(self, task_id, files):
         ctx = self.ctx

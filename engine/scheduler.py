@@ -306,9 +306,10 @@ class Scheduler:
             if problem:
                 ctx.tasks.record_attempt(task_id, n, outcome="failed", reason=problem, **done)
                 raise TaskFailure(problem)
-            ctx.tasks.fire(task_id, "agent_done", pid=None, elapsed=elapsed, attempt=dict(done, n=n, outcome="executed"))
             ctx.reporter.task(task_id, f"agent done in {result.duration:.1f}s")
-            self._verify(task_id, fresh=path)  # straight on, without looking at the checkout twice
+            # straight on to QA: one write records both events, the checkout is not looked at twice
+            self._verify(task_id, fresh=path, done=(task_id, "agent_done", {"pid": None, "elapsed": elapsed},
+                                                    dict(done, n=n, outcome="executed")))
             return
         why = f"timed out after {result.duration:.0f}s" if result.timed_out else \
             (result.reason or f"exit {result.exit_code}")
@@ -336,16 +337,17 @@ class Scheduler:
                 return f"the agent left {task.branch} (its checkout is on {where}); its work is kept there"
             if worktree.commit_leftovers(path, f"{task_id}: uncommitted work left by the agent"):
                 ctx.reporter.task(task_id, "committed what the agent left uncommitted")
-        if not git.branch_exists(ctx.repo, task.branch):
+        ahead = git.unique_commits(ctx.repo, task.branch, f"refs/heads/{ctx.base}")  # None: no branch
+        if ahead is None:
             return f"the attempt left no branch {task.branch}"
-        if not getattr(task, "allow_empty", False) and \
-                git.unique_commits(ctx.repo, task.branch, f"refs/heads/{ctx.base}") == 0:
+        if ahead == 0 and not task.allow_empty:
             return "no changes: the agent exited 0 without committing anything beyond the base"
         return None
 
-    def _verify(self, task_id, fresh=None):
+    def _verify(self, task_id, fresh=None, done=None):
         """QA on the committed tip of the task's branch. FRESH is the checkout `_check_work`
-        has just looked at (right after the agent); otherwise it is checked here."""
+        has just looked at (right after the agent), DONE the agent's event to record with the
+        start of QA; otherwise the checkout is checked here."""
         ctx = self.ctx
         task = self.plan.tasks[task_id]
         n = int(ctx.tasks.entry(task_id).get("iterations") or 1)
@@ -355,7 +357,7 @@ class Scheduler:
             if not git.is_worktree_on(path, task.branch):
                 raise TaskFailure(f"its checkout is no longer on {task.branch}")
             worktree.commit_leftovers(path, f"{task_id}: uncommitted work left by the agent")
-        ctx.tasks.fire(task_id, "verify")
+        ctx.tasks.fire_all(([done] if done else []) + [(task_id, "verify", {}, None)])
         verdict = ctx.checks.verify(task_id, path, n)
         ctx.journal.append("qa-result", task=task_id, verdict=verdict.verdict)
         stamp = store.utc_now()

@@ -158,20 +158,29 @@ class TaskBook:
     def fire(self, task_id, trigger, attempt=None, **fields):
         """Move TASK_ID by TRIGGER, set FIELDS with it (and, with ATTEMPT = {"n": N, ...},
         record attempt N in the same write); returns the new status."""
+        return self.fire_all([(task_id, trigger, fields, attempt)])[0]
+
+    def fire_all(self, events):
+        """Several events [(task, trigger, fields, attempt or None)], applied in order as one
+        write of the progress file (all or none) and one journal record each; the new statuses."""
         def change(data):
-            entry = data.setdefault("tasks", {}).setdefault(task_id, {})
-            source = status_of(entry)
-            dest = next_status(source, trigger)
-            entry.update(fields)
-            entry["status"] = dest.value
-            if attempt:
-                _record(data, task_id, dict(attempt))
-            return source, dest
+            moves = []
+            for task_id, trigger, fields, attempt in events:
+                entry = data.setdefault("tasks", {}).setdefault(task_id, {})
+                source = status_of(entry)
+                dest = next_status(source, trigger)
+                entry.update(fields)
+                entry["status"] = dest.value
+                if attempt:
+                    _record(data, task_id, dict(attempt))
+                moves.append((task_id, trigger, source, dest))
+            return moves
 
         with self.progress.locked():
-            source, dest = self.progress.update(change)
-            self.journal.append("task", task=task_id, src=source.value, dst=dest.value, trigger=trigger)
-        return dest
+            moves = self.progress.update(change)
+            for task_id, trigger, source, dest in moves:
+                self.journal.append("task", task=task_id, src=source.value, dst=dest.value, trigger=trigger)
+        return [dest for _, _, _, dest in moves]
 
     def setback(self, task_id, kind, reason, **fields):
         """The retry policy. An agent failure ("agent"), a QA rejection ("qa") or a merge
