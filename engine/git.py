@@ -168,14 +168,16 @@ def checked_out_at(repo, branch, listing=None):
     return None
 
 
-_HALF_WRITTEN_WORKTREE = re.compile(r"failed to read .*worktrees/[^/]+/(commondir|gitdir)")
+# (`locked` too: `worktree add` creates it while it initializes and removes it once done)
+_HALF_WRITTEN_WORKTREE = re.compile(r"failed to read .*worktrees/[^/]+/(commondir|gitdir|locked)")
 
 
 def worktrees(repo):
     """`git worktree list --porcelain`, parsed: [{path, head, branch, detached, locked, prunable}].
 
     A `worktree add` running concurrently writes its admin files non-atomically, and a list at
-    that instant fails ("failed to read .../commondir: Success"): that is retried."""
+    that instant fails ("failed to read .../commondir: Success", ".../locked: No such file"):
+    that is retried."""
     for attempt in range(8):
         proc = run(repo, "worktree", "list", "--porcelain", check=False)
         if proc.returncode == 0 or not _HALF_WRITTEN_WORKTREE.search(proc.stderr or ""):
