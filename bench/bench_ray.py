@@ -1,9 +1,11 @@
 """The Ray executor against the local one, in the same run, on a real two-node cluster started
 here (tests/ray/ray_cluster.py; needs `pip install '.[ray]'`):
 
-1. 16 tasks whose agent sleeps 1 s and commits a file, 8 at a time: each attempt on the Ray
-   backend (push the start, submit, stream the log, fetch the result into auto/TASK) vs the
-   local `run_agent` in a worktree of the same repository. Ratio = Ray time / local time.
+0. The pipeline: `orchestrator run` of 16 tasks whose agent sleeps 1 s and commits a file,
+   max_agents 8, with `executor: ray` vs the local executor. Ratio = Ray time / local time.
+1. The same 16 attempts on the backends alone, 8 at a time: the Ray backend (push the start,
+   submit, stream the log, fetch the result into auto/TASK) vs the local `run_agent` in a
+   worktree of the same repository.
 2. Per-attempt overhead of one attempt whose agent is `true`: Ray submit -> result vs local,
    split into the submission call, submit -> running, and the whole attempt.
 3. Re-attach: `recover()` of an attempt whose job already finished (what a resumed
@@ -77,6 +79,28 @@ def local_attempt(repo, task, command=AGENT, sleep="1"):
     return result
 
 
+def pipeline(base, name, tasks, parallel, executor, address=None):
+    """Seconds for `orchestrator run --all-groups` of TASKS one-second demo tasks."""
+    import yaml
+
+    repo, remote = make_repo(base, name)
+    os.makedirs(os.path.join(repo, ".claude"), exist_ok=True)
+    with open(os.path.join(repo, ".claude", "auto-context.yaml"), "w") as fh:
+        fh.write(f"parallelization:\n  max_agents: {parallel}\n  min_tasks: 2\n")
+    plan = {"base": "main", "agent": "DEMO_AGENT_SLEEP=1 python3 -m engine.demo_agent", "executor": executor,
+            "tasks": [{"id": f"t{i}", "description": f"task {i}"} for i in range(tasks)]}
+    if executor == "ray":
+        plan["ray"] = {"address": address, "remote": remote, "resources": {"agent": 1}, "num_cpus": 0}
+    path = os.path.join(base, name + "-plan.yaml")
+    with open(path, "w") as fh:
+        yaml.safe_dump(plan, fh)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "engine.cli.orchestrator", "run", "--all-groups", "--quiet", path],
+                   cwd=repo, env=env, check=True)
+    return time.perf_counter() - start
+
+
 def many(fn, tasks, parallel):
     start = time.perf_counter()
     with ThreadPoolExecutor(parallel) as pool:
@@ -101,13 +125,18 @@ def main():
     cluster = LocalCluster(head_agents=args.parallel - args.parallel // 3, node_agents=args.parallel // 3).start()
     print(f"cluster (head + second node) up in {time.perf_counter() - t0:.1f} s")
     try:
+        print(f"\npipeline: orchestrator run, {args.tasks} tasks x 1 s agent, max_agents {args.parallel}")
+        local = pipeline(base, "p-local", args.tasks, args.parallel, "local")
+        ray = pipeline(base, "p-ray", args.tasks, args.parallel, "ray", cluster.address)
+        print(f"  local executor   {local:7.2f} s")
+        print(f"  Ray executor     {ray:7.2f} s   Ray / local = {ray / local:.2f}x")
         repo, remote = make_repo(base, "ray")
         backend = RayBackend(RayConfig(address=cluster.address, remote=remote, resources={"agent": 1}, num_cpus=0),
                              repo)
         backend.check()
         lrepo, _ = make_repo(base, "local")
         tasks = [f"t{i}" for i in range(args.tasks)]
-        print(f"\n{args.tasks} tasks x 1 s agent, {args.parallel} at a time")
+        print(f"\nbackends alone: {args.tasks} attempts x 1 s agent, {args.parallel} at a time")
         local = many(lambda t: local_attempt(lrepo, t), tasks, args.parallel)
         ray = many(lambda t: backend.run_attempt(Attempt(repo, t, "python3 -m engine.demo_agent")), tasks,
                    args.parallel)

@@ -182,8 +182,8 @@ class RayBackend:
                     raise RayExecutorError("ERROR: executor ray needs Ray: pip install 'parallel-orchestrator[ray]'")
                 import logging
 
-                for name in ("ray", "ray.dashboard"):  # its INFO lines ("Uploading package ...") are not ours
-                    logging.getLogger(name).setLevel(logging.WARNING)
+                # after the import (which configures Ray's logging): its INFO lines are not ours
+                logging.getLogger("ray").setLevel(logging.WARNING)
                 try:
                     self._client = JobSubmissionClient(self.config.address)
                 except Exception as exc:  # ConnectionError, or a version mismatch (RuntimeError)

@@ -16,7 +16,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass, field
 
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 GCS_PORT = 6390
@@ -115,38 +114,24 @@ class LocalCluster:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-@dataclass
-class Attempt:
-    """The fields the scheduler hands a backend (engine.executor.Attempt), recorded into a real
-    progress file."""
-    task_id: str
-    n: int
-    command: str
-    env: dict
-    log_path: str
-    timeout: float
-    branch: str
-    base: str
-    base_commit: str
-    run_id: str
-    progress: object = None
-    entry: dict = field(default_factory=dict)
-    cwd: str = None
-    exit_path: str = None
-
-    def record(self, **fields):
-        self.progress.set_task(self.task_id, **fields)
-
-
 def make_attempt(root, task, n=1, command="python3 -m engine.demo_agent", env=None, timeout=120, run_id="run-t"):
+    """The scheduler's engine.executor.Attempt for TASK, recording into a real progress file."""
+    import threading
+
+    from engine.executor import Attempt
     from engine.paths import Layout
-    from tests.conftest import git
     from engine.progress import Progress
+    from tests.conftest import git
 
     layout = Layout(str(root))
     progress = Progress(layout)
     base = git(root, "rev-parse", "main")
     data = {"TASK_ID": task, "TASK_ATTEMPT": str(n), "TASK_DESCRIPTION": f"task {task}", "BASE": "main",
             "DEMO_AGENT_SLEEP": "0.2", **(env or {})}
-    return Attempt(task, n, command, data, os.path.join(layout.claude, "auto-logs", f"{task}.log"), timeout,
-                   f"auto/{task}", "main", base, run_id, progress, progress.task(task))
+    logs = os.path.join(layout.claude, "auto-logs")
+    attempt = Attempt(task, n, command, None, data, os.path.join(logs, f"{task}.log"),
+                      os.path.join(logs, f"{task}.attempt-{n}.exit"), timeout, f"auto/{task}", "main", base, run_id,
+                      entry=progress.task(task), layout=layout, cancel=threading.Event(),
+                      record=lambda **fields: progress.set_task(task, **fields))
+    attempt.progress = progress
+    return attempt

@@ -133,17 +133,21 @@ def test_a_recorded_id_the_cluster_does_not_know_is_not_reattached(cluster, repo
     assert backend(cluster, repo, remote).recover(attempt) is None
 
 
-def test_stop_ends_the_job_and_its_agent(cluster, repo, remote, tmp_path):
+@pytest.mark.parametrize("how", ["stop", "cancel"])
+def test_stop_or_cancel_ends_the_job_and_its_agent(cluster, repo, remote, tmp_path, how):
     pidfile = tmp_path / "agent.pid"
     b = backend(cluster, repo, remote)
-    attempt = make_attempt(repo, "t7", command=f"echo $$ > {pidfile}; exec sleep 120")
+    attempt = make_attempt(repo, "t7", command=f"echo $$ > {pidfile}; exec sleep 120", run_id=f"run-{how}")
     out = {}
     thread = threading.Thread(target=lambda: out.update(result=b.run_attempt(attempt)))
     thread.start()
     wait_until(lambda: lines(pidfile), what="the agent to start")
     pid = int(lines(pidfile)[0])
     started = time.time()
-    assert b.stop() == ["run-t-t7-attempt-1"]
+    if how == "stop":  # orchestrator abort / Ctrl-C: the scheduler stops the backend's attempts
+        assert b.stop() == ["run-stop-t7-attempt-1"]
+    else:  # the attempt's cancel event (the scheduler's)
+        attempt.cancel.set()
     thread.join(60)
     assert not thread.is_alive()
     assert out["result"].interrupted and out["result"].exit_code != 0
