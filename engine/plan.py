@@ -152,13 +152,23 @@ def _kind(value):
 
 
 def agent_field(value, where):
-    """The agent of a plan or a task: a shell command string, or None when not given.
+    """The agent of a plan or a task: a shell command string, a preset (`claude`, or a mapping
+    `{preset: claude, model: ..., ...}` checked by engine.claude), or None when not given.
 
-    Kept in one function so another form of the field (e.g. a preset mapping) changes only this."""
+    Kept in one function so another form of the field changes only this."""
     if value is None:
         return None
+    if isinstance(value, dict):
+        from engine import claude
+
+        try:
+            claude.options_from(value, f"{where}: `agent`")
+        except OrchestratorError as exc:
+            raise PlanError(exc.line) from None
+        return value
     if not isinstance(value, str):
-        raise PlanError(f"ERROR: {where}: `agent` must be a command string, got {_kind(value)}")
+        raise PlanError(f"ERROR: {where}: `agent` must be a command string, got {_kind(value)} "
+                        "(or a preset mapping: {preset: claude, ...})")
     if "\0" in value:
         raise PlanError(f"ERROR: {where}: `agent` contains a NUL byte")
     return value if value.strip() else None

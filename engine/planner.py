@@ -120,7 +120,8 @@ class Planner:
             raise OrchestratorError("ERROR: planner retries must be a non-negative integer")
         self.retries = retries
         self.max_agents = max_agents
-        self.say = reporter or (lambda line: None)
+        # a callable taking one line, or a view.Reporter (its `line`)
+        self.say = getattr(reporter, "line", reporter) or (lambda line: None)
         self.timeout = timeout
         self.logs = os.path.join(root, ".claude", "auto-logs", "planner")
         self.state_path = os.path.join(self.logs, "state.json")
