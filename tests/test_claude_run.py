@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
@@ -17,6 +16,7 @@ import yaml
 from engine import demo
 from tests.conftest import ROOT, invoke
 from tests.test_claude import fake  # noqa: F401  (the fixture)
+from tests.test_planner import _wait_until
 
 TASKS = ["models", "utils", "config", "api", "cli", "tests", "docs"]
 PRESET = "{preset: claude, stagger_seconds: 0}"
@@ -127,13 +127,6 @@ def test_run_budget_stops_new_attempts_at_a_boundary(claude_repo, monkeypatch):
 def _orchestrator(*args, log):
     return subprocess.Popen([sys.executable, "-m", "engine.cli.orchestrator", *args], stdout=open(log, "a"),
                             stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=ROOT))
-
-
-def _wait_until(predicate, timeout=60):
-    deadline = time.time() + timeout
-    while not predicate():
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def _session_of(task):

@@ -151,7 +151,7 @@ def _planning_process(root, output, log):
                             stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=ROOT))
 
 
-def _wait_until(predicate, timeout=30):
+def _wait_until(predicate, timeout=60):
     deadline = time.time() + timeout
     while not predicate():
         assert time.time() < deadline, "timed out"
