@@ -212,14 +212,21 @@ def main(environ=None):
     except (KeyError, OSError, ValueError, TypeError) as exc:
         print(f"engine.claude: no valid attempt spec ({SPEC_ENV}, {STREAM_ENV}): {exc}", file=sys.stderr)
         return 2
-    os.makedirs(os.path.dirname(stream) or ".", exist_ok=True)
-    fd = os.open(stream, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(fd, 1)
-    os.close(fd)
-    if prompt_file:
-        fd = os.open(prompt_file, os.O_RDONLY)
-        os.dup2(fd, 0)
-        os.close(fd)
+    from engine import store
+    from engine.paths import project_root
+
+    store.trust(project_root())  # as Layout does: no link below the project root is written through
+    try:
+        out = store.open_fd(stream, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        into = store.open_fd(prompt_file, os.O_RDONLY) if prompt_file else None
+    except (OrchestratorError, OSError) as exc:
+        print(f"engine.claude: {getattr(exc, 'message', None) or exc}", file=sys.stderr)
+        return 2
+    os.dup2(out, 1)
+    os.close(out)
+    if into is not None:
+        os.dup2(into, 0)
+        os.close(into)
     try:
         os.execvp(argv[0], argv)
     except OSError as exc:
@@ -454,7 +461,9 @@ def run_attempt(backend, attempt, options, task, stagger=None, cancel=None):
     logs = os.path.dirname(attempt.log_path)
     stream = stream_path(logs, task.id, attempt.n)
     if os.path.exists(stream):  # a re-run of attempt n (after a crash): its events start afresh
-        os.replace(stream, stream + f".{int(time.time())}.old")
+        from engine import store
+
+        store.replace(stream, stream + f".{int(time.time())}.old")
     resume = previous_session(logs, task.id, attempt.n)
     session_id = new_session_id()
     feedback = (attempt.entry or {}).get("qa_feedback") or None

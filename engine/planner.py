@@ -18,6 +18,7 @@ import shutil
 from engine import claude, git, store
 from engine.errors import OrchestratorError
 from engine.executor import AgentSpec, read_exit, run_agent
+from engine.paths import Layout
 from engine.procs import alive, wait_for
 from engine.plan import PlanError, check_for_run
 
@@ -87,8 +88,6 @@ def check(path, root):
     """The plan in the file at `path`, checked exactly as `orchestrator validate --agent claude`
     checks it (the agent is the run's choice, so a stand-in satisfies that one check), plus the
     planner's own rules; PlanError if not."""
-    from engine.paths import Layout
-
     with open(path, encoding="utf-8") as fh:
         if not fh.read().strip():
             raise PlanError("ERROR: the answer holds no plan")
@@ -123,7 +122,7 @@ class Planner:
         # a callable taking one line, or a view.Reporter (its `line`)
         self.say = getattr(reporter, "line", reporter) or (lambda line: None)
         self.timeout = timeout
-        self.logs = os.path.join(root, ".claude", "auto-logs", "planner")
+        self.logs = Layout(root).planner_logs
         self.state_path = os.path.join(self.logs, "state.json")
         self.state = {}
 
@@ -164,10 +163,10 @@ class Planner:
         digest = hashlib.sha256(goal.strip().encode("utf-8")).hexdigest()[:16]
         state = store.load_json(self.state_path) if resume and os.path.exists(self.state_path) else None
         if not isinstance(state, dict) or state.get("goal") != digest:
-            if os.path.isdir(self.logs):
-                shutil.rmtree(self.logs)
+            if os.path.isdir(self.logs) and not os.path.islink(self.logs):
+                shutil.rmtree(self.logs)  # a new job: the last job's answers go
             state = {"goal": digest, "attempts": {}}
-        os.makedirs(self.logs, exist_ok=True)
+        store.makedirs(self.logs)
         self.state = state
         self._save()
 

@@ -219,6 +219,18 @@ def test_missing_cli_is_one_line_and_127(repo, fake):
     assert "cannot run the Claude Code CLI" in log and "Traceback" not in log
 
 
+def test_a_stream_file_that_is_a_link_is_refused(repo, fake, tmp_path):
+    target = tmp_path / "elsewhere"
+    target.write_text("keep\n")
+    logs = repo / ".claude" / "auto-logs"
+    logs.mkdir(parents=True)
+    os.symlink(target, logs / "t1.attempt-1.jsonl")
+    result, summary, _ = attempt(repo, Task(id="t1", description="x"), 1, claude.new_session_id())
+    assert result.exit_code == 2 and target.read_text() == "keep\n" and fake() == []
+    log = (logs / "t1.log").read_text()
+    assert "symbolic link" in log and "Traceback" not in log
+
+
 def test_follow_reports_while_the_stream_grows(repo, fake, monkeypatch):
     monkeypatch.setenv("FAKE_CLAUDE_SLEEP", "0.3")
     sid = claude.new_session_id()
