@@ -19,6 +19,7 @@ Ray is imported only here, and only when a Ray backend is used: the core never n
 """
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -58,36 +59,36 @@ def _ray_block(block, where, config):
     if block is None:
         return
     if not isinstance(block, dict):
-        raise ConfigError(f"ERROR: {where}: `ray` must be a mapping")
+        raise ConfigError(f"{where}: `ray` must be a mapping")
     for key, value in block.items():
         if value is None:
             continue
         if key in ("address", "remote", "python"):
             if not isinstance(value, str) or not value.strip() or "\0" in value:
-                raise ConfigError(f"ERROR: {where}: `ray.{key}` must be a non-empty string")
+                raise ConfigError(f"{where}: `ray.{key}` must be a non-empty string")
             setattr(config, key, value.strip())
         elif key == "resources":
             if not isinstance(value, dict) or not all(isinstance(k, str) and k for k in value):
-                raise ConfigError(f"ERROR: {where}: `ray.resources` must be a mapping of resource name to amount")
+                raise ConfigError(f"{where}: `ray.resources` must be a mapping of resource name to amount")
             checked = {}
             for name, amount in value.items():
                 n = number(amount)
                 if n is None or n <= 0:
-                    raise ConfigError(f"ERROR: {where}: `ray.resources.{name}` must be a positive number")
+                    raise ConfigError(f"{where}: `ray.resources.{name}` must be a positive number")
                 checked[name] = n
             config.resources = checked
         elif key in ("num_cpus", "memory", "poll"):
             n = number(value, whole=key == "memory")
             if n is None or n < 0 or (key == "poll" and not 0.05 <= n <= 60):
-                raise ConfigError(f"ERROR: {where}: `ray.{key}` must be a non-negative number")
+                raise ConfigError(f"{where}: `ray.{key}` must be a non-negative number")
             setattr(config, key, (n or None) if key == "memory" else n)
         elif key == "ship_code":
             b = boolean(value)
             if b is None:
-                raise ConfigError(f"ERROR: {where}: `ray.ship_code` must be true or false")
+                raise ConfigError(f"{where}: `ray.ship_code` must be true or false")
             config.ship_code = b
         else:
-            raise ConfigError(f"ERROR: {where}: unknown setting `ray.{key}` (address, remote, resources, "
+            raise ConfigError(f"{where}: unknown setting `ray.{key}` (address, remote, resources, "
                               "num_cpus, memory, python, ship_code)")
 
 
@@ -95,7 +96,7 @@ def _executor_value(value, where):
     if value is None:
         return None
     if value not in EXECUTORS:
-        raise ConfigError(f"ERROR: {where}: `executor` must be one of {', '.join(EXECUTORS)}, got {value!r}")
+        raise ConfigError(f"{where}: `executor` must be one of {', '.join(EXECUTORS)}, got {value!r}")
     return value
 
 
@@ -104,7 +105,8 @@ def load_config(root, plan_data=None, executor=None, env=None):
     mapping (PLAN_DATA, as engine.plan.read returns it), then EXECUTOR (`--executor`).
     Raises ConfigError (one line) for a bad value or a Ray executor without a remote/address."""
     env = os.environ if env is None else env
-    rel = os.path.join(".claude", "auto-context.yaml")
+    from engine.paths import CONTEXT_REL as rel
+
     context, _ = store.load_yaml_mapping(os.path.join(root, rel))
     config, kind = RayConfig(), "local"
     for where, data in ((rel, context or {}), ("plan", plan_data or {})):
@@ -115,10 +117,10 @@ def load_config(root, plan_data=None, executor=None, env=None):
         return kind, None
     config.address = config.address or env.get("RAY_ADDRESS")
     if not config.address:
-        raise ConfigError("ERROR: executor ray: no cluster address (set `ray.address` or RAY_ADDRESS, e.g. "
+        raise ConfigError("executor ray: no cluster address (set `ray.address` or RAY_ADDRESS, e.g. "
                           "http://HEAD:8265)")
     if not config.remote:
-        raise ConfigError("ERROR: executor ray: no `ray.remote` (a bare repository path or URL that the "
+        raise ConfigError("executor ray: no `ray.remote` (a bare repository path or URL that the "
                           "orchestrator and every node reach)")
     if "://" not in config.address:
         config.address = "http://" + config.address
@@ -179,7 +181,7 @@ class RayBackend:
                 try:
                     from ray.job_submission import JobSubmissionClient
                 except ImportError:
-                    raise RayExecutorError("ERROR: executor ray needs Ray: pip install 'parallel-orchestrator[ray]'")
+                    raise RayExecutorError("executor ray needs Ray: pip install 'parallel-orchestrator[ray]'")
                 import logging
 
                 # after the import (which configures Ray's logging): its INFO lines are not ours
@@ -187,7 +189,7 @@ class RayBackend:
                 try:
                     self._client = JobSubmissionClient(self.config.address)
                 except Exception as exc:  # ConnectionError, or a version mismatch (RuntimeError)
-                    raise RayExecutorError(f"ERROR: cannot reach the Ray cluster at {self.config.address}: "
+                    raise RayExecutorError(f"cannot reach the Ray cluster at {self.config.address}: "
                                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \
                         from None
             return self._client
@@ -231,7 +233,7 @@ class RayBackend:
         self.client  # noqa: B018 -- reach the cluster
         why = self.unsatisfiable()
         if why:
-            raise RayExecutorError(f"ERROR: executor ray: {why}")
+            raise RayExecutorError(f"executor ray: {why}")
         self._checked = True
 
     def node_name(self, node_id):
@@ -290,7 +292,8 @@ class RayBackend:
         sid = submission_id(attempt.run_id, attempt.task_id, attempt.n)
         start_ref, result_ref = attempt_refs(attempt.run_id, attempt.task_id, attempt.n)
         start = self.start_commit(attempt)
-        git.push_ref(self.repo, self.config.remote, start, start_ref)
+        with self._remote("push the attempt's start commit to"):
+            git.push_ref(self.repo, self.config.remote, start, start_ref)
         attempt.record(submission_id=sid, node=None)
         kwargs = dict(entrypoint=self.entrypoint(attempt, start, start_ref, result_ref), submission_id=sid,
                       runtime_env=self.runtime_env(attempt), entrypoint_num_cpus=self.config.num_cpus or None,
@@ -307,7 +310,7 @@ class RayBackend:
             if "already exists" not in str(exc):
                 with self._lock:
                     self._active.pop(sid, None)
-                raise RayExecutorError(f"ERROR: Ray refused job {sid}: {str(exc).strip().splitlines()[-1]}") \
+                raise RayExecutorError(f"Ray refused job {sid}: {str(exc).strip().splitlines()[-1]}") \
                     from None
             self._log(attempt, f"Ray job {sid} already exists: following it instead of submitting again")
         return self._follow(attempt, sid, start, result_ref)
@@ -326,7 +329,8 @@ class RayBackend:
                 return None
             raise
         start_ref, result_ref = attempt_refs(attempt.run_id, attempt.task_id, attempt.n)
-        start = git.fetch_ref(self.repo, self.config.remote, start_ref) or attempt.base_commit
+        with self._remote("fetch the attempt's start commit from"):
+            start = git.fetch_ref(self.repo, self.config.remote, start_ref) or attempt.base_commit
         self._log(attempt, f"re-attached to Ray job {sid} after a restart (its whole log follows)")
         with self._lock:
             self._active[sid] = attempt.task_id
@@ -353,8 +357,7 @@ class RayBackend:
 
     # ------------------------------------------------------------------ following a job
     def _log(self, attempt, text):
-        os.makedirs(os.path.dirname(attempt.log_path), exist_ok=True)
-        with open(attempt.log_path, "a", encoding="utf-8") as fh:
+        with store.open_append(attempt.log_path, binary=False) as fh:
             fh.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {attempt.task_id}: {text}\n")
 
     def _follow(self, attempt, sid, start, result_ref):
@@ -387,7 +390,7 @@ class RayBackend:
                     why = self.unsatisfiable()
                     if why:
                         self.client.stop_job(sid)
-                        raise RayExecutorError(f"ERROR: executor ray: task {attempt.task_id}: {why}")
+                        raise RayExecutorError(f"executor ray: task {attempt.task_id}: {why}")
                 if status == "RUNNING" and attempt.timeout and time.time() - began > attempt.timeout + 300:
                     self._log(attempt, f"Ray job {sid} overran its timeout by 300s: stopping it")
                     self.client.stop_job(sid)
@@ -419,17 +422,28 @@ class RayBackend:
                        interrupted=interrupted, reason=reason,
                        details={"submission_id": sid, "node": node, "ray_status": status, "head": commit})
 
+    @contextlib.contextmanager
+    def _remote(self, what):
+        """A git failure against the remote is the cluster set-up's problem: one clear line (a
+        resume re-attaches to the finished job and tries again)."""
+        try:
+            yield
+        except git.GitError as exc:
+            raise RayExecutorError(f"executor ray: cannot {what} the remote {self.config.remote}: "
+                                   f"{exc.detail}") from None
+
     def _collect(self, attempt, start, result_ref):
         """`auto/TASK` := the attempt's pushed result (or its start, when nothing was pushed)."""
-        local = "refs/orchestrator/incoming/" + result_ref[len("refs/orchestrator/"):]
-        commit = git.fetch_ref(self.repo, self.config.remote, result_ref, local)
-        if commit:
-            git.set_branch(self.repo, attempt.branch, commit)
-            git.delete_ref(self.repo, local)
-        elif not git.branch_exists(self.repo, attempt.branch):
-            git.set_branch(self.repo, attempt.branch, start)
-        start_ref = result_ref.rsplit("/", 1)[0] + "/base-" + result_ref.rsplit("-", 1)[1]
-        git.delete_remote_refs(self.repo, self.config.remote, start_ref, result_ref)
+        with self._remote("bring the attempt's result into " + attempt.branch + " from"):
+            local = "refs/orchestrator/incoming/" + result_ref[len("refs/orchestrator/"):]
+            commit = git.fetch_ref(self.repo, self.config.remote, result_ref, local)
+            if commit:
+                git.set_branch(self.repo, attempt.branch, commit)
+                git.delete_ref(self.repo, local)
+            elif not git.branch_exists(self.repo, attempt.branch):
+                git.set_branch(self.repo, attempt.branch, start)
+            start_ref = result_ref.rsplit("/", 1)[0] + "/base-" + result_ref.rsplit("-", 1)[1]
+            git.delete_remote_refs(self.repo, self.config.remote, start_ref, result_ref)
         return commit
 
 
@@ -488,7 +502,7 @@ class _Tail(threading.Thread):
                 self._append(text[self.written:])
 
     def _append(self, text):
-        with open(self.log_path, "a", encoding="utf-8") as fh:
+        with store.open_append(self.log_path, binary=False) as fh:
             fh.write(text)
         self.written += len(text)
         self.last = (self.last + text)[-8192:]

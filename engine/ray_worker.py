@@ -238,7 +238,7 @@ def main(argv=None):
         say(f"stopped after {time.time() - started:.1f}s; nothing pushed")
         return 128 + signal.SIGTERM
     except git.GitError as exc:
-        say(f"git failed: {exc.line} {(exc.output or '').strip()[-500:]}")
+        say(f"{exc.message} {(exc.output or '').strip()[-500:]}")
         return 2
     except OrchestratorError as exc:  # the agent could not be started (AgentLaunchError): say why
         print(END_MARK + json.dumps({"exit": 127, "timed_out": False, "head": None, "reason": exc.line}), flush=True)
