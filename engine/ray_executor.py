@@ -184,8 +184,10 @@ class RayBackend:
                     raise RayExecutorError("executor ray needs Ray: pip install 'parallel-orchestrator[ray]'")
                 import logging
 
-                # after the import (which configures Ray's logging): its INFO lines are not ours
-                logging.getLogger("ray").setLevel(logging.WARNING)
+                # after the import (which configures Ray's logging; the Jobs SDK modules set INFO
+                # on their own loggers): "Uploading package ..." lines are not the user's business
+                for name in ("ray", "ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk"):
+                    logging.getLogger(name).setLevel(logging.WARNING)
                 try:
                     self._client = JobSubmissionClient(self.config.address)
                 except Exception as exc:  # ConnectionError, or a version mismatch (RuntimeError)
