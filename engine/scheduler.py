@@ -30,6 +30,7 @@ from engine.procs import CommandLaunchError
 from engine.tasks import TERMINAL, TaskStatus as S
 
 WEIGHTS = {"S": 1, "M": 2, "L": 3, "XL": 5}
+MERGE_GRACE = 3.0  # seconds a cancelled run waits for the merge in flight
 STARTABLE = (S.PENDING, S.REJECTED, S.CONFLICTED)
 IN_FLIGHT = (S.RUNNING, S.EXECUTED, S.VERIFYING)  # a worker's business (after a crash: resumed)
 
@@ -47,7 +48,11 @@ class Scheduler:
         self.rank = self._ranks()
         self.jobs = {}
         self.budget_spent = None
-        self.wake = threading.Event()  # a worker approved a task or finished: look again now
+        self.wake = threading.Event()  # a task was approved, merged or let go: look again now
+        self.merge_wake = threading.Event()  # a task was approved: the merger takes it
+        self.merging = False  # the merger holds approved tasks it has not recorded yet
+        self.merge_error = None
+        self.stopping = threading.Event()
 
     # ------------------------------------------------------------------ main thread
     def run(self):
@@ -56,23 +61,54 @@ class Scheduler:
         ctx.merges.settle(self.scope)
         self._reclaim_slots()
         workers = cf.ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="task")
+        merger = threading.Thread(target=self._merger, name="merge-queue", daemon=True)
+        merger.start()
+        self.merge_wake.set()  # approved before a restart: merge them first
         try:
             while True:
                 self.wake.clear()  # (before looking: a wake-up from now on is never lost)
                 self._collect()
-                merged_any = self._merge_approved()
                 self._fail_unreachable()
                 started = self._start_ready(workers)
-                if not self.jobs and not merged_any and not started:
+                busy = self.merging or self.merge_wake.is_set() or bool(ctx.tasks_in((S.APPROVED,), self.scope))
+                if not self.jobs and not busy and not started:
                     break
-                if self.jobs and not merged_any:
+                if not started:
                     self.wake.wait(timeout=1.0)
         except BaseException:
             ctx.cancel.set()
+            self.stopping.set()
+            self.merge_wake.set()
             self._stop_running()
             workers.shutdown(wait=True, cancel_futures=True)
+            # a merge in flight normally ends in well under a second; one stuck in a hook is not
+            # waited for (the task stays `merging`, and the next run settles it against the base)
+            merger.join(timeout=MERGE_GRACE)
             raise
+        self.stopping.set()
+        self.merge_wake.set()
+        merger.join()
         workers.shutdown(wait=True)
+
+    def _merger(self):
+        """The merge queue's own thread: whatever is approved goes in, in batches, while the
+        main thread goes on starting tasks; each merge wakes the main thread (dependents)."""
+        while not self.stopping.is_set():
+            self.merge_wake.wait(timeout=1.0)
+            self.merge_wake.clear()
+            if self.stopping.is_set() or self.merge_error is not None:
+                return
+            self.merging = True
+            try:
+                approved = self.ctx.tasks_in((S.APPROVED,), self.scope)
+                if approved:
+                    self.ctx.merges.merge(approved)
+            except BaseException as exc:  # handed to the main thread, which stops the run
+                self.merge_error = exc
+                return
+            finally:
+                self.merging = False
+                self.wake.set()
 
     def _reclaim_slots(self):
         """After a crash: a slot still leased by a task that no longer needs a checkout (it
@@ -85,6 +121,8 @@ class Scheduler:
                 self._give_back(task_id)
 
     def _collect(self):
+        if self.merge_error is not None:
+            raise self.merge_error
         for task_id, future in list(self.jobs.items()):
             if not future.done():
                 continue
@@ -92,13 +130,6 @@ class Scheduler:
             error = future.exception()
             if error is not None:
                 raise error  # an infrastructure failure: stop cleanly, `resume` picks up
-
-    def _merge_approved(self):
-        approved = self.ctx.tasks_in((S.APPROVED,), self.scope)
-        if not approved:
-            return False
-        self.ctx.merges.merge(approved)
-        return True
 
     def _deps(self, task_id):
         return self.plan.tasks[task_id].all_deps
@@ -368,7 +399,7 @@ class Scheduler:
             ctx.tasks.fire(task_id, "approve", qa_verified=True, qa_timestamp=stamp, test_result="passed",
                            changed_files=changed, slot=None)  # (its slot is given back right after)
             ctx.reporter.task(task_id, "TASK_APPROVED")
-            self.wake.set()  # the merge queue takes it while this worker gives its slot back
+            self.merge_wake.set()  # the merge queue takes it while this worker gives its slot back
             crashpoint("approved")
         elif verdict.verdict == "BLOCKED":
             ctx.tasks.fire(task_id, "qa_blocked", qa_verified=False, qa_timestamp=stamp, test_result="blocked",

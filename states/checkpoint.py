@@ -6,6 +6,16 @@ INTEGRATE) goes straight back to PARALLELIZE, without a boundary."""
 from engine.tasks import TERMINAL, TaskStatus as S
 
 
+def finish(ctx):
+    """Every task has ended: the pool goes away (auto_cleanup) and the run is COMPLETE."""
+    if ctx.settings.auto_cleanup and ctx.slots.exists():
+        leases = ctx.slots.leases()
+        for task_id in leases:  # (a lease left by a killed run: its task ended, give it back)
+            ctx.slots.release(task_id)
+        ctx.slots.pool.cleanup()
+    return "COMPLETE"
+
+
 def handle(ctx):
     groups = ctx.scope_groups()
     scope = ctx.scope_tasks()
@@ -32,9 +42,7 @@ def handle(ctx):
             status="done"))
     remaining = [i for i in range(1, len(ctx.plan.groups) + 1) if not ctx.group_finished(i)]
     if not remaining:
-        if ctx.settings.auto_cleanup and ctx.slots.exists():
-            ctx.slots.pool.cleanup()
-        return "COMPLETE"
+        return finish(ctx)
     if not ctx.options.all_groups:
         ctx.memory.handoff()
         ctx.reporter.line(f"session boundary after group {groups[-1]}: {len(remaining)} group(s) left; "

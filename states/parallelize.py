@@ -15,8 +15,10 @@ def handle(ctx):
         raise OrchestratorError(f"the progress file does not list task {missing[0]} of the plan; "
                                 "start over with `orchestrator abort` and `orchestrator run PLAN`")
     remaining = [i for i in range(1, len(plan.groups) + 1) if not ctx.group_finished(i)]
-    if not remaining:
-        return "COMPLETE"
+    if not remaining:  # (resumed after the last task ended: CHECKPOINT's end of the run)
+        from states.checkpoint import finish
+
+        return finish(ctx)
     scope = remaining if ctx.options.all_groups else remaining[:1]
     tasks = [t for n in scope for t in plan.groups[n - 1]]
     if not settings.enabled:
