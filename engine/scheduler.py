@@ -209,9 +209,14 @@ class Scheduler:
                 if d in children:
                     children[d].append(t)
         rank = {}
-        for t in reversed(self.scope):
-            weight = WEIGHTS.get(str(self.plan.tasks[t].complexity or "").upper(), 1)
-            rank[t] = weight + max((rank[c] for c in children[t]), default=0)
+
+        def visit(t):  # (a plan may list a task before what it depends on: not the file's order)
+            if t not in rank:
+                weight = WEIGHTS.get(str(self.plan.tasks[t].complexity or "").upper(), 1)
+                rank[t] = weight + max((visit(c) for c in children[t]), default=0)
+            return rank[t]
+        for t in self.scope:
+            visit(t)
         return rank
 
     # ------------------------------------------------------------------ a worker

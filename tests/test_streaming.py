@@ -63,6 +63,14 @@ def test_a_dependent_starts_while_an_unrelated_sibling_still_runs(orch, project,
                                                                         "after": "merged"}
 
 
+def test_a_plan_may_list_a_task_before_its_dependency(orch, project):
+    repo, plan = project
+    r = orch("run", "--all-groups", plan("  - {id: late, depends_on: [early], complexity: L}\n  - {id: early}\n"))
+    assert r.code == 0, r
+    records = journal()
+    assert task_events(records, "early", "merged")[0] < task_events(records, "late", "running")[0]
+
+
 def test_without_all_groups_the_session_stops_after_its_group(orch, project, monkeypatch):
     repo, plan = project
     path = plan("  - {id: a}\n  - {id: b}\n  - {id: c, depends_on: [a]}\n")
