@@ -59,21 +59,6 @@ def _cut(data, limit, name):
     return head + note.format(len(data) - len(head) - len(tail)).encode() + tail
 
 
-def _write_file(files_dir, name, data):
-    """The whole text of one value, replaced atomically, never through a symlink."""
-    path = os.path.join(files_dir, name)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    os.replace(tmp, path)
-    return path
-
-
 def _environ_size(env):
     """What the kernel counts for an environment: every "NAME=value\\0" and its pointer."""
     return sum(len(_encode(k)) + len(_encode(v)) + 2 + 8 for k, v in env.items())
@@ -125,13 +110,18 @@ def prepare_env(values, files_dir, *, inherited=None, reserve=64 * 1024, value_l
         limit = max(MIN_VALUE_LIMIT, limit // 2)
     result = {name: _decode(data) for name, data in bounded.items()}
     if files:
+        from engine import store
+        from engine.errors import OrchestratorError
+
         try:
-            if os.path.islink(files_dir):
-                raise OSError(f"{files_dir} is a symbolic link")
-            os.makedirs(files_dir, exist_ok=True)
-            for name in files:
-                result[f"{name}_FILE"] = _write_file(files_dir, name, originals[name])
+            store.makedirs(files_dir)
+            for name in files:  # the whole text, replaced atomically, never through a link
+                path = os.path.join(files_dir, name)
+                store.atomic_write(path, originals[name], keep_last_good=False)
+                result[f"{name}_FILE"] = path
+        except OrchestratorError as exc:  # a link in the way (UnsafePath)
+            raise AgentLaunchError(f"cannot write the task data files: {exc.message}") from None
         except OSError as exc:
             raise AgentLaunchError(f"cannot write the task data files in {files_dir}: "
-                                   f"{getattr(exc, 'strerror', None) or exc}") from None
+                                   f"{exc.strerror or exc}") from None
     return result

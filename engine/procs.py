@@ -142,12 +142,14 @@ class CommandResult:
 
 
 def _open_output(path, header):
-    """Open `path` for appending without following a symlink; write the header line."""
-    directory = os.path.dirname(path)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
+    """Open `path` for appending, never through a link (engine.store), and write the header
+    line; (fd, offset where the command's own output begins)."""
+    from engine import store
+
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        fd = store.open_fd(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    except OrchestratorError as exc:  # a link in the way (UnsafePath)
+        raise CommandLaunchError(exc.message) from None
     except OSError as exc:
         raise CommandLaunchError(f"cannot open the output file {path}: {exc.strerror}") from None
     if header is not None:

@@ -96,6 +96,20 @@ def test_files_dir_symlink_is_refused(tmp_path):
     assert os.listdir(elsewhere) == []
 
 
+def test_link_above_the_files_dir_is_refused_under_a_trusted_root(tmp_path):
+    """A cloned repository's `.claude/auto-logs -> elsewhere`: nothing is written there."""
+    from engine import store
+
+    store.trust(str(tmp_path))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / ".claude").mkdir()
+    os.symlink(elsewhere, tmp_path / ".claude" / "auto-logs")
+    with pytest.raises(AgentLaunchError, match="symbolic link"):
+        prepare_env({"TASK_DESCRIPTION": "x"}, str(tmp_path / ".claude" / "auto-logs" / "t.attempt-1.data"))
+    assert os.listdir(elsewhere) == []
+
+
 def test_run_agent_reports_an_attempt_we_stopped_as_interrupted(tmp_path):
     cancel = threading.Event()
     spec = spec_for(tmp_path, {"TASK_ID": "t1"}, command="touch started; sleep 60")

@@ -234,12 +234,7 @@ def test_orchestrator_run_refuses_a_committed_link(tmp_path, sealed_env, outside
     assert snapshot(outside) == before and os.path.islink(os.path.join(clone, rel))
 
 
-@pytest.mark.parametrize("rel", [
-    ".claude/auto-logs/models.log",
-    pytest.param(".claude/auto-logs", marks=pytest.mark.xfail(
-        strict=True, reason="engine/procs.py and engine/agent_env.py still os.makedirs/os.open through a linked "
-                            "directory: /work/coord/REQUESTS.md (files, 11:50); remove this mark when they use store")),
-])
+@pytest.mark.parametrize("rel", [".claude/auto-logs/models.log", ".claude/auto-logs"])
 def test_agent_log_link_is_never_written_through(tmp_path, sealed_env, outside, monkeypatch, rel):
     """A committed `.claude/auto-logs/TASK.log` (or the whole logs directory) linked outside:
     agent output never reaches the target, and the run does not pretend all went well."""

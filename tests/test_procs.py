@@ -254,9 +254,21 @@ def test_output_file_symlink_is_refused(tmp_path):
     target.write_text("keep me\n")
     (tmp_path / "logs").mkdir()
     os.symlink(target, tmp_path / "logs" / "task.log")
-    with pytest.raises(CommandLaunchError, match="output file"):
+    with pytest.raises(CommandLaunchError, match="symbolic link"):
         run_command("echo overwritten", str(tmp_path), output_path=str(tmp_path / "logs" / "task.log"))
     assert target.read_text() == "keep me\n"
+
+
+def test_output_under_a_linked_directory_is_refused(tmp_path):
+    from engine import store
+
+    store.trust(str(tmp_path))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.symlink(elsewhere, tmp_path / "logs")
+    with pytest.raises(CommandLaunchError, match="symbolic link"):
+        run_command("echo leaked", str(tmp_path), output_path=str(tmp_path / "logs" / "task.log"))
+    assert os.listdir(elsewhere) == []
 
 
 def test_start_time_is_reported(tmp_path):
