@@ -124,9 +124,6 @@ class Layout:
         (`attempt-N.exit`, `attempt-N.jsonl`, `qa-N.log`, ...)."""
         return os.path.join(self.logs, f"{task_id}.{kind}")
 
-    def e2e_log(self, label):
-        return os.path.join(self.logs, f"e2e-{label}.log")
-
     def attempt_exit(self, task_id, attempt):
         """The exit-status trailer of attempt N of TASK_ID."""
         return os.path.join(self.logs, f"{task_id}.attempt-{attempt}.exit")
