@@ -176,6 +176,15 @@ def replace(src, dst):
         os.fsync(dfd)
 
 
+def claim_path(path):
+    """For a path another program will create (git's `worktree add`): make its parent
+    directories without following a link, and refuse when PATH itself is a link."""
+    with _parent(path) as (dfd, name):
+        if _is_link(name, dfd):
+            _refuse(path)
+    return path
+
+
 def private_dir(path, create=True):
     """Create PATH (mode 0700) if missing and return it; refuse it unless it is a real directory
     that belongs to us and that nobody else can write into (a directory another user

@@ -52,6 +52,7 @@ def add_worktree(repo, path, branch, start=None, discard=None):
     expensive part, writing the files, runs outside it so concurrent creations overlap.
     `discard` is called under the lock first, to clear whatever broken thing was at PATH.
     """
+    store.claim_path(path)  # git follows links: a committed `.claude/worktree-pool -> ~/x` is refused
     with git.worktree_lock(repo):
         if discard is not None:
             discard()

@@ -250,3 +250,22 @@ def test_agent_log_link_is_never_written_through(tmp_path, sealed_env, outside, 
     r = invoke(cli, "orchestrator", "run", "--quiet", plan)
     assert snapshot(outside) == before
     assert "Traceback" not in r.err, r
+
+
+def test_pool_directory_link_is_refused_before_git_checks_out_into_it(tmp_path, repo, outside):
+    """git follows links: a committed `.claude/worktree-pool -> ~/dir` would get the slot's
+    checkout written into ~/dir. acquire refuses (engine.worktree.add_worktree claims the path)."""
+    cloned_with_link(tmp_path, repo, ".claude/worktree-pool", outside / "dir")
+    before = snapshot(outside)
+    run("pm", "init", "1")
+    refused(run("pm", "acquire", "t1"))
+    assert snapshot(outside) == before
+
+
+def test_slot_path_link_is_refused(tmp_path, repo, outside):
+    cloned_with_link(tmp_path, repo, ".claude/worktree-pool/wt-1", outside / "dir")
+    before = snapshot(outside)
+    run("pm", "init", "1")
+    r = run("pm", "acquire", "t1")
+    assert r.code != 0 and "Traceback" not in r.err, r
+    assert snapshot(outside) == before
