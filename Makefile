@@ -28,7 +28,7 @@ test-ray: $(RAY_STAMP)
 
 lint: $(STAMP)
 	$(PY) -m compileall -q engine states tests bench
-	bash -n scripts/*.sh scripts/lib/*.sh
+	bash -n scripts/*.sh scripts/lib/*.sh bin/* hooks/*.sh
 
 bench: $(STAMP)
 	$(PY) bench/run.py
