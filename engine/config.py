@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from engine import store
 from engine.errors import OrchestratorError
+from engine.paths import CONTEXT_REL, Layout
 
 MAX_AGENTS = 256  # the pool's largest size (engine.pool.MAX_SIZE): one slot per agent
 MAX_SECONDS = 30 * 24 * 3600  # 30 days: longer is a typo, and beyond a float timeout's reach
@@ -97,12 +98,12 @@ def check_value(key, value, where):
     if kind is bool:
         result = boolean(value)
         if result is None:
-            raise ConfigError(f"ERROR: {where}: `{key}` must be true or false, got {_show(value)}")
+            raise ConfigError(f"{where}: `{key}` must be true or false, got {_show(value)}")
         return result
     result = number(value, whole=kind is int)
     if result is None or not low <= result <= high:
         what = "a whole number" if kind is int else "a number of seconds"
-        raise ConfigError(f"ERROR: {where}: `{key}` must be {what} from {low} to {high}, got {_show(value)}")
+        raise ConfigError(f"{where}: `{key}` must be {what} from {low} to {high}, got {_show(value)}")
     return result
 
 
@@ -111,7 +112,7 @@ def seconds(value, where, key="timeout"):
     result = number(value)
     low, high = LIMITS["agent_timeout"][1:]
     if result is None or not low <= result <= high:
-        raise ConfigError(f"ERROR: {where}: `{key}` must be a number of seconds from {low} to {high}, "
+        raise ConfigError(f"{where}: `{key}` must be a number of seconds from {low} to {high}, "
                           f"got {_show(value)}")
     return result
 
@@ -119,23 +120,23 @@ def seconds(value, where, key="timeout"):
 def _layers(data):
     """Every block of settings in the file as (where, mapping, work type or None), all checked
     for shape: `parallelization`, the `overrides` keys, and each `overrides.<TYPE>` block."""
-    rel = os.path.join(".claude", "auto-context.yaml")
+    rel = CONTEXT_REL
     layers = []
     section = data.get("parallelization")
     if section is not None and not isinstance(section, dict):
-        raise ConfigError(f"ERROR: {rel}: `parallelization` must be a mapping")
+        raise ConfigError(f"{rel}: `parallelization` must be a mapping")
     layers.append((f"{rel} parallelization", section or {}, None))
     overrides = data.get("overrides")
     if overrides is None:
         return layers
     if not isinstance(overrides, dict):
-        raise ConfigError(f"ERROR: {rel}: `overrides` must be a mapping")
+        raise ConfigError(f"{rel}: `overrides` must be a mapping")
     layers.append((f"{rel} overrides", {k: v for k, v in overrides.items() if k in LIMITS}, None))
     for work_type, block in overrides.items():
         if work_type in LIMITS:
             continue
         if not isinstance(block, dict):
-            raise ConfigError(f"ERROR: {rel} overrides: `{_show(work_type)}` must be a mapping of settings "
+            raise ConfigError(f"{rel} overrides: `{_show(work_type)}` must be a mapping of settings "
                               f"(or a setting: {', '.join(LIMITS)})")
         layers.append((f"{rel} overrides.{work_type}", block, str(work_type)))
     return layers
@@ -144,19 +145,19 @@ def _layers(data):
 def _check_setup_command(data):
     """`setup_command` (engine.worktree reads it from `worktree:` or `parallelization:`) runs in
     every leased worktree: a list or a number there would fail every acquire."""
-    rel = os.path.join(".claude", "auto-context.yaml")
+    rel = CONTEXT_REL
     for section in ("worktree", "parallelization"):
         block = data.get(section)
         command = block.get("setup_command") if isinstance(block, dict) else None
         if command is not None and (not isinstance(command, str) or "\0" in command):
-            raise ConfigError(f"ERROR: {rel} {section}: `setup_command` must be one command string")
+            raise ConfigError(f"{rel} {section}: `setup_command` must be one command string")
 
 
 def load(root, work_type="", env=None):
     """The settings for WORK_TYPE; raises ConfigError (one line) for any bad value anywhere in
     the file or in AUTO_PARALLEL_* -- including other work types' blocks."""
     env = os.environ if env is None else env
-    data, _ = store.load_yaml_mapping(os.path.join(root, ".claude", "auto-context.yaml"))
+    data, _ = store.load_yaml_mapping(Layout(root).context)
     settings = Parallelization()
     _check_setup_command(data or {})
     for where, block, block_type in _layers(data or {}):

@@ -79,7 +79,7 @@ def _info(cwd):
         proc = run(cwd, "rev-parse", "--show-toplevel", "--git-common-dir", check=False)
         lines = proc.stdout.splitlines()
         if proc.returncode != 0 or len(lines) < 2:
-            raise OrchestratorError("[ERROR] Not in a git repository")
+            raise OrchestratorError("Not in a git repository")
         _repo_info[key] = (lines[0], os.path.abspath(os.path.join(cwd, lines[1])))
     return _repo_info[key]
 
@@ -301,13 +301,13 @@ def check_ref_component(value, what="task id"):
     no `.lock` suffix; at most 100 characters.
     """
     if not value:
-        raise OrchestratorError(f"[ERROR] {what} is empty")
+        raise OrchestratorError(f"{what} is empty")
     if len(value) > 100:
-        raise OrchestratorError(f"[ERROR] invalid {what} (longer than 100 characters)")
+        raise OrchestratorError(f"invalid {what} (longer than 100 characters)")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value) or ".." in value or value.endswith(
             (".lock", ".")):
         raise OrchestratorError(
-            f"[ERROR] invalid {what} '{value}': use letters, digits, '.', '_' and '-' "
+            f"invalid {what} '{value}': use letters, digits, '.', '_' and '-' "
             "(not starting with '-' or '.', no '..')")
     return value
 

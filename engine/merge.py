@@ -44,7 +44,7 @@ def detect_branches(repo):
 def default_target(repo):
     branch = git.current_branch(repo)
     if not branch:
-        raise OrchestratorError("ERROR: HEAD is detached; name the target branch to merge into")
+        raise OrchestratorError("HEAD is detached; name the target branch to merge into")
     return branch
 
 
@@ -83,7 +83,7 @@ def order_by_dependencies(branches, depends_on):
         if branch in done:
             return
         if branch in visiting:
-            raise OrchestratorError(f"ERROR: dependency cycle through {branch}")
+            raise OrchestratorError(f"dependency cycle through {branch}")
         visiting.add(branch)
         for dep in sorted((d for d in depends_on.get(branch, ()) if d in index), key=index.get):
             visit(dep)
@@ -100,7 +100,9 @@ def progress_dependencies(root):
     """Branch -> dependency branches from `.claude/auto-progress.yaml`, if it knows any."""
     from engine import store
 
-    data, _ = store.load_yaml_mapping(os.path.join(root, ".claude", "auto-progress.yaml"))
+    from engine.paths import Layout
+
+    data, _ = store.load_yaml_mapping(Layout(root).progress)
     tasks = (data or {}).get("tasks")
     result = {}
     if isinstance(tasks, dict):
@@ -117,7 +119,7 @@ def merge_branches(repo, target, branches, message="feat: Merge {branch}", delet
     """Merge BRANCHES into TARGET in the given order; see the module docstring."""
     target = target or default_target(repo)
     if target.startswith("-") or not git.branch_exists(repo, target):
-        raise OrchestratorError(f"ERROR: target branch does not exist: {target}")
+        raise OrchestratorError(f"target branch does not exist: {target}")
     report = MergeReport(target=target, branches=list(branches), dry_run=dry_run)
     tips = git.branch_tips(repo)
     start = tips[target]
@@ -149,7 +151,7 @@ def merge_branches(repo, target, branches, message="feat: Merge {branch}", delet
         return report
     try:
         _move_target(repo, target, start, current)
-    except OrchestratorError as exc:
+    except (OrchestratorError, git.GitError) as exc:  # e.g. update-ref lost a race with another writer
         report.error = exc.message
         moved = [b for b in report.merged if b not in report.already]
         report.failed += [(b, "not merged: the target could not be updated", []) for b in moved]
@@ -177,7 +179,7 @@ def _move_target(repo, target, old, new):
     proc = git.run(where, "merge", "--ff-only", "-q", new, check=False)
     if proc.returncode != 0:
         detail = (proc.stderr.strip().splitlines() or ["fast-forward refused"])[0]
-        raise OrchestratorError(f"ERROR: cannot update {target} in {where}: {detail} "
+        raise OrchestratorError(f"cannot update {target} in {where}: {detail} "
                                 "(commit or stash your changes; nothing was merged)")
 
 
@@ -210,7 +212,7 @@ def summary_lines(report):
     if failed:
         lines += ["", "To resolve conflicts manually:", *[f"  git merge {b}" for b in failed]]
     if report.error:
-        lines += ["", report.error]
+        lines += ["", f"ERROR: {report.error}"]
     return lines
 
 

@@ -81,11 +81,11 @@ def read(path):
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
     except FileNotFoundError:
-        raise PlanError(f"ERROR: plan not found: {path}") from None
+        raise PlanError(f"plan not found: {path}") from None
     except IsADirectoryError:
-        raise PlanError(f"ERROR: plan {path} is a directory") from None
+        raise PlanError(f"plan {path} is a directory") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise PlanError(f"ERROR: cannot read plan {path}: {exc}") from None
+        raise PlanError(f"cannot read plan {path}: {exc}") from None
     return parse_data(text, path)
 
 
@@ -107,16 +107,16 @@ def parse_data(text, source="<plan>"):
         try:
             data = json.loads(text)
         except ValueError as exc:
-            raise PlanError(f"ERROR: cannot parse plan {source}: {exc}") from None
+            raise PlanError(f"cannot parse plan {source}: {exc}") from None
     else:
         try:
             data = store.parse_yaml(text, source)
         except OrchestratorError as exc:
-            raise PlanError(exc.line) from None
+            raise PlanError(exc.message) from None
     if isinstance(data, list):
         data = {"tasks": data}
     if not isinstance(data, dict):
-        raise PlanError(f"ERROR: plan {source} must be a mapping with a `tasks` list")
+        raise PlanError(f"plan {source} must be a mapping with a `tasks` list")
     return data
 
 
@@ -134,11 +134,11 @@ def _plan_str(data, key):
 
     value = data.get(key)
     if value is not None and not isinstance(value, str):
-        raise PlanError(f"ERROR: plan `{key}` must be a string, got {_kind(value)}")
+        raise PlanError(f"plan `{key}` must be a string, got {_kind(value)}")
     if value and "\0" in value:
-        raise PlanError(f"ERROR: plan `{key}` contains a NUL byte")
+        raise PlanError(f"plan `{key}` contains a NUL byte")
     if key == "work_type" and value and (re.search(r"[\x00-\x1f\x7f]", value) or len(value) > MAX_VALUE_LEN):
-        raise PlanError(f"ERROR: plan `work_type` must be one line of at most {MAX_VALUE_LEN} characters")
+        raise PlanError(f"plan `work_type` must be one line of at most {MAX_VALUE_LEN} characters")
     return value
 
 
@@ -164,27 +164,27 @@ def agent_field(value, where):
         try:
             claude.options_from(value, f"{where}: `agent`")
         except OrchestratorError as exc:
-            raise PlanError(exc.line) from None
+            raise PlanError(exc.message) from None
         return value
     if not isinstance(value, str):
-        raise PlanError(f"ERROR: {where}: `agent` must be a command string, got {_kind(value)} "
+        raise PlanError(f"{where}: `agent` must be a command string, got {_kind(value)} "
                         "(or a preset mapping: {preset: claude, ...})")
     if "\0" in value:
-        raise PlanError(f"ERROR: {where}: `agent` contains a NUL byte")
+        raise PlanError(f"{where}: `agent` contains a NUL byte")
     return value if value.strip() else None
 
 
 def _task_id(entry, n, source, features):
     raw_id = entry.get("id", entry.get("name") if features and "id" not in entry else None)
     if raw_id is None:
-        raise PlanError(f"ERROR: task #{n} in {source} has no id")
+        raise PlanError(f"task #{n} in {source} has no id")
     if not isinstance(raw_id, str):
-        raise PlanError(f"ERROR: task #{n} in {source}: `id` must be a string, got {_kind(raw_id)} "
+        raise PlanError(f"task #{n} in {source}: `id` must be a string, got {_kind(raw_id)} "
                         "(quote it in YAML)")
     try:
         return git.check_ref_component(raw_id, "task id")
     except OrchestratorError as exc:
-        raise PlanError(exc.line.replace("[ERROR] ", "ERROR: ")) from None
+        raise PlanError(exc.message) from None
 
 
 def _str_list(value, what, task_id):
@@ -193,7 +193,7 @@ def _str_list(value, what, task_id):
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise PlanError(f"ERROR: task {task_id}: `{what}` must be a list of strings")
+        raise PlanError(f"task {task_id}: `{what}` must be a list of strings")
     return list(value)
 
 
@@ -202,9 +202,9 @@ def _opt_str(entry, key, task_id):
     if value is None:
         return None
     if not isinstance(value, str):
-        raise PlanError(f"ERROR: task {task_id}: `{key}` must be a string, got {_kind(value)}")
+        raise PlanError(f"task {task_id}: `{key}` must be a string, got {_kind(value)}")
     if "\0" in value and key in ("verify", "expected_output"):
-        raise PlanError(f"ERROR: task {task_id}: `{key}` contains a NUL byte")
+        raise PlanError(f"task {task_id}: `{key}` contains a NUL byte")
     return value
 
 
@@ -216,13 +216,16 @@ def _timeout(entry, task_id):
     try:
         return config.seconds(entry["timeout"], f"task {task_id}")
     except OrchestratorError as exc:
-        raise PlanError(exc.line) from None
+        raise PlanError(exc.message) from None
 
 
 def _flag(entry, key, where):
-    value = entry.get(key, False)
-    if not isinstance(value, bool):
-        raise PlanError(f"ERROR: {where}: `{key}` must be true or false, not {value!r}")
+    """A boolean field: a real boolean or one of the usual words (engine.config.boolean)."""
+    from engine.config import boolean
+
+    value = boolean(entry.get(key, False))
+    if value is None:
+        raise PlanError(f"{where}: `{key}` must be true or false, not {entry.get(key)!r}")
     return value
 
 
@@ -231,21 +234,21 @@ def _budget(data):
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise PlanError(f"ERROR: plan `max_budget_usd` must be a positive number of dollars, not {value!r}")
+        raise PlanError(f"plan `max_budget_usd` must be a positive number of dollars, not {value!r}")
     return float(value)
 
 
 def build(data, raw_tasks, source, max_agents):
     if not isinstance(raw_tasks, list) or not raw_tasks:
-        raise PlanError(f"ERROR: plan {source} has no tasks")
+        raise PlanError(f"plan {source} has no tasks")
     tasks, order = {}, []
     features = "features" in data and "tasks" not in data
     for n, entry in enumerate(raw_tasks, 1):
         if not isinstance(entry, dict):
-            raise PlanError(f"ERROR: task #{n} in {source} is not a mapping")
+            raise PlanError(f"task #{n} in {source} is not a mapping")
         task_id = _task_id(entry, n, source, features)
         if task_id in tasks:
-            raise PlanError(f"ERROR: duplicate task id '{task_id}'")
+            raise PlanError(f"duplicate task id '{task_id}'")
         tasks[task_id] = Task(
             id=task_id,
             description=_opt_str(entry, "description", task_id) or (
@@ -263,13 +266,13 @@ def build(data, raw_tasks, source, max_agents):
     for task in tasks.values():
         for dep in task.depends_on:
             if dep not in tasks:
-                raise PlanError(f"ERROR: task {task.id} depends on unknown task '{dep}'")
+                raise PlanError(f"task {task.id} depends on unknown task '{dep}'")
             if dep == task.id:
-                raise PlanError(f"ERROR: task {task.id} depends on itself")
+                raise PlanError(f"task {task.id} depends on itself")
     work_type, base, e2e = (_plan_str(data, key) for key in ("work_type", "base", "e2e"))
     agent = agent_field(data.get("agent"), "plan")
     if base is not None and (not base.strip() or base.startswith("-") or any(c in base for c in "\0\n\r\t ")):
-        raise PlanError(f"ERROR: plan `base` is not a branch name: {base!r}")
+        raise PlanError(f"plan `base` is not a branch name: {base!r}")
     topo = topological_order(tasks, order)
     serialize_shared_files(tasks, topo)
     groups = layer(tasks, topo, max_agents)
@@ -295,7 +298,7 @@ def check_for_run(plan_path, layout, agent=None, require_repo=True, executor=Non
     try:
         settings = config.load(layout.root, work_type)
     except OrchestratorError as exc:
-        raise PlanError(exc.line) from None
+        raise PlanError(exc.message) from None
     plan = from_data(data, plan_path, settings.max_agents)
     from engine import ray_executor
 
@@ -303,7 +306,7 @@ def check_for_run(plan_path, layout, agent=None, require_repo=True, executor=Non
     command = agent_field(agent, "--agent") or plan.agent
     missing = [t for t in plan.order if not (plan.tasks[t].agent or command)]
     if missing:
-        raise PlanError(f"ERROR: no agent command for task {missing[0]} (set `agent` in the plan or the task, "
+        raise PlanError(f"no agent command for task {missing[0]} (set `agent` in the plan or the task, "
                         "or pass --agent)")
     try:
         repo = git.toplevel(layout.root)
@@ -313,9 +316,9 @@ def check_for_run(plan_path, layout, agent=None, require_repo=True, executor=Non
         return plan, settings, plan.base
     base = plan.base or git.current_branch(repo)
     if not base:
-        raise PlanError("ERROR: HEAD is detached; name a `base` branch in the plan")
+        raise PlanError("HEAD is detached; name a `base` branch in the plan")
     if not git.branch_exists(repo, base):
-        raise PlanError(f"ERROR: base branch does not exist: {base}")
+        raise PlanError(f"base branch does not exist: {base}")
     _check_task_branches(repo, plan, layout)
     return plan, settings, base
 
@@ -325,17 +328,17 @@ def _check_task_branches(repo, plan, layout):
     would fail that task's every attempt: refuse the plan instead."""
     existing = set(git.local_branches(repo, "refs/heads/auto"))  # `auto` itself and auto/*
     if "auto" in existing:
-        raise PlanError("ERROR: a branch named `auto` exists, so no task branch auto/<id> can be created; "
+        raise PlanError("a branch named `auto` exists, so no task branch auto/<id> can be created; "
                         "rename it first")
     listing = git.worktrees(repo)
     for t in plan.order:
         branch = plan.tasks[t].branch
         clash = next((b for b in existing if b.startswith(branch + "/")), None)
         if clash:
-            raise PlanError(f"ERROR: task {t}: branch {branch} cannot be created beside the existing {clash}")
+            raise PlanError(f"task {t}: branch {branch} cannot be created beside the existing {clash}")
         where = git.checked_out_at(repo, branch, listing)
         if where and not _inside_pool(where, layout):
-            raise PlanError(f"ERROR: task {t}: branch {branch} is checked out in {where}; switch that checkout "
+            raise PlanError(f"task {t}: branch {branch} is checked out in {where}; switch that checkout "
                             "to another branch first")
 
 
@@ -368,7 +371,7 @@ def topological_order(tasks, order):
             if indegree[nxt] == 0:
                 heapq.heappush(ready, index[nxt])
     if len(result) != len(order):
-        raise PlanError(f"ERROR: dependency cycle: {' -> '.join(find_cycle(tasks, set(order) - set(result)))}")
+        raise PlanError(f"dependency cycle: {' -> '.join(find_cycle(tasks, set(order) - set(result)))}")
     return result
 
 

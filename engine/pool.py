@@ -39,7 +39,7 @@ from engine.paths import Layout
 DEFAULT_SIZE = 8
 MAX_SIZE = 256
 SLOT_ID = re.compile(r"wt-([1-9][0-9]{0,3})")
-NOT_INITIALIZED = "[ERROR] Pool not initialized. Run: ./pool-manager.sh init"
+NOT_INITIALIZED = "Pool not initialized. Run: ./pool-manager.sh init"
 
 
 class PoolExhausted(OrchestratorError):
@@ -61,15 +61,15 @@ def parse_size(raw, default=DEFAULT_SIZE):
         return default
     text = str(raw).strip()
     if not text.isdigit() or not 1 <= int(text) <= MAX_SIZE:
-        raise InvalidValue(f"[ERROR] Pool size must be a whole number from 1 to {MAX_SIZE}, got '{raw}'")
+        raise InvalidValue(f"Pool size must be a whole number from 1 to {MAX_SIZE}, got '{raw}'")
     return int(text)
 
 
 def check_slot_id(value):
     if not value:
-        raise InvalidValue("[ERROR] Worktree ID required")
+        raise InvalidValue("Worktree ID required")
     if not SLOT_ID.fullmatch(value):
-        raise InvalidValue(f"[ERROR] invalid worktree id '{value}' (expected wt-N)")
+        raise InvalidValue(f"invalid worktree id '{value}' (expected wt-N)")
     return value
 
 
@@ -98,13 +98,10 @@ class Pool:
         env = os.environ if env is None else env
         self.layout = layout or Layout()
         self.root = self.layout.root
-        self.dir = os.path.join(self.root, env.get("POOL_DIR") or os.path.join(".claude", "worktree-pool"))
-        self.dir = os.path.normpath(self.dir)
-        self.state_path = os.path.normpath(os.path.join(
-            self.root, env.get("POOL_STATE_FILE") or os.path.join(".claude", "pool-state.json")))
+        self.dir, self.state_path = self.layout.pool_paths(env)
         self.default_size = env.get("POOL_SIZE")
         self.lease_pid = env.get("POOL_OWNER_PID")
-        self.journal = store.Journal(os.path.join(self.layout.claude, "pool-journal.jsonl"))
+        self.journal = store.Journal(self.layout.pool_journal)
         self._repo = None
 
     # ------------------------------------------------------------------ basics
@@ -128,7 +125,7 @@ class Pool:
         slots = data.get("worktrees") if isinstance(data, dict) else None
         if not isinstance(slots, list) or not all(
                 isinstance(s, dict) and isinstance(s.get("id"), str) and SLOT_ID.fullmatch(s["id"]) for s in slots):
-            raise StateFileError(f"[ERROR] {self.state_path} does not hold a valid pool (worktrees list)")
+            raise StateFileError(f"{self.state_path} does not hold a valid pool (worktrees list)")
         return data
 
     def save(self, data):
@@ -141,7 +138,7 @@ class Pool:
         for slot in data["worktrees"]:
             if slot["id"] == slot_id:
                 return slot
-        raise InvalidValue(f"[ERROR] {slot_id} is not a slot of this pool (size {len(data['worktrees'])})")
+        raise InvalidValue(f"{slot_id} is not a slot of this pool (size {len(data['worktrees'])})")
 
     # ------------------------------------------------------------------ init
     def init(self, size=None, force=False):
@@ -155,18 +152,18 @@ class Pool:
             except StateFileError:
                 if not force:
                     raise
-                os.replace(self.state_path, self.state_path + ".corrupt")
+                store.replace(self.state_path, self.state_path + ".corrupt")
                 old = None
             if old and not force:
                 self.refuse_live_leases(old, "re-initialise the pool")
             busy = [s for s in (old or {}).get("worktrees", []) if s.get("status") == "busy"]
             if busy and not force:
                 names = ", ".join(f"{s['id']} ({s.get('task_id')})" for s in busy)
-                raise OrchestratorError(f"[ERROR] Pool has busy slots: {names}. Release them or use --force")
+                raise OrchestratorError(f"Pool has busy slots: {names}. Release them or use --force")
         for slot in busy:
             self.release(slot["id"], force=False, quiet=True)
         self._remove_slot_worktrees(keep=lambda n: n <= size)
-        os.makedirs(self.dir, exist_ok=True)
+        store.makedirs(self.dir)
         worktree.exclude_from_status(repo, os.path.relpath(self.dir, repo))
         data = {"version": "1.0", "pool_size": size, "created_at": local_timestamp(),
                 "worktrees": [idle_slot(f"wt-{n}", self.rel(os.path.join(self.dir, f"wt-{n}")))
@@ -187,11 +184,11 @@ class Pool:
             data = self.load()
             for slot in data["worktrees"]:
                 if slot.get("status") == "busy" and slot.get("task_id") == task:
-                    raise OrchestratorError(f"[ERROR] Task {task} already holds {slot['id']}; release it first")
+                    raise OrchestratorError(f"Task {task} already holds {slot['id']}; release it first")
             listing = self._refuse_if_checked_out_elsewhere(repo, branch)
             slot = next((s for s in data["worktrees"] if s.get("status") == "idle"), None)
             if slot is None:
-                raise PoolExhausted("[ERROR] No available worktrees in pool")
+                raise PoolExhausted("No available worktrees in pool")
             path = self.slot_path(slot["id"])
             slot.update(status="busy", task_id=task, branch=branch, acquired_at=local_timestamp(),
                         path=self.rel(path), base=base_label, base_commit=base_commit, preparing=True,
@@ -210,7 +207,7 @@ class Pool:
             data = self.load()
             current = self.find(data, slot["id"])
             if current.get("task_id") != task or not current.get("preparing"):
-                raise OrchestratorError(f"[ERROR] {slot['id']} was taken over while being prepared")
+                raise OrchestratorError(f"{slot['id']} was taken over while being prepared")
             current.pop("preparing", None)
             current["owner"] = make_owner(int(self.lease_pid) if str(self.lease_pid or "").isdigit() else None)
             current["created_branch"] = created_branch
@@ -223,7 +220,7 @@ class Pool:
         listing = git.worktrees(repo)
         where = git.checked_out_at(repo, branch, listing)
         if where and os.path.dirname(os.path.realpath(where)) != os.path.realpath(self.dir):
-            raise OrchestratorError(f"[ERROR] Branch {branch} is checked out in {where}")
+            raise OrchestratorError(f"Branch {branch} is checked out in {where}")
         return listing
 
     def _prepare(self, repo, path, branch, base_commit, listing):
@@ -252,8 +249,11 @@ class Pool:
                 return not reuse
             except GitError:
                 pass  # a broken slot: re-create it below
-        worktree.add_worktree(repo, path, branch, None if reuse else base_commit,
-                              discard=lambda: self._discard_broken(repo, path))
+        try:
+            worktree.add_worktree(repo, path, branch, None if reuse else base_commit,
+                                  discard=lambda: self._discard_broken(repo, path))
+        except GitError as exc:  # the contract's line for it
+            raise OrchestratorError(f"Failed to create worktree: {exc.detail}") from exc
         return not reuse
 
     def _discard_broken(self, repo, path):
@@ -317,7 +317,7 @@ class Pool:
                 return slot_id
             alive = owner_alive(slot.get("owner"))
             if (slot.get("preparing") or slot.get("releasing")) and alive:
-                raise OrchestratorError(f"[ERROR] {slot_id} is being acquired or released by pid "
+                raise OrchestratorError(f"{slot_id} is being acquired or released by pid "
                                         f"{slot['owner']['pid']}; try again")
             takeover = bool(slot.get("releasing"))  # finishing a release whose process died
             snapshot_owner = None if takeover else slot.get("owner")
@@ -438,7 +438,7 @@ class Pool:
         if live:
             first = live[0]
             more = f" (and {len(live) - 1} more)" if len(live) > 1 else ""
-            raise LeaseHeld(f"[ERROR] Cannot {what}: {first['id']} is leased to task {first.get('task_id')} by "
+            raise LeaseHeld(f"Cannot {what}: {first['id']} is leased to task {first.get('task_id')} by "
                             f"running pid {first['owner']['pid']}{more}; stop it first (`orchestrator abort`) "
                             "or use --force")
 

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from engine import git, worktree
+from engine import git, store, worktree
 from engine.errors import NotInitialized, StateFileError
 from engine.pool import (SHARED_LOCK_STALE_AFTER, SHARED_LOCKS, SLOT_ID, clear_if_stale, clear_stale_locks,
                          idle_slot, local_timestamp, owner_alive, stale_git_locks)
@@ -53,7 +53,7 @@ def find_issues(pool):
     except StateFileError as exc:
         def fix_corrupt():
             with pool.lock():
-                os.replace(pool.state_path, pool.state_path + ".corrupt")
+                store.replace(pool.state_path, pool.state_path + ".corrupt")
                 pool.save(rebuild_state(pool, _size_on_disk(pool)))
 
         return [Issue("state-unparseable", pool.state_path, exc.message, fix_corrupt)]

@@ -54,7 +54,9 @@ def test_layout_names_every_engine_path(tmp_path):
 
 # The modules converted so far; the rest are listed in /work/coord/REQUESTS.md (files, 11:50).
 CONVERTED = ["engine/statefile.py", "engine/memory.py", "engine/snapshot.py", "engine/worktree.py", "engine/store.py",
-             "engine/cli/state_transition.py", "engine/cli/checkpoint_manager.py", "engine/cli/setup_worktree.py"]
+             "engine/cli/state_transition.py", "engine/cli/checkpoint_manager.py", "engine/cli/setup_worktree.py",
+             "engine/pool.py", "engine/pool_health.py", "engine/config.py", "engine/plan.py", "engine/merge.py",
+             "engine/cli/pool_manager.py", "engine/cli/merge_branches.py"]
 
 
 @pytest.mark.parametrize("rel", CONVERTED)

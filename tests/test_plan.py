@@ -101,6 +101,7 @@ def test_groups_capped_by_max_agents():
     ("tasks: [{id: a, depends_on: [1]}]", "`depends_on` must be a list of strings"),
     ("tasks: [{id: a, agent: [x]}]", "task a: `agent` must be a command string, got a list"),
     ("tasks: [{id: a}]\nbase: '-x'", "plan `base` is not a branch name"),
+    ("tasks: [{id: a, allow_empty: maybe}]", "task a: `allow_empty` must be true or false"),
 ])
 def test_invalid_plans_refused(text, message):
     with pytest.raises(PlanError) as info:
@@ -231,3 +232,8 @@ def test_validate_outside_a_repository_skips_only_the_git_checks(sealed_env):
     assert r.code == 0
     with pytest.raises(Exception, match="Not in a git repository"):
         _check(sealed_env, "agent: x\ntasks: [{id: a}]")
+
+
+def test_booleans_take_the_usual_words():
+    p = parse("tasks: [{id: a, allow_empty: 'yes'}, {id: b, allow_empty: off}, {id: c}]")
+    assert [p.tasks[t].allow_empty for t in "abc"] == [True, False, False]

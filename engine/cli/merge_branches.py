@@ -24,7 +24,7 @@ def cli(dry_run, as_json, keep_branches, base, branches):
     try:
         repo = git.toplevel(project_root())
     except OrchestratorError:
-        raise OrchestratorError("ERROR: Not in a git repository") from None
+        raise OrchestratorError("Not in a git repository") from None
     names = " ".join(branches).split() or merge.detect_branches(repo)
     if not names:
         click.echo(json.dumps({"merged": [], "failed": []}) if as_json else "No branches to merge")

@@ -61,7 +61,7 @@ def acquire_cmd(task, base):
     from engine.pool import PoolExhausted
 
     if not task:
-        raise UsageError("[ERROR] Task ID required")
+        raise UsageError("Task ID required")
     try:
         slot_id, path, branch = _pool().acquire(task, base)
     except PoolExhausted:
