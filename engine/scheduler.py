@@ -44,6 +44,7 @@ class Scheduler:
         self.ctx = ctx
         self.plan = ctx.plan
         self.scope = [t for t in self.plan.order if t in set(task_ids)]
+        self.position = {t: i for i, t in enumerate(self.scope)}
         self.concurrency = max(1, int(concurrency))
         self.rank = self._ranks()
         self.jobs = {}
@@ -162,7 +163,7 @@ class Scheduler:
                 continue
             if status in STARTABLE and not all(statuses.get(d) == S.MERGED for d in self._deps(task_id)):
                 continue
-            ready.append((status not in IN_FLIGHT, -self.rank[task_id], self.plan.order.index(task_id), task_id))
+            ready.append((status not in IN_FLIGHT, -self.rank[task_id], self.position[task_id], task_id))
         started = 0
         for _, _, _, task_id in sorted(ready):
             if len(self.jobs) >= self.concurrency:
