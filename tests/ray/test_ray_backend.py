@@ -182,6 +182,12 @@ def test_a_node_lost_mid_attempt_fails_the_attempt(cluster, repo, remote, tmp_pa
         assert "ray job failed" in result.reason
         assert time.time() - started < 90
         assert attempt.progress.task("t9")["node"]
+        # the only node offering `second_node` is gone: the next attempt stays pending, and the
+        # backend's periodic check turns that into a clear error instead of a hang
+        pending = make_attempt(repo, "t10")
+        with pytest.raises(RayExecutorError, match=r"task t10: no node of the Ray cluster offers .*second_node=1"):
+            b.run_attempt(pending)
+        assert pending.progress.task("t10")["submission_id"] == "run-t-t10-attempt-1"
     finally:
         pid = int(lines(pidfile)[0]) if lines(pidfile) else None
         if pid and os.path.exists(f"/proc/{pid}"):  # the lost machine's agent (pitfall 7) dies with it here
