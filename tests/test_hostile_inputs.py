@@ -94,13 +94,13 @@ BAD_CONFIGS = [
 ]
 
 
-def _validate_and_run_refuse(repo, tmp_path, plan_text, commands=("validate", "run")):
+def _validate_and_run_refuse(repo, tmp_path, plan_text):
     from engine.cli.orchestrator import cli as orchestrator
 
     plan = tmp_path / "plan.yaml"
     plan.write_text(plan_text)
     before = snapshot(repo)
-    for command in commands:
+    for command in ("validate", "run"):
         r = invoke(orchestrator, "orchestrator", command, str(plan))
         assert r.code == 1 and r.out == "", (command, r)
         assert len(r.err.strip().splitlines()) == 1 and r.err.startswith("ERROR: ") and "Traceback" not in r.err, r
@@ -143,9 +143,9 @@ EXECUTOR_CASES = [("", "executor: mars"), ("", "executor: ray"), ("", "ray: {add
 
 
 @pytest.mark.parametrize("context,plan_extra", EXECUTOR_CASES, ids=range(len(EXECUTOR_CASES)))
-def test_bad_executor_settings_refused_by_validate(ready, tmp_path, monkeypatch, context, plan_extra):
-    """Validated without contacting any cluster (`run` checks the same via its executor set-up)."""
+def test_bad_executor_settings_refused_by_validate_and_run(ready, tmp_path, monkeypatch, context, plan_extra):
+    """Checked without contacting any cluster."""
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     (ready / ".claude" / "auto-context.yaml").write_text(context + "\n")
-    err = _validate_and_run_refuse(ready, tmp_path, GOOD_TASKS + plan_extra + "\n", commands=("validate",))
+    err = _validate_and_run_refuse(ready, tmp_path, GOOD_TASKS + plan_extra + "\n")
     assert "executor" in err or "ray" in err

@@ -69,6 +69,8 @@ def test_worktreeinclude_naming_claude_in_a_real_run(sealed_env, tmp_path, monke
     commit_file(repo, ".worktreeinclude", ".claude/\n.env\n")
     commit_file(repo, ".gitignore", ".env\n")
     write(".env", "TOKEN=1\n")
+    r = invoke(cli, "orchestrator", "validate", plan)  # what validates, runs
+    assert r.code == 0 and r.lines[0].startswith("Plan OK: 7 tasks"), r
     r = invoke(cli, "orchestrator", "run", "--all-groups", plan)
     assert r.code == 0, r
     names = git(repo, "log", "--all", "--format=", "--name-only").split()
