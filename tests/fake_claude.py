@@ -158,7 +158,7 @@ def main(argv):
     if resume and opts.get("--session-id") and not opts.get("--fork-session"):
         fail("Error: --session-id can only be used with --continue or --resume if --fork-session is also specified.")
     n = call_number()
-    record = {"n": n, "argv": argv, "session_id": session_id, "resume": resume, "fork": bool(opts.get("--fork-session")),
+    record = {"n": n, "t": time.time(), "argv": argv, "session_id": session_id, "resume": resume, "fork": bool(opts.get("--fork-session")),
               "prompt": prompt, "cwd": os.getcwd(), "permission_mode": mode, "allowed_tools": tools,
               "model": opts.get("--model"), "system_prompt": opts.get("--append-system-prompt"),
               "task": os.environ.get("TASK_ID")}

@@ -13,7 +13,7 @@ import sys
 import pytest
 import yaml
 
-from engine import demo
+from engine import claude, demo
 from tests.conftest import ROOT, invoke
 from tests.test_claude import fake  # noqa: F401  (the fixture)
 from tests.test_planner import _wait_until
@@ -76,15 +76,18 @@ def test_preset_runs_the_plan_capturing_usage_and_resuming_on_retry(claude_repo,
     assert status.code == 0 and "$0.20" in status.out and "$0.80" in status.out, status.out
 
 
-def test_agent_claude_from_the_command_line(claude_repo):
+def test_agent_claude_from_the_command_line_with_staggered_start_ups(claude_repo):
     repo, plan, calls = claude_repo
-    demo.write_plan(plan)  # the plan names the demo agent; --agent claude is the default for tasks without one
     data = yaml.safe_load(open(plan))
-    del data["agent"]
+    del data["agent"]  # the plan names no agent: --agent claude is the preset with its defaults
     yaml.safe_dump(data, open(plan, "w"), sort_keys=False)
-    r = orch("run", "--all-groups", "--agent", "claude", plan)
+    r = orch("run", "--agent", "claude", plan)  # group 1: three tasks at once
     assert r.code == 0, r
-    assert len(calls()) == 7 and all(c["permission_mode"] == "dontAsk" for c in calls())
+    made = calls()
+    assert len(made) == 3 and all(c["permission_mode"] == "dontAsk" for c in made)
+    starts = sorted(c["t"] for c in made)
+    stagger = claude.ClaudeOptions().stagger_seconds
+    assert all(b - a >= stagger - 0.3 for a, b in zip(starts, starts[1:]))  # spaced by the stagger (less start-up jitter)
 
 
 def test_permission_denial_blocks_the_task_naming_the_tool(claude_repo, monkeypatch):
