@@ -363,3 +363,34 @@ def test_a_dependency_cycle_in_hostile_data_does_not_hang():
     assert set(layers_of(list(deps), deps)) == {"a", "b", "c"}
     length, path = critical_path(list(deps), deps, lambda t: 1.0)
     assert length >= 1 and len(path) == len(set(path))
+
+
+# ---------------------------------------------------------------------------- any file content
+junk = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
+                    | st.sampled_from(["running", "merged", "failed", "blocked_permission", "2026-01-01T00:00:00Z",
+                                       "auto/x", "wt-1", "9999-12-31T23:59:59+14:00", "inf", "1e400"]),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+                        st.sampled_from(["status", "attempts", "started_at", "ended_at", "elapsed", "depends_on",
+                                         "slot", "n", "cost_usd", "tokens_in", "permission_denials", "iterations",
+                                         "failure", "qa_feedback", "group", "node", "branch"]), inner, max_size=6),
+                    max_leaves=20)
+
+
+@settings(max_examples=100, deadline=None)
+@given(tasks=st.dictionaries(st.sampled_from(["a", "b", "c", "../x", "", "d e"]), junk, max_size=4),
+       run=st.dictionaries(st.sampled_from(["status", "started_at", "completed_at", "cost_usd", "orchestrator_pid",
+                                            "current_group", "base", "plan_file"]), junk, max_size=5),
+       machine=st.dictionaries(st.sampled_from(["current_state", "completed_phases", "last_transition"]), junk,
+                               max_size=3))
+def test_any_progress_content_gives_a_snapshot_of_plain_json(tasks, run, machine):
+    from engine.dashboard.model import JournalSource, build_snapshot, normalized_attempts
+    from engine.dashboard.files import ProjectFiles
+
+    progress = dict(run, tasks=tasks)
+    snap = build_snapshot(progress, machine, {}, JournalSource(ProjectFiles("/nonexistent")), None, [],
+                          1800000000.0, "/p")
+    json.dumps(snap, allow_nan=False)  # what the server sends: strict JSON
+    assert {t["id"] for t in snap["tasks"]} <= {"a", "b", "c"}
+    for entry in tasks.values():
+        if isinstance(entry, dict):
+            json.dumps(normalized_attempts(entry, (), 1800000000.0), allow_nan=False)

@@ -58,7 +58,8 @@ def epoch(value):
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, (int, float)):
-        return float(value) if value > 0 else None
+        value = number(value)
+        return value if value is not None and 0 < value < 1e11 else None
     if not isinstance(value, str) or not value.strip():
         return None
     text = value.strip().replace(" ", "T", 1)
@@ -68,12 +69,15 @@ def epoch(value):
         moment = datetime.fromisoformat(text)
     except ValueError:
         try:
-            return float(text)
-        except ValueError:
+            return epoch(float(text))
+        except (ValueError, OverflowError):
             return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
+    try:
+        return moment.timestamp()
+    except (OverflowError, ValueError):
+        return None
 
 
 def number(value):
