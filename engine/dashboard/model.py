@@ -463,6 +463,32 @@ def normalized_attempts(entry, journal_attempts, now):
     return out
 
 
+PHASES = {"verifying": ("qa", None), "merging": ("merge", "merge queue")}
+
+
+def phases(transitions, tries):
+    """QA and merge spans of a task from its journaled status changes: QA on the slot of the
+    attempt it checks, merges on one `merge queue` lane (they run one at a time on the base)."""
+    spans, open_span = [], None
+    for change in transitions:
+        if open_span and change["src"] == open_span["from"] and change["ts"]:
+            open_span["end"] = change["ts"]
+            spans.append(open_span)
+            open_span = None
+        if change["dst"] in PHASES and change["ts"]:
+            kind, lane = PHASES[change["dst"]]
+            before = [a for a in tries if a["start"] is not None and a["start"] <= change["ts"]]
+            slot = lane or ("/".join(x for x in (before[-1].get("node"), before[-1].get("slot")) if x)
+                            if before else None) or "(no slot)"
+            open_span = {"from": change["dst"], "kind": kind, "slot": slot, "start": change["ts"], "end": None,
+                         "n": before[-1]["n"] if before else None}
+    if open_span:
+        spans.append(open_span)
+    for span in spans:
+        del span["from"]
+    return spans
+
+
 def dependency_order(ids, deps):
     """(order, acyclic deps): every task after its dependencies. A cycle (hostile or hand-edited
     data) is broken at its first task in plan order, whose edges into the cycle are dropped."""
@@ -524,28 +550,27 @@ def _advice(t, entry):
     failure = text(entry.get("failure"), 500)
     feedback = text(entry.get("qa_feedback"), 500)
     branch = text(entry.get("branch"), 200) or f"auto/{t}"
+    again = f"then `orchestrator retry {t}` and `orchestrator resume`."
     if status == "blocked_permission":
         tools = entry.get("permission_denials")
         tools = ", ".join(text(x, 60) for x in tools) if isinstance(tools, list) and tools else None
         return ((f"the agent was denied: {tools}" if tools else failure or "the agent ended with permission denials"),
-                "Allow the tool(s) for this task's agent (e.g. --allowedTools in the agent command or the "
-                "project's Claude permissions), then run the task again.")
+                "Allow the tool(s) for this task's agent (the `allowed_tools` of its claude preset, or the "
+                "project's Claude permissions), " + again)
     if status == "blocked":
         return (failure or feedback or "the QA check could not run",
-                "The check itself is broken, not the code: fix the task's verify command or its environment "
-                "(see the QA output), then run the task again.")
-    text_all = f"{failure or ''} {feedback or ''}".lower()
-    if "conflict" in text_all or "merge" in (failure or "").lower():
+                "The check itself cannot run, not the code: fix the task's verify command or its environment "
+                "(see the QA output), " + again)
+    if "conflict" in f"{failure or ''} {feedback or ''}".lower() or "merge" in (failure or "").lower():
         files = entry.get("changed_files")
         files = ", ".join(text(x, 100) for x in files[:8]) if isinstance(files, list) and files else None
         return ((failure or "merge conflict") + (f" (changes {files})" if files else ""),
-                f"Rebase {branch} onto the base and resolve the conflict by hand (or re-run the task on "
-                "the current base), then resume.")
-    retries = entry.get("retry_count")
+                f"Rebase {branch} onto the base and resolve the conflict by hand (or change the plan so the "
+                "tasks touch different files), " + again)
     tries = f" after {entry.get('iterations')} attempt(s)" if isinstance(entry.get("iterations"), int) else ""
     return ((failure or (f"QA rejected it{tries}: {feedback}" if feedback else f"failed{tries}")),
-            "Read the log and the QA output below; fix the task (description, verify command) or the code on "
-            f"{branch}, then run it again" + (" (its retries are used up)." if retries else "."))
+            f"Read its log and QA output below; fix the task (description, verify command) or the code on {branch}, "
+            + again)
 
 
 def build_snapshot(progress, machine, context, journal, pool_size, warnings, now, root):
@@ -634,6 +659,10 @@ def build_snapshot(progress, machine, context, journal, pool_size, warnings, now
                 bars.append({"task": t, "slot": slot, "n": a["n"], "kind": a["kind"], "start": a["start"],
                              "end": a["end"], "outcome": a["outcome"], "status": status,
                              "critical": t in on_path})
+        for phase in phases(journal.transitions.get(t, ()), tries):
+            if phase["slot"] not in slots:
+                slots.append(phase["slot"])
+            bars.append(dict(phase, task=t, status=status, critical=t in on_path, outcome=None))
         task = {"id": t, "name": text(e.get("name"), 500), "status": status, "group": e.get("group")
                 if isinstance(e.get("group"), int) else None, "depends_on": deps[t], "layer": layer[t],
                 "order": position[t], "slot": text(e.get("slot"), 60), "node": text(e.get("node"), 100),

@@ -267,21 +267,26 @@ function renderGantt(snap) {
     root.appendChild(svg("text", {class: "lane-label", x: 8, y: y + ROW / 2 + 4}, cut(slot, 11)));
   });
   const lastAttempt = new Map();
-  for (const b of g.bars) lastAttempt.set(b.task, Math.max(lastAttempt.get(b.task) || 0, b.n || 0));
+  for (const b of g.bars) if (b.kind === "agent" || b.kind === "rebase") lastAttempt.set(b.task, Math.max(lastAttempt.get(b.task) || 0, b.n || 0));
   for (const b of g.bars) {
     const row = g.slots.indexOf(b.slot);
-    const y = AXIS + row * ROW + 5;
+    const phase = b.kind === "qa" || b.kind === "merge";
+    const y = AXIS + row * ROW + (phase ? 9 : 5);
+    const h = ROW - (phase ? 18 : 10);
     const end = b.end === null ? snap.now : b.end;
     const bx = x(b.start), bw = Math.max(3, x(end) - x(b.start));
-    const superseded = (b.n || 0) < (lastAttempt.get(b.task) || 0);
-    const status = superseded ? "rejected" : b.end === null ? "running" : b.status;
-    const label = b.task + (b.n > 1 || superseded ? " #" + b.n : "");
-    const bar = svg("g", {class: "bar " + stClass(status) + (b.critical ? " critical" : "") + (b.end === null ? " running" : "")
-                           + (b.task === ui.selected ? " selected" : ""), "data-task": b.task},
-      svg("title", {}, `${b.task} attempt ${b.n || "?"} (${b.kind}) on ${b.slot}: ${clock(b.start)} – `
+    const superseded = !phase && (b.n || 0) < (lastAttempt.get(b.task) || 0);
+    const status = phase ? (b.kind === "qa" ? "verifying" : "merging") : superseded ? "rejected"
+      : b.end === null ? "running" : b.status;
+    const label = phase ? b.kind + " " + b.task : b.task + (b.n > 1 || superseded ? " #" + b.n : "");
+    const what = phase ? (b.kind === "qa" ? "QA of " : "merge of ") + b.task : `${b.task} attempt ${b.n || "?"} (${b.kind})`;
+    const bar = svg("g", {class: "bar " + stClass(status) + (phase ? " phase" : "") + (b.critical && !phase ? " critical" : "")
+                           + (b.end === null ? " running" : "") + (b.task === ui.selected ? " selected" : ""),
+                          "data-task": b.task},
+      svg("title", {}, `${what} on ${b.slot}: ${clock(b.start)} – `
         + `${b.end === null ? "running" : clock(b.end)} (${dur(end - b.start)})${b.outcome ? ", " + b.outcome : ""}`),
-      svg("rect", {x: bx, y, width: bw, height: ROW - 10, rx: 4}));
-    if (bw > 34) bar.appendChild(svg("text", {class: "bar-label", x: bx + 5, y: y + ROW / 2}, cut(label, Math.floor(bw / 7))));
+      svg("rect", {x: bx, y, width: bw, height: h, rx: phase ? 2 : 4}));
+    if (bw > 34 && !phase) bar.appendChild(svg("text", {class: "bar-label", x: bx + 5, y: y + h / 2 + 1}, cut(label, Math.floor(bw / 7))));
     bar.addEventListener("click", () => selectTask(b.task, true));
     root.appendChild(bar);
   }
