@@ -148,8 +148,11 @@ def test_finished_demo_run_graph_timeline_totals_and_task_views(demo_repo, dashb
     assert {t for t in tasks if tasks[t]["critical"]} == set(path)
     # the timeline: one bar per attempt, on the slots the attempts ran in; cli ran twice
     bars = snap["gantt"]["bars"]
-    assert sorted(b["n"] for b in bars if b["task"] == "cli") == [1, 2]
-    assert {b["slot"] for b in bars} <= set(snap["gantt"]["slots"]) and len(snap["gantt"]["slots"]) <= 3
+    assert sorted(b["n"] for b in bars if b["task"] == "cli" and b["kind"] == "agent") == [1, 2]
+    assert {b["kind"] for b in bars} <= {"agent", "rebase", "qa", "merge"}
+    assert all(b["n"] in (1, None) for b in bars if b["task"] != "cli")
+    assert {b["slot"] for b in bars} <= set(snap["gantt"]["slots"])
+    assert len([s for s in snap["gantt"]["slots"] if s != "merge queue"]) <= 3
     assert all(b["end"] is not None and b["end"] >= b["start"] for b in bars)
     totals = snap["totals"]
     assert (totals["merged"], totals["failed"], totals["running"], totals["tasks"]) == (7, 0, 0, 7)
@@ -160,12 +163,13 @@ def test_finished_demo_run_graph_timeline_totals_and_task_views(demo_repo, dashb
     # per task: attempts history, QA output, log, diff against the base
     detail = board.get("/api/task/cli")
     assert [a["n"] for a in detail["attempts"]] == [1, 2]
-    assert "expected output not found" in detail["qa"][0]["text"]
+    assert any("bug" in q["text"] for q in detail["qa"])  # what QA saw on the rejected attempt
     log = board.get("/api/task/cli/log")
     assert "agent cli: attempt 1" in log["text"] and "agent cli: attempt 2" in log["text"]
-    diff = board.get("/api/task/api/diff")
-    assert "+++ b/app/api.py" in diff["text"] and 'return "api ok"' in diff["text"]
-    assert "app/models.py" not in diff["text"]  # only the task's own change, not its dependencies'
+    for t in TASKS:  # each task's own change (not its dependencies', not a batch-mate's), after the merge
+        diff = board.get(f"/api/task/{t}/diff")
+        assert f"+++ b/app/{t}.py" in diff["text"] and f'return "{t} ok"' in diff["text"], (t, diff)
+        assert re.findall(r"^\+\+\+ b/(.*)$", diff["text"], re.M) == [f"app/{t}.py"], (t, diff)
     # the page and its assets, with a policy that forbids inline script
     code, headers, body = board.request("/")
     assert code == 200 and b'<script src="/app.js"' in body
@@ -266,6 +270,12 @@ def test_failed_and_permission_blocked_tasks_need_a_person(demo_repo, dashboards
     assert tasks["config"]["status"] == "failed"
     need = {a["task"]: a for a in snap["attention"]}
     assert need["config"]["status"] == "failed" and need["config"]["reason"] and need["config"]["todo"]
+    assert need["config"]["waits_on"] == [] and "orchestrator retry config" in need["config"]["todo"]
+    # cli depends on config: it never runs, and says it waits on config, after the cause
+    assert tasks["cli"]["status"] == "failed" and need["cli"]["waits_on"] == ["config"]
+    assert "never ran because config" in need["cli"]["todo"]
+    order = [a["task"] for a in snap["attention"]]
+    assert order.index("config") < order.index("cli")
     assert tasks["evil"]["name"] == HOSTILE  # hostile data is served as data, exactly
     assert board.get("/api/task/config/diff")["text"].count('return "bug"') == 1  # the kept branch's change
     # A `claude` agent that ended with permission denials (the preset records the tools):
@@ -274,6 +284,23 @@ def test_failed_and_permission_blocked_tasks_need_a_person(demo_repo, dashboards
     blocked = next(a for a in snap["attention"] if a["task"] == "models")
     assert "Bash, WebFetch" in blocked["reason"] and "Allow" in blocked["todo"]
     assert snap["totals"]["failed"] >= 2
+
+    # cost and tokens as the claude preset records them: per attempt, summed on the task and the run
+    def usage(data):
+        data["tasks"]["api"]["attempts"] = [
+            dict(data["tasks"]["api"]["attempts"][0] if data["tasks"]["api"].get("attempts") else {},
+                 n=1, kind="agent", slot="wt-1", started_at="2026-01-01T00:00:00Z", ended_at="2026-01-01T00:01:00Z",
+                 cost_usd=0.25, tokens_in=1000, tokens_out=200)]
+        data["tasks"]["docs"].update(cost_usd=0.5, tokens_in=3000, tokens_out=400)
+        data.pop("cost_usd", None)
+
+    Progress(Layout(repo)).update(usage)
+    snap = board.wait(lambda s: by_id(s)["api"]["cost_usd"] == 0.25, what="the recorded cost")
+    tasks = by_id(snap)
+    assert (tasks["api"]["tokens_in"], tasks["api"]["tokens_out"]) == (1000, 200)
+    assert snap["totals"]["cost_usd"] == pytest.approx(0.75) and snap["totals"]["tokens_in"] == 4000
+    Progress(Layout(repo)).update(lambda data: data.update(cost_usd=1.5))  # the run's own total wins
+    assert board.wait(lambda s: s["totals"]["cost_usd"] == 1.5, what="the run's cost")
 
 
 # ---------------------------------------------------------------------------- files rewritten under it

@@ -100,3 +100,6 @@ def test_a_running_task_and_its_log_streamed_without_reload(demo_repo, board):
             run.wait(timeout=30)
         b.wait_for("document.querySelector('#notices .notice.error') !== null")  # stopped: the last state stays
         assert b.eval("document.querySelectorAll('#dag g.node').length") == 7
+        dash.close()  # the server gone too: the page says so and keeps the last state
+        b.wait_for("document.getElementById('conn').textContent.startsWith('disconnected')", timeout=15)
+        assert b.eval("document.querySelectorAll('#dag g.node').length") == 7

@@ -405,17 +405,22 @@ def _sha(value):
 
 
 def _merge_of(git, repo, base_ref, branch, tip, entry):
-    """(commit, parents) of the merge that brought the task into the base, or None."""
+    """(commit, parents) of the merge that brought the task into the base, or None.
+
+    Searched on the first-parent line from `merged_commit` (the base tip right after the task
+    was merged: several merges can share it) or else from the base: the merge whose second
+    parent is the branch tip, or, the branch being deleted, whose subject ends `Merge BRANCH`."""
     merged = _sha(entry.get("merged_commit"))
-    if merged:
+    for start in (merged, base_ref):
+        if not start:
+            continue
+        for commit, parents, subject in git.first_parent_merges(repo, start):
+            if (tip and tip in parents[1:]) or (tip is None and subject.endswith(f"Merge {branch}")):
+                return commit, parents
+    if merged and tip is None:  # merged some other way (squash, fast-forward): that commit's change
         parents = git.commit_parents(repo, merged)
-        if parents is not None and (tip is None or tip in parents[1:] or not parents[1:]):
-            return merged, parents
-    if not base_ref:
-        return None
-    for commit, parents, subject in git.first_parent_merges(repo, base_ref):
-        if (tip and tip in parents[1:]) or (tip is None and subject.endswith(f"Merge {branch}")):
-            return commit, parents
+        if parents:
+            return merged, parents[:1]
     return None
 
 
@@ -469,19 +474,22 @@ PHASES = {"verifying": ("qa", None), "merging": ("merge", "merge queue")}
 def phases(transitions, tries):
     """QA and merge spans of a task from its journaled status changes: QA on the slot of the
     attempt it checks, merges on one `merge queue` lane (they run one at a time on the base)."""
-    spans, open_span = [], None
+    spans, open_span, starts = [], None, 0
     for change in transitions:
         if open_span and change["src"] == open_span["from"] and change["ts"]:
             open_span["end"] = change["ts"]
             spans.append(open_span)
             open_span = None
+        if change["dst"] == "running":
+            starts += 1  # the attempt number: timestamps (1 s) cannot order attempts and checks
         if change["dst"] in PHASES and change["ts"]:
             kind, lane = PHASES[change["dst"]]
-            before = [a for a in tries if a["start"] is not None and a["start"] <= change["ts"]]
-            slot = lane or ("/".join(x for x in (before[-1].get("node"), before[-1].get("slot")) if x)
-                            if before else None) or "(no slot)"
+            checked = ([a for a in tries if a["n"] == starts and a["kind"] == "agent"]
+                       or [a for a in tries if a["start"] is not None and a["start"] <= change["ts"]])
+            slot = lane or ("/".join(x for x in (checked[-1].get("node"), checked[-1].get("slot")) if x)
+                            if checked else None) or "(no slot)"
             open_span = {"from": change["dst"], "kind": kind, "slot": slot, "start": change["ts"], "end": None,
-                         "n": before[-1]["n"] if before else None}
+                         "n": checked[-1]["n"] if checked else None}
     if open_span:
         spans.append(open_span)
     for span in spans:
@@ -544,8 +552,17 @@ def critical_path(ids, deps, weight):
     return best[end], path[::-1]
 
 
-def _advice(t, entry):
-    """(reason, what to do) for a task that needs a person."""
+def _advice(t, entry, deps=(), entries=None):
+    """(reason, what to do, [failed dependencies]) for a task that needs a person."""
+    reason, todo = _advice_for(t, entry)
+    stuck = [d for d in deps if (entries or {}).get(d, {}).get("status") in NEEDS_PERSON]
+    if stuck and entry.get("status") == "failed" and not entry.get("attempts") and not entry.get("iterations"):
+        todo = (f"Nothing to fix in {t} itself: it never ran because {', '.join(stuck)} did not finish. Deal with "
+                f"that first, then `orchestrator retry {t}` too and `orchestrator resume`.")
+    return reason, todo, stuck
+
+
+def _advice_for(t, entry):
     status = entry.get("status")
     failure = text(entry.get("failure"), 500)
     feedback = text(entry.get("qa_feedback"), 500)
@@ -587,14 +604,12 @@ def build_snapshot(progress, machine, context, journal, pool_size, warnings, now
             if isinstance(entries[t].get("depends_on"), list) else [] for t in ids}
 
     attempts = {t: normalized_attempts(entries[t], journal.attempts.get(t, ()), now) for t in ids}
-    work = {}  # agent seconds per task: precise attempt records first, then `elapsed` (the sum of
-    for t in ids:  # finished attempts, to the 1/100 s) plus a running attempt, then journal spans (1 s)
+    work = {}  # agent seconds per task: `elapsed` (finished attempts, to 1/100 s) plus a running
+    for t in ids:  # attempt, else the attempts' spans (their timestamps have one-second resolution)
         tries = attempts[t]
         spans = [a["duration"] for a in tries if a["duration"] is not None]
         elapsed = number(entries[t].get("elapsed"))
-        if tries and tries[0]["source"] == "progress":
-            work[t] = sum(spans)
-        elif elapsed is not None:
+        if elapsed is not None:
             work[t] = elapsed + sum(a["duration"] or 0.0 for a in tries if a["running"])
         elif spans:
             work[t] = sum(spans)
@@ -665,7 +680,8 @@ def build_snapshot(progress, machine, context, journal, pool_size, warnings, now
             bars.append(dict(phase, task=t, status=status, critical=t in on_path, outcome=None))
         task = {"id": t, "name": text(e.get("name"), 500), "status": status, "group": e.get("group")
                 if isinstance(e.get("group"), int) else None, "depends_on": deps[t], "layer": layer[t],
-                "order": position[t], "slot": text(e.get("slot"), 60), "node": text(e.get("node"), 100),
+                "order": position[t], "slot": text(e.get("slot") or (last or {}).get("slot"), 60),
+                "node": text(e.get("node") or (last or {}).get("node"), 100),
                 "attempt": e.get("iterations") if isinstance(e.get("iterations"), int) else len(tries) or None,
                 "retry_count": e.get("retry_count") if isinstance(e.get("retry_count"), int) else None,
                 "elapsed": elapsed, "work": work.get(t), "cost_usd": cost, "tokens_in": t_in, "tokens_out": t_out,
@@ -676,11 +692,13 @@ def build_snapshot(progress, machine, context, journal, pool_size, warnings, now
                 "started_at": epoch(e.get("started_at")), "completed_at": epoch(e.get("completed_at"))}
         tasks_out.append(task)
         if status in NEEDS_PERSON:
-            reason, todo = _advice(t, e)
-            attention.append({"task": t, "status": status, "reason": clean_text(reason), "todo": todo})
+            reason, todo, waits_on = _advice(t, e, deps[t], entries)
+            attention.append({"task": t, "status": status, "reason": clean_text(reason), "todo": todo,
+                              "waits_on": waits_on})
+    attention.sort(key=lambda a: bool(a["waits_on"]))  # causes first, the tasks stuck behind them after
 
-    slots.sort(key=lambda s: [(0, int(part), "") if part.isdigit() else (1, 0, part)
-                              for part in re.split(r"(\d+)", s)])  # wt-2 before wt-10
+    slots.sort(key=lambda s: (s in ("merge queue", "(no slot)"),  # slots first, wt-2 before wt-10
+                              [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", s)]))
 
     # the run and its machine
     state = text(machine.get("current_state"), 60)

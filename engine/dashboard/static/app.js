@@ -142,7 +142,8 @@ function renderNotices(snap) {
 function renderAttention(snap) {
   if (!snap.attention.length) { fill("attention"); return; }
   const cards = snap.attention.map((a) => {
-    const card = el("div", {class: "need " + stClass(a.status), "data-task": a.task, role: "button", tabindex: "0"},
+    const card = el("div", {class: "need " + stClass(a.status) + (a.waits_on && a.waits_on.length ? " behind" : ""),
+                            "data-task": a.task, role: "button", tabindex: "0"},
       el("div", {class: "need-head"}, el("span", {class: "badge " + stClass(a.status)}, a.status.replace("_", " ")),
         " ", el("strong", {class: "need-task"}, a.task)),
       el("div", {class: "need-reason"}, a.reason),
