@@ -37,6 +37,11 @@ def test_graph_people_first_and_hostile_text_stays_text(demo_repo, board):
     plan_with(plan, hostile_task())
     orchestrator(repo, "run", "--all-groups", "--quiet", plan,
                  env=dict(python_env(), DEMO_AGENT_SLEEP="0", DEMO_BROKEN="config"), check=False)
+    from engine.paths import Layout
+    from engine.progress import Progress
+
+    # and a `claude` agent that was denied tools (what the preset records on its task)
+    Progress(Layout(repo)).set_task("models", status="blocked_permission", permission_denials=["Bash", "WebFetch"])
     dash = board()
     tasks = {t["id"]: t for t in dash.snapshot()["tasks"]}
     with Browser() as b:
@@ -51,12 +56,17 @@ def test_graph_people_first_and_hostile_text_stays_text(demo_repo, board):
         assert b.eval("document.querySelectorAll('#dag g.node.critical').length") >= 1
         statuses = b.eval("Object.fromEntries([...document.querySelectorAll('#dag g.node')]"
                           ".map(n => [n.dataset.task, n.getAttribute('class')]))")
-        assert "st-failed" in statuses["config"] and "st-merged" in statuses["models"]
+        assert "st-failed" in statuses["config"] and "st-merged" in statuses["api"]
+        assert "st-blocked_permission" in statuses["models"]
         # the failed task is at the top, above the graph, with a reason and what to do
         need = b.wait_for("(() => { const n = document.querySelector('#attention .need[data-task=\"config\"]');"
                           " return n && {top: n.getBoundingClientRect().top, text: n.textContent,"
                           " dag: document.getElementById('dag').getBoundingClientRect().top}; })()")
         assert need["top"] < need["dag"] and "failed" in need["text"] and "→" in need["text"]
+        blocked = b.eval("(() => { const n = document.querySelector('#attention .need[data-task=\"models\"]');"
+                         " return n && {top: n.getBoundingClientRect().top, text: n.textContent}; })()")
+        assert blocked["top"] < need["dag"] and "blocked permission" in blocked["text"]
+        assert "Bash, WebFetch" in blocked["text"] and "orchestrator retry models" in blocked["text"]
         # the hostile description: text in the title, the graph's tooltip and the diff; never markup
         title = b.wait_for("document.getElementById('detail-title').textContent.includes('evil') && "
                            "document.getElementById('detail-title').textContent")

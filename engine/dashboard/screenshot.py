@@ -24,16 +24,17 @@ def _snapshot(url):
 
 
 def _moment(snap):
-    """Group 3 under way: most tasks merged (cli after a retry), the last layer's agents running."""
+    """The last layer under way: most tasks merged (cli after a QA rejection), an agent running."""
     running = [t for t in snap["tasks"] if t["running"]]
-    return snap["totals"]["merged"] >= 5 and running and min(t["elapsed"] or 0 for t in running) >= 1.5
+    return snap["totals"]["merged"] >= 4 and running and any(t["layer"] == 2 and 1.0 <= (t["elapsed"] or 0) <= 2.5
+                                                                 for t in running)
 
 
 def main(argv=None):
     args = sys.argv[1:] if argv is None else argv
     out = os.path.abspath(args[0] if args else "docs/dashboard.png")
     base = tempfile.mkdtemp(prefix="orchestrator-screenshot-")
-    env = dict(os.environ, PYTHONPATH=ROOT, DEMO_FLAKY="cli", DEMO_AGENT_SLEEP="2.5",
+    env = dict(os.environ, PYTHONPATH=ROOT, DEMO_FLAKY="cli", DEMO_AGENT_SLEEP="4",
                GIT_AUTHOR_NAME="demo", GIT_AUTHOR_EMAIL="demo@example.com",
                GIT_COMMITTER_NAME="demo", GIT_COMMITTER_EMAIL="demo@example.com")
     run = board = None

@@ -161,20 +161,23 @@ function card(label, value, sub, cls) {
 
 function renderTotals(snap) {
   const t = snap.totals;
-  const ratio = t.makespan && t.lower_bound ? t.makespan / t.lower_bound : null;
+  const done = t.tasks > 0 && snap.tasks.every((x) => ["merged", "failed", "blocked", "blocked_permission"].includes(x.status));
+  const ratio = done && t.makespan && t.lower_bound ? t.makespan / t.lower_bound : null;
   const bar = el("div", {class: "ratio"}, el("div", {class: "ratio-fill"}));
-  if (ratio) bar.firstChild.style.width = Math.min(100, 100 / ratio).toFixed(1) + "%";
+  if (t.makespan && t.lower_bound) bar.firstChild.style.width = Math.min(100, 100 * t.makespan / t.lower_bound).toFixed(1) + "%";
   fill("totals",
     card("merged", t.merged + " / " + t.tasks, t.pending ? t.pending + " pending" : "all started", "c-merged"),
     card("running", String(t.running), "of " + t.agents + " agent slots", "c-running"),
     card("failed / blocked", String(t.failed), t.failed ? "see Needs you" : "none", t.failed ? "c-failed" : ""),
     card("cost", money(t.cost_usd), "tokens " + tokens(t.tokens_in) + " in / " + tokens(t.tokens_out) + " out"),
-    el("div", {class: "card wide"}, el("div", {class: "card-label"}, "makespan so far vs lower bound"),
+    el("div", {class: "card wide"}, el("div", {class: "card-label"},
+        done ? "makespan vs lower bound" : "makespan so far vs lower bound for the run"),
       el("div", {class: "card-value"}, dur(t.makespan), el("span", {class: "vs"}, " vs "), dur(t.lower_bound),
-        ratio ? el("span", {class: "vs"}, "  ×" + ratio.toFixed(2)) : null),
+        ratio ? el("span", {class: "vs"}, "  ×" + ratio.toFixed(2) + " the bound") : null),
       bar,
       el("div", {class: "card-sub"}, "bound = max(critical path " + dur(t.critical_path) + ", work "
-        + dur(t.total_work) + " / " + t.agents + " agents)")));
+        + dur(t.total_work) + " / " + t.agents + " agents)" + (done ? "" : "; unfinished tasks at the mean "
+        + dur(t.estimated_task)))));
 }
 
 // ------------------------------------------------------------------ DAG
