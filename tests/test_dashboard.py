@@ -414,7 +414,7 @@ def test_any_progress_content_gives_a_snapshot_of_plain_json(tasks, run, machine
     from engine.dashboard.files import ProjectFiles
 
     progress = dict(run, tasks=tasks)
-    snap = build_snapshot(progress, machine, {}, JournalSource(ProjectFiles("/nonexistent")), None, [],
+    snap = build_snapshot(progress, machine, {}, JournalSource(ProjectFiles("/nonexistent"), "/nonexistent/journal"), None, [],
                           1800000000.0, "/p")
     json.dumps(snap, allow_nan=False)  # what the server sends: strict JSON
     assert {t["id"] for t in snap["tasks"]} <= {"a", "b", "c"}

@@ -1,9 +1,9 @@
 """Reading the project's files for the dashboard, and nothing else.
 
-Every path is a fixed tuple of names below the project root (a task id is validated before it
-becomes part of a name), and every component is opened relative to its parent's descriptor
-with O_NOFOLLOW: a symlink anywhere below the root (a planted `.claude/auto-logs/x.log ->
-~/.ssh/id_rsa`) is refused, not followed."""
+Paths come from engine.paths.Layout (a task id is validated before it becomes part of a
+name); anything outside the project root is refused, and every component below the root is
+opened relative to its parent's descriptor with O_NOFOLLOW: a symlink anywhere below the
+root (a planted `auto-logs/x.log -> ~/.ssh/id_rsa`) is refused, not followed."""
 
 import os
 import re
@@ -24,10 +24,20 @@ class ProjectFiles:
     def __init__(self, root):
         self.root = os.path.abspath(root)
 
-    def _open(self, parts):
-        """A read-only descriptor of root/parts..., or None when missing, a symlink or not a file."""
-        if not parts or any(p in ("", ".", "..") or "/" in p or "\0" in p for p in parts):
-            raise ValueError(f"bad path components: {parts!r}")
+    def parts(self, path):
+        """The components of PATH below the root, or None when it is not below the root."""
+        rel = os.path.relpath(os.path.abspath(path), self.root)
+        parts = tuple(rel.split(os.sep))
+        if rel == "." or any(p in ("", ".", "..") or "\0" in p for p in parts):
+            return None
+        return parts
+
+    def _open(self, path):
+        """A read-only descriptor of PATH, or None when outside the root, missing, reached through
+        a symlink, or not a regular file."""
+        parts = self.parts(path)
+        if parts is None:
+            return None
         flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
         try:
             fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
@@ -48,9 +58,9 @@ class ProjectFiles:
             return None
         return leaf
 
-    def stat(self, *parts):
+    def stat(self, path):
         """(inode, size, mtime_ns) of a regular file, or None."""
-        fd = self._open(parts)
+        fd = self._open(path)
         if fd is None:
             return None
         try:
@@ -59,9 +69,9 @@ class ProjectFiles:
         finally:
             os.close(fd)
 
-    def read(self, *parts, offset=0, limit=None):
+    def read(self, path, offset=0, limit=None):
         """(bytes, (inode, size, mtime_ns)) from `offset` (at most `limit` bytes), or (None, None)."""
-        fd = self._open(parts)
+        fd = self._open(path)
         if fd is None:
             return None, None
         try:
@@ -84,8 +94,11 @@ class ProjectFiles:
         finally:
             os.close(fd)
 
-    def listdir(self, *parts):
-        """Names in the directory root/parts... (not following symlinks), or []."""
+    def listdir(self, path):
+        """Names in the directory PATH below the root (not following symlinks), or []."""
+        parts = self.parts(path)
+        if parts is None:
+            return []
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
         try:
             fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)

@@ -165,6 +165,7 @@ class Browser:
             self.call("Emulation.setDeviceMetricsOverride", width=self.width, height=max(self.height, height),
                       deviceScaleFactor=1, mobile=False)
         data = self.call("Page.captureScreenshot", **params)["data"]
-        with open(path, "wb") as fh:
-            fh.write(base64.b64decode(data))
+        from engine import store
+
+        store.atomic_write(path, base64.b64decode(data), keep_last_good=False)
         return path

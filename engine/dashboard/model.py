@@ -22,13 +22,6 @@ from engine import store
 from engine.dashboard.files import ProjectFiles, valid_task_id
 from engine.errors import OrchestratorError
 
-CLAUDE = ".claude"
-LOGS = "auto-logs"
-PROGRESS = "auto-progress.yaml"
-STATE = "auto-state-machine.yaml"
-JOURNAL = "auto-journal.jsonl"
-CONTEXT = "auto-context.yaml"
-POOL = "pool-state.json"
 
 PIPELINE = ("DECOMPOSE", "PARALLELIZE", "EXECUTE", "QA", "E2E", "INTEGRATE", "CHECKPOINT", "COMPLETE")
 TERMINAL = ("merged", "failed", "blocked", "blocked_permission")
@@ -114,20 +107,20 @@ def plain(value, depth=0):
 
 # ---------------------------------------------------------------------------- sources
 class YamlSource:
-    """One YAML mapping under .claude/, re-parsed when its (inode, size, mtime) changes; a
-    parse failure keeps serving the last good mapping (or `<file>.last-good` on a cold start)."""
+    """One YAML mapping of the run, re-parsed when its (inode, size, mtime) changes; a parse
+    failure keeps serving the last good mapping (or `<file>.last-good` on a cold start)."""
 
-    def __init__(self, files, name):
-        self.files, self.name = files, name
+    def __init__(self, files, path, label):
+        self.files, self.path, self.name = files, path, label
         self.key = None
         self.data = {}
         self.error = None
 
     def load(self):
-        raw, key = self.files.read(CLAUDE, self.name)
+        raw, key = self.files.read(self.path)
         if raw is None:
             if self.key is not None:  # gone for a moment (or for good): keep the last state
-                self.error = f"{CLAUDE}/{self.name} is missing: showing the last state read"
+                self.error = f"{self.name} is missing: showing the last state read"
             return self.data
         if key == self.key:
             return self.data
@@ -136,14 +129,14 @@ class YamlSource:
             self.data, self.key, self.error = parsed, key, None
             return self.data
         if not self.data:  # a cold start on a bad file: the writer's last good copy
-            backup, _ = self.files.read(CLAUDE, self.name + store.LAST_GOOD_SUFFIX)
+            backup, _ = self.files.read(self.path + store.LAST_GOOD_SUFFIX)
             self.data = (self._parse(backup) if backup is not None else None) or {}
-        self.error = f"{CLAUDE}/{self.name} cannot be read right now: showing the last good copy"
+        self.error = f"{self.name} cannot be read right now: showing the last good copy"
         return self.data
 
     def _parse(self, raw):
         try:
-            data = store.parse_yaml(raw.decode("utf-8"), f"{CLAUDE}/{self.name}")
+            data = store.parse_yaml(raw.decode("utf-8"), self.name)
         except (UnicodeDecodeError, OrchestratorError):
             return None
         if data is None:
@@ -155,8 +148,8 @@ class JournalSource:
     """The journal read incrementally: only complete lines whose checksum holds; a torn tail is
     left for the next read. A replaced or truncated file is read again from the start."""
 
-    def __init__(self, files):
-        self.files = files
+    def __init__(self, files, path):
+        self.files, self.path = files, path
         self.reset()
 
     def reset(self):
@@ -169,7 +162,7 @@ class JournalSource:
         self.last_ts = None
 
     def load(self):
-        st = self.files.stat(CLAUDE, JOURNAL)
+        st = self.files.stat(self.path)
         if st is None:
             if self.inode is not None:
                 self.reset()
@@ -180,7 +173,7 @@ class JournalSource:
             self.inode = inode
         if size == self.offset:
             return self
-        raw, _ = self.files.read(CLAUDE, JOURNAL, offset=self.offset, limit=size - self.offset)
+        raw, _ = self.files.read(self.path, offset=self.offset, limit=size - self.offset)
         if raw is None:
             return self
         end = raw.rfind(b"\n")
@@ -227,13 +220,16 @@ class RunModel:
     """Everything the dashboard serves, read from one project root."""
 
     def __init__(self, root, git_repo=None):
-        self.files = ProjectFiles(root)
+        from engine.paths import Layout
+
+        self.layout = layout = Layout(root)
+        self.files = ProjectFiles(layout.root)
         self.root = self.files.root
         self.git_repo = git_repo or self.root
-        self.progress = YamlSource(self.files, PROGRESS)
-        self.state = YamlSource(self.files, STATE)
-        self.context = YamlSource(self.files, CONTEXT)
-        self.journal = JournalSource(self.files)
+        self.progress = YamlSource(self.files, layout.progress, layout.rel(layout.progress))
+        self.state = YamlSource(self.files, layout.state_file, layout.rel(layout.state_file))
+        self.context = YamlSource(self.files, layout.context, layout.rel(layout.context))
+        self.journal = JournalSource(self.files, layout.journal)
         self.lock = threading.Lock()  # the sources are shared by the server's threads
 
     # ------------------------------------------------------------------ snapshot
@@ -248,7 +244,7 @@ class RunModel:
                                   now or time.time(), self.root)
 
     def _pool_size(self):
-        raw, _ = self.files.read(CLAUDE, POOL, limit=1 << 20)
+        raw, _ = self.files.read(self.layout.pool_state, limit=1 << 20)
         try:
             size = json.loads(raw.decode("utf-8")).get("pool_size") if raw else None
         except (ValueError, AttributeError, UnicodeDecodeError):
@@ -283,14 +279,14 @@ class RunModel:
             journal = self.journal.load()
             journal_attempts = list(journal.attempts.get(task_id, ()))
             history = list(journal.transitions.get(task_id, ()))
-        names = self.files.listdir(CLAUDE, LOGS)
+        names = self.files.listdir(self.layout.logs)
         exits = {}
         qa_numbers = []
         prefix = re.escape(task_id)
         for name in names:
             m = re.fullmatch(prefix + r"\.attempt-(\d{1,6})\.exit", name)
             if m:
-                raw, _ = self.files.read(CLAUDE, LOGS, f"{task_id}.attempt-{int(m.group(1))}.exit", limit=64)
+                raw, _ = self.files.read(self.layout.attempt_exit(task_id, int(m.group(1))), limit=64)
                 try:
                     exits[int(m.group(1))] = int((raw or b"").strip())
                 except ValueError:
@@ -300,7 +296,7 @@ class RunModel:
                 qa_numbers.append(int(m.group(1)))
         qa = []
         for n in sorted(qa_numbers, reverse=True):
-            raw, key = self.files.read(CLAUDE, LOGS, f"{task_id}.qa-{n}.log", offset=-QA_TAIL)
+            raw, key = self.files.read(self.layout.qa_log(task_id, n), offset=-QA_TAIL)
             if raw is not None:
                 qa.append({"n": n, "text": clean_text(raw.decode("utf-8", "replace")),
                            "truncated": key[1] > len(raw)})
@@ -317,14 +313,14 @@ class RunModel:
     def log_chunk(self, task_id, offset=None, inode=None):
         """New bytes of TASK.log from `offset` (the last 64 KiB when None, or when the file was
         replaced or truncated since), cut at a UTF-8 character boundary."""
-        st = self.files.stat(CLAUDE, LOGS, f"{task_id}.log")
+        st = self.files.stat(self.layout.task_log(task_id))
         if st is None:
             return {"exists": False, "text": "", "offset": 0, "next": 0, "size": 0, "inode": None, "reset": True}
         ino, size, _ = st
         reset = offset is None or offset > size or (inode is not None and inode != ino)
         if reset:
             offset = max(0, size - LOG_TAIL)
-        raw, key = self.files.read(CLAUDE, LOGS, f"{task_id}.log", offset=offset, limit=LOG_CHUNK)
+        raw, key = self.files.read(self.layout.task_log(task_id), offset=offset, limit=LOG_CHUNK)
         if raw is None:
             return {"exists": False, "text": "", "offset": 0, "next": 0, "size": 0, "inode": None, "reset": True}
         if reset and offset > 0:  # start the tail at a line boundary
@@ -348,7 +344,7 @@ class RunModel:
         try:
             return task_change(git, self.git_repo, task_id, entry, base)
         except GitError as exc:
-            return {"text": "", "source": None, "message": clean_text(exc.line), "truncated": False}
+            return {"text": "", "source": None, "message": clean_text(str(exc)), "truncated": False}
 
 
 def task_change(git, repo, task_id, entry, base):

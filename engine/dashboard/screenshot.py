@@ -60,7 +60,6 @@ def main(argv=None):
                              "document.getElementById('log').textContent.length > 0 && "
                              "document.querySelectorAll('#gantt g.bar').length > 0")
             time.sleep(0.3)
-            os.makedirs(os.path.dirname(out), exist_ok=True)
             browser.screenshot(out, full_page=True)
         print(f"wrote {os.path.relpath(out)}")
         return 0

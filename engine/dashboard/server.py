@@ -55,7 +55,7 @@ class DashboardServer(ThreadingHTTPServer):
 
     def __init__(self, model, host="127.0.0.1", port=0, allow_remote=False):
         if not allow_remote and not is_loopback(host):
-            raise OrchestratorError(f"ERROR: the dashboard listens on 127.0.0.1 only; binding {host} would show "
+            raise OrchestratorError(f"the dashboard listens on 127.0.0.1 only; binding {host} would show "
                                     "your run, logs and diffs to the network (pass --allow-remote to do it anyway)")
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.model = model
@@ -67,7 +67,7 @@ class DashboardServer(ThreadingHTTPServer):
         try:
             super().__init__((host, port), Handler)
         except OSError as exc:
-            raise OrchestratorError(f"ERROR: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            raise OrchestratorError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         self.host = host
 
     @property
