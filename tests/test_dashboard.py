@@ -354,6 +354,28 @@ def test_serves_the_last_good_state_through_torn_and_corrupt_files(demo_repo):
     assert len(snap["gantt"]["bars"]) == 7  # attempts now from started_at + elapsed (cli's two merged in one)
 
 
+def test_a_long_journal_is_read_in_bounded_chunks(demo_repo, monkeypatch):
+    from engine import store
+    from engine.dashboard import model as dashboard_model
+    from engine.paths import Layout
+
+    repo, _ = demo_repo
+    journal = store.Journal(Layout(repo).journal)
+    for n in range(40):
+        journal.append("agent-start", task=f"t{n % 4}", slot=f"wt-{n % 3}", attempt=n // 4 + 1)
+    with open(journal.path, "a") as fh:
+        fh.write("x" * 700 + "\n")  # a junk line longer than a chunk
+    journal.append("agent-start", task="last", slot="wt-1", attempt=1)
+    monkeypatch.setattr(dashboard_model, "JOURNAL_CHUNK", 500)
+    source = dashboard_model.RunModel(repo).journal
+    loads = 0
+    while source.offset < os.path.getsize(journal.path) and loads < 100:
+        source.load()
+        loads += 1
+    assert loads > 5  # several polls, each reading at most a chunk
+    assert sum(len(v) for v in source.attempts.values()) == 41 and "last" in source.attempts
+
+
 # ---------------------------------------------------------------------------- the graph rules
 def dags():
     return st.integers(1, 9).flatmap(lambda n: st.tuples(

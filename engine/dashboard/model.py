@@ -33,6 +33,7 @@ LOG_CHUNK = 256 * 1024
 QA_TAIL = 32 * 1024
 DIFF_LIMIT = 512 * 1024
 JOURNAL_RECENT = 200
+JOURNAL_CHUNK = 8 * 1024 * 1024
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-_]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -173,12 +174,15 @@ class JournalSource:
             self.inode = inode
         if size == self.offset:
             return self
-        raw, _ = self.files.read(self.path, offset=self.offset, limit=size - self.offset)
+        # at most JOURNAL_CHUNK per call: a long journal is caught up over a few polls, never all at once
+        raw, _ = self.files.read(self.path, offset=self.offset, limit=min(size - self.offset, JOURNAL_CHUNK))
         if raw is None:
             return self
         end = raw.rfind(b"\n")
         if end < 0:
-            return self  # only a torn (or still being written) line
+            if len(raw) >= JOURNAL_CHUNK:  # one line longer than a chunk: no record of ours, skip it
+                self.offset += len(raw)
+            return self  # else only a torn (or still being written) line
         for line in raw[:end].split(b"\n"):
             if line.strip():
                 record = store.decode_journal_line(line.decode("utf-8", "replace"))
@@ -700,7 +704,9 @@ def build_snapshot(progress, machine, context, journal, pool_size, warnings, now
     state = text(machine.get("current_state"), 60)
     status = text(progress.get("status"), 40)
     pid = progress.get("orchestrator_pid")
-    orchestrator_alive = alive(pid) if isinstance(pid, int) and not isinstance(pid, bool) else None
+    pid_start = progress.get("orchestrator_pid_start")
+    orchestrator_alive = (alive(pid, pid_start if isinstance(pid_start, str) else None)
+                          if isinstance(pid, int) and not isinstance(pid, bool) else None)
     started = epoch(progress.get("started_at"))
     finished = epoch(progress.get("completed_at")) if status == "complete" else None
     if status == "running" and orchestrator_alive is not False:
