@@ -4,8 +4,8 @@ Why polling and not server-sent events: the page asks for the snapshot (and the 
 task's new log bytes) once a second. Every answer is a complete, self-contained document,
 so a restarted server, a laptop waking up or a file rewritten mid-read costs one stale
 second, never a stream to re-synchronise; no request holds a thread; and each answer is a
-plain GET that the tests read exactly as the page does. On localhost a poll costs a few
-stat calls and about a millisecond.
+plain GET that the tests read exactly as the page does. A poll re-parses only the files
+whose (inode, size, mtime) changed and reads only the journal's new bytes.
 
 What it guards against: it binds 127.0.0.1 unless told otherwise twice (--host and
 --allow-remote); it answers only requests whose Host header names that address (a web page
