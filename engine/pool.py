@@ -421,26 +421,52 @@ class Pool:
 
     # ------------------------------------------------------------------ live leases
     def live_leases(self, data):
-        """Busy slots whose owner is a live process other than this one (pid and start time
-        checked, so a reused pid is not mistaken for the owner)."""
+        """[(slot, who)] for busy slots someone is still working in, other than this process:
+        the lease owner alive (pid and start time checked, so a reused pid does not count),
+        or -- the owner dead, e.g. a SIGKILLed orchestrator -- the task's agent still running
+        (its pid and start time as the progress file records them)."""
         mine = {os.getpid()}
         if str(self.lease_pid or "").isdigit():
             mine.add(int(self.lease_pid))  # the caller's own leases (POOL_OWNER_PID=$$)
-        return [s for s in data["worktrees"] if s.get("status") == "busy" and
-                owner_alive(s.get("owner")) and s["owner"]["pid"] not in mine]
+        agents = None
+        live = []
+        for slot in data["worktrees"]:
+            owner = slot.get("owner") or {}
+            if slot.get("status") != "busy" or owner.get("pid") in mine:
+                continue
+            if owner_alive(owner):
+                live.append((slot, f"running pid {owner['pid']}"))
+                continue
+            agents = self._running_agents() if agents is None else agents
+            if slot.get("task_id") in agents:
+                live.append((slot, f"its agent, pid {agents[slot['task_id']]}, which is still running"))
+        return live
+
+    def _running_agents(self):
+        """{task: pid} of the agents the progress file records as running and that are alive."""
+        try:
+            progress, _ = store.load_yaml_mapping(self.layout.progress)
+        except OrchestratorError:  # unreadable: no evidence either way; the lease owner decides
+            return {}
+        tasks = (progress or {}).get("tasks")
+        running = {}
+        for task_id, task in (tasks.items() if isinstance(tasks, dict) else ()):
+            if isinstance(task, dict) and isinstance(task.get("pid"), int) and \
+                    alive(task["pid"], task.get("pid_start")):
+                running[task_id] = task["pid"]
+        return running
 
     def _live_now(self):
         with self.lock():
-            return self.live_leases(self.load())
+            return {slot["id"] for slot, _ in self.live_leases(self.load())}
 
     def refuse_live_leases(self, data, what):
         live = self.live_leases(data)
         if live:
-            first = live[0]
+            slot, who = live[0]
             more = f" (and {len(live) - 1} more)" if len(live) > 1 else ""
-            raise LeaseHeld(f"Cannot {what}: {first['id']} is leased to task {first.get('task_id')} by "
-                            f"running pid {first['owner']['pid']}{more}; stop it first (`orchestrator abort`) "
-                            "or use --force")
+            raise LeaseHeld(f"Cannot {what}: {slot['id']} is leased to task {slot.get('task_id')} by {who}{more}; "
+                            "stop it first (`orchestrator abort`) or use --force")
 
     # ------------------------------------------------------------------ cleanup / reset
     def cleanup(self, force=False, ignore_live=False):
@@ -464,12 +490,12 @@ class Pool:
                     kept += bool(branch and git.branch_exists(self.repo, branch))
         # A slot leased by a live process after the check above (a race, not a user's
         # intent) keeps its worktree and its record.
-        live = set() if ignore_live or data is None else {s["id"] for s in self._live_now()}
+        live = set() if ignore_live or data is None else self._live_now()
         removed = self._remove_slot_worktrees(keep=lambda n: f"wt-{n}" in live)
         if data is not None:
             with self.lock():
                 data = self.load()
-                live = set() if ignore_live else {s["id"] for s in self.live_leases(data)}
+                live = set() if ignore_live else {slot["id"] for slot, _ in self.live_leases(data)}
                 data["worktrees"] = [s if s["id"] in live else idle_slot(s["id"], self.rel(self.slot_path(s["id"])))
                                      for s in data["worktrees"]]
                 self.save(data)

@@ -254,10 +254,16 @@ def test_agent_log_link_is_never_written_through(tmp_path, sealed_env, outside, 
 
 def test_pool_directory_link_is_refused_before_git_checks_out_into_it(tmp_path, repo, outside):
     """git follows links: a committed `.claude/worktree-pool -> ~/dir` would get the slot's
-    checkout written into ~/dir. acquire refuses (engine.worktree.add_worktree claims the path)."""
+    checkout written into ~/dir. init refuses it already (it makes the pool directory through
+    engine.store); acquire refuses too (engine.worktree.add_worktree claims the path)."""
     cloned_with_link(tmp_path, repo, ".claude/worktree-pool", outside / "dir")
     before = snapshot(outside)
-    run("pm", "init", "1")
+    refused(run("pm", "init", "1"))
+    assert run("pm", "acquire", "t1").code == 1  # not initialised
+    assert snapshot(outside) == before
+    (tmp_path / "clone" / ".claude" / "pool-state.json").write_text(
+        '{"version": "1.0", "pool_size": 1, "worktrees": [{"id": "wt-1", "status": "idle", "task_id": null, '
+        '"path": ".claude/worktree-pool/wt-1", "branch": null, "acquired_at": null}]}')
     refused(run("pm", "acquire", "t1"))
     assert snapshot(outside) == before
 

@@ -261,3 +261,48 @@ def test_worktree_list_rides_out_a_half_written_worktree(repo):
     finally:
         finisher.join()
     assert paths[0] == str(repo) and paths[1].endswith("/half")
+
+
+def test_cleanup_refused_while_a_killed_runs_agent_still_works_in_its_slot(sealed_env, tmp_path):
+    """The orchestrator is SIGKILLed; its agent lives on in the slot. The lease owner is dead,
+    but the agent is not: cleanup refuses (naming the agent), and goes ahead once it is gone."""
+    import yaml
+
+    from engine import demo
+    from engine.procs import alive, stop_group
+
+    repo = demo.make_repo(str(tmp_path / "d"))
+    plan = os.path.join(repo, "..", "plan.yaml")
+    demo.write_plan(plan)
+    env = dict(python_env(), DEMO_AGENT_SLEEP="30")
+    run = subprocess.Popen([PYTHON, "-m", "engine.cli.orchestrator", "run", "--quiet", plan], cwd=repo, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    agents = {}
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and len(agents) < 3:  # group 1: models, utils, config
+            time.sleep(0.1)
+            try:
+                tasks = yaml.safe_load(open(os.path.join(repo, ".claude", "auto-progress.yaml")))["tasks"]
+            except (OSError, TypeError, KeyError, yaml.YAMLError):
+                continue
+            agents = {t: (v["pid"], v.get("pid_start")) for t, v in tasks.items() if v.get("pid")}
+        assert len(agents) == 3, agents
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+        assert any(alive(pid, start) for pid, start in agents.values())
+        r = subprocess.run([PYTHON, "-m", "engine.cli.pool_manager", "cleanup"], cwd=repo, env=env,
+                           capture_output=True, text=True)
+        assert r.returncode == 1 and "its agent, pid " in r.stderr and "which is still running" in r.stderr, r
+        assert len(r.stderr.splitlines()) == 1
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+        tasks = yaml.safe_load(open(os.path.join(repo, ".claude", "auto-progress.yaml")))["tasks"]
+        for v in tasks.values():  # every agent the killed run left behind
+            if v.get("pid"):
+                stop_group(v["pid"], v.get("pid_start"), grace=1.0)
+    r = subprocess.run([PYTHON, "-m", "engine.cli.pool_manager", "cleanup"], cwd=repo, env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r
