@@ -18,8 +18,9 @@ SCRIPTS = os.path.join(ROOT, "scripts")
 AGENT = os.path.join(ROOT, "engine", "demo_agent.py")
 
 PLAN = """\
-# A small app in three dependency layers. Swap `agent` for a real one, e.g.
-#   agent: claude -p "$TASK_DESCRIPTION" --permission-mode acceptEdits
+# A small app in three dependency layers. Swap `agent` for a real one: the Claude Code preset,
+#   agent: claude                      (or {{preset: claude, model: sonnet, max_budget_usd: 2}})
+# or any shell command that reads its task from the environment ($TASK_DESCRIPTION, ...).
 work_type: BACKEND
 base: main
 agent: {agent}
