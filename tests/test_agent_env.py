@@ -163,3 +163,13 @@ def test_cleaned_values_really_pass_exec(tmp_path):
     proc = subprocess.run(["/bin/sh", "-c", 'printf "%s" "$A"'], env=dict(os.environ, **out),
                           capture_output=True, check=True)
     assert proc.stdout == b"x\\0y"
+
+
+def test_lone_surrogate_and_bytes_values_pass(tmp_path):
+    """Text that cannot be encoded as it is (a lone surrogate from a hostile YAML or JSON
+    escape) and raw bytes that are not UTF-8 still reach the agent, escaped."""
+    spec = spec_for(tmp_path, {"TASK_ID": "t1", "TASK_DESCRIPTION": "half \ud800 pair", "TASK_FILES": b"\xff\xfe"},
+                    command='printf %s "$TASK_DESCRIPTION" > seen-d; printf %s "$TASK_FILES" > seen-f')
+    assert run_agent(spec).exit_code == 0
+    assert (tmp_path / "wt" / "seen-d").read_bytes() == b"half \\ud800 pair"
+    assert (tmp_path / "wt" / "seen-f").read_bytes() == b"\xff\xfe"
