@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from engine import git, procs
 
 BLOCKED_CODES = (126, 127)  # not executable / command not found: the check cannot run
-EXPECTED_SCAN_BYTES = 16 * 1024 * 1024  # how much output `expected_output` is looked for in
 
 
 @dataclass
@@ -20,14 +19,6 @@ class Verdict:
     verdict: str  # APPROVED | REJECTED | BLOCKED | INTERRUPTED
     feedback: str
     output_path: str = None
-
-
-def _contains(path, needle):
-    try:
-        with open(path, "rb") as fh:
-            return needle.encode("utf-8") in fh.read(EXPECTED_SCAN_BYTES)
-    except OSError:
-        return False
 
 
 class Checks:
@@ -53,7 +44,8 @@ class Checks:
         if result.timed_out or result.code in BLOCKED_CODES:
             return Verdict("BLOCKED", feedback, output)
         if result.code == 0:
-            if task.expected_output is None or _contains(output, task.expected_output):
+            # the command's own output only: the log's header line echoes the command itself
+            if task.expected_output is None or procs.output_contains(result, task.expected_output):
                 return Verdict("APPROVED", feedback, output)
             feedback += f"\n(expected output not found: {task.expected_output!r})"
         return Verdict("REJECTED", feedback, output)

@@ -63,6 +63,17 @@ def test_a_dependent_starts_while_an_unrelated_sibling_still_runs(orch, project,
                                                                         "after": "merged"}
 
 
+def test_expected_output_must_come_from_the_check_not_its_command_line(orch, project, monkeypatch):
+    """The QA log's header echoes the verify command: `true # all 5 passed` must not pass
+    `expected_output: passed` on the strength of its own command line."""
+    repo, plan = project
+    monkeypatch.setenv("AGENT_MODE", "t=file")
+    r = orch("run", "--all-groups", plan("  - {id: t, verify: 'true # all 5 passed', expected_output: passed}\n"))
+    assert r.code == 1
+    t = progress()["tasks"]["t"]
+    assert t["status"] == "failed" and "expected output not found" in t["qa_feedback"]
+
+
 def test_a_plan_may_list_a_task_before_its_dependency(orch, project):
     repo, plan = project
     r = orch("run", "--all-groups", plan("  - {id: late, depends_on: [early], complexity: L}\n  - {id: early}\n"))
