@@ -483,13 +483,13 @@ class Pool:
             data = None
         if data is not None:
             for slot in data["worktrees"]:
-                if slot.get("status") == "busy":
+                if slot.get("status") == "busy" and (ignore_live or slot["id"] not in self._live_now()):
                     branch = slot.get("branch")
                     self.release(slot["id"], force=force, quiet=True)
                     released += 1
                     kept += bool(branch and git.branch_exists(self.repo, branch))
         # A slot leased by a live process after the check above (a race, not a user's
-        # intent) keeps its worktree and its record.
+        # intent) is not released and keeps its worktree and its record.
         live = set() if ignore_live or data is None else self._live_now()
         removed = self._remove_slot_worktrees(keep=lambda n: f"wt-{n}" in live)
         if data is not None:

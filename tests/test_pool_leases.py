@@ -306,3 +306,22 @@ def test_cleanup_refused_while_a_killed_runs_agent_still_works_in_its_slot(seale
     r = subprocess.run([PYTHON, "-m", "engine.cli.pool_manager", "cleanup"], cwd=repo, env=env,
                        capture_output=True, text=True)
     assert r.returncode == 0, r
+
+
+def test_a_lease_taken_after_cleanups_check_keeps_its_worktree(pm, repo, monkeypatch, holder):
+    """The race: a live process leases a slot between cleanup's refusal check and its removal
+    of the worktrees (simulated by skipping the check). That slot survives the cleanup."""
+    from engine.pool import Pool
+
+    class LateLease(Pool):
+        def refuse_live_leases(self, data, what):  # the lease "arrives" after this check
+            return None
+
+    pm("init", "2")
+    _, live_path, _ = lease(pm, monkeypatch, "live", holder.pid)
+    _, dead_path, _ = lease(pm, monkeypatch, "dead", 999999999)
+    LateLease().cleanup()
+    slots = {s["id"]: s for s in json.load(open(STATE))["worktrees"]}
+    assert slots["wt-1"]["status"] == "busy" and slots["wt-1"]["task_id"] == "live"
+    assert slots["wt-2"]["status"] == "idle"
+    assert os.path.isdir(live_path) and not os.path.exists(dead_path)
