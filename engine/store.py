@@ -148,6 +148,11 @@ def open_fd(path, flags, mode=0o644):
         return _open_in(dfd, name, flags, mode, path)
 
 
+def _open_read(path):
+    """A binary file object reading PATH, refusing a link (see read_bytes)."""
+    return os.fdopen(open_fd(path, os.O_RDONLY), "rb")
+
+
 def read_bytes(path):
     """The bytes of PATH, refusing a link (an engine file that is a link is not ours to read
     or to replace). FileNotFoundError when it (or its directory) does not exist."""
@@ -475,7 +480,7 @@ class Journal:
         lines that fail their checksum are skipped by readers but never deleted.
         """
         try:
-            fh = open(self.path, "rb")
+            fh = _open_read(self.path)
         except FileNotFoundError:
             return None, None
         with fh:
@@ -499,7 +504,7 @@ class Journal:
         """Good records with a sequence number above SEQ, newest first. Reads back from the end
         only as far as it must (the records a state file has not caught up with are few)."""
         try:
-            fh = open(self.path, "rb")
+            fh = _open_read(self.path)
         except FileNotFoundError:
             return []
         with fh:
@@ -526,8 +531,8 @@ class Journal:
     def records(self):
         """Every good record in order (torn or corrupt lines skipped)."""
         try:
-            with open(self.path, encoding="utf-8", errors="replace") as fh:
-                lines = fh.read().split("\n")
+            with _open_read(self.path) as fh:
+                lines = fh.read().decode("utf-8", "replace").split("\n")
         except FileNotFoundError:
             return []
         return [r for r in (_decode_line(l) for l in lines if l.strip()) if r is not None]

@@ -275,3 +275,43 @@ def test_slot_path_link_is_refused(tmp_path, repo, outside):
     r = run("pm", "acquire", "t1")
     assert r.code != 0 and "Traceback" not in r.err, r
     assert snapshot(outside) == before
+
+
+# --------------------------------------------------------------------------- for every path
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as hst  # noqa: E402
+
+WRITERS = {
+    "atomic_write": lambda p: store.atomic_write(p, "x: 1\n"),
+    "append_text": lambda p: store.append_text(p, "note\n"),
+    "open_append": lambda p: store.open_append(p).close(),
+    "open_fd": lambda p: os.close(store.open_fd(p, os.O_WRONLY | os.O_CREAT)),
+    "makedirs": lambda p: store.makedirs(p),
+    "file_lock": lambda p: store.file_lock(os.path.join(p, "state")).__enter__(),  # locks p/state.lock
+    "journal": lambda p: store.Journal(p).append("e"),
+    "claim_path": lambda p: store.claim_path(p),
+}
+NAME = hst.sampled_from([".claude", "auto-logs", "auto-memory", "a", "wt-1", "x.yaml", "j.jsonl.lock"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(parts=hst.lists(NAME, min_size=1, max_size=5), at=hst.integers(min_value=0, max_value=4),
+       to_dir=hst.booleans(), writer=hst.sampled_from(sorted(WRITERS)))
+def test_a_link_at_any_depth_below_the_root_is_refused(tmp_path_factory, parts, at, to_dir, writer):
+    """For any path under the root with a link at any component, every writer refuses and the
+    link's target is unchanged."""
+    base = tmp_path_factory.mktemp("prop")
+    root, victim = base / "root", base / "victim"
+    root.mkdir()
+    victim.mkdir()
+    (victim / "f").write_bytes(SECRET)
+    Layout(str(root))
+    at = min(at, len(parts) - 1)
+    link = root.joinpath(*parts[:at + 1])
+    link.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(str(victim if to_dir else victim / "f"), link)
+    target = str(root.joinpath(*parts))
+    before = snapshot(victim)
+    with pytest.raises(UnsafePath):
+        WRITERS[writer](target)
+    assert snapshot(victim) == before
