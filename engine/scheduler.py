@@ -85,11 +85,15 @@ class Scheduler:
             # a merge in flight normally ends in well under a second; one stuck in a hook is not
             # waited for (the task stays `merging`, and the next run settles it against the base)
             merger.join(timeout=MERGE_GRACE)
+            if ctx.backend.needs_checkout:
+                ctx.slots.settle_releases()
             raise
         self.stopping.set()
         self.merge_wake.set()
         merger.join()
         workers.shutdown(wait=True)
+        if ctx.backend.needs_checkout:
+            ctx.slots.settle_releases()
 
     def _merger(self):
         """The merge queue's own thread: whatever is approved goes in, in batches, while the
@@ -242,19 +246,16 @@ class Scheduler:
             ctx.tasks.fail(task_id, exc.message, pid=None)
             ctx.reporter.task(task_id, f"failed: {exc.message}")
         finally:
-            if ctx.tasks.status(task_id) in TERMINAL | {S.APPROVED}:
+            status = ctx.tasks.status(task_id)
+            if status == S.APPROVED and ctx.backend.needs_checkout:
+                ctx.slots.release_later(task_id)  # this worker is free for the next task now
+            elif status in TERMINAL | {S.APPROVED}:
                 self._give_back(task_id)
             self.wake.set()
         self._show_progress()
 
     def _give_back(self, task_id):
-        try:
-            self.ctx.slots.release(task_id)
-        except OrchestratorError:
-            # e.g. the agent deleted its worktree: put the pool back in order instead
-            for line in self.ctx.slots.repair():
-                self.ctx.reporter.line(f"pool repaired: {line}")
-            self.ctx.tasks.update(task_id, slot=None)
+        self.ctx.slots.give_back(task_id)
 
     def _attempt_for(self, task_id, n, path, feedback):
         ctx = self.ctx
@@ -450,7 +451,7 @@ def run_scope(ctx):
     concurrency = int(data.get("concurrency") or 1)
     if any(ctx.tasks.status(t) not in TERMINAL for t in scope):
         if ctx.backend.needs_checkout:
-            ctx.slots.ensure(max(ctx.settings.max_agents, concurrency))
+            ctx.slots.ensure(max(ctx.settings.max_agents, concurrency) + ctx.slots.SPARE)
         started = time.time()
         scheduler = Scheduler(ctx, scope, concurrency)
         scheduler.run()

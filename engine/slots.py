@@ -13,10 +13,14 @@ from engine import git
 
 
 class Slots:
+    SPARE = 2  # slots beyond the concurrency, so a new task never waits for a release in flight
+
     def __init__(self, ctx):
         self.ctx = ctx
         self._pool = None
         self._lock = threading.Lock()
+        self._releaser = None
+        self._releasing = {}  # task id -> Future of its slot's release
 
     @property
     def pool(self):
@@ -57,6 +61,9 @@ class Slots:
         """The slot TASK_ID holds (edits of a killed attempt discarded if asked), or a fresh
         lease at the current base; recorded as the task's `slot` unless the caller records
         it with its own next write (RECORD false)."""
+        from engine.pool import PoolExhausted
+
+        self._wait(self._releasing.get(task_id))  # (approved, then conflicted: its release first)
         slot_id = self.leases().get(task_id)
         if slot_id is not None:
             path = self.path(slot_id)
@@ -64,7 +71,11 @@ class Slots:
                 git.forget_operations(path)  # a rebase/am/bisect an attempt left half done
                 git.discard_changes(path)
         else:
-            slot_id, path, _ = self.pool.acquire(task_id, self.ctx.base)
+            try:
+                slot_id, path, _ = self.pool.acquire(task_id, self.ctx.base)
+            except PoolExhausted:  # every slot busy or still being given back: wait for those
+                self.settle_releases()
+                slot_id, path, _ = self.pool.acquire(task_id, self.ctx.base)
         if record and self.ctx.tasks.entry(task_id).get("slot") != slot_id:
             self.ctx.tasks.update(task_id, slot=slot_id)
         return slot_id, path
@@ -78,6 +89,37 @@ class Slots:
         if self.ctx.tasks.entry(task_id).get("slot") is not None:
             self.ctx.tasks.update(task_id, slot=None)
         return slot_id
+
+    def release_later(self, task_id):
+        """Give the slot back in the background: the task's worker is free at once, and the
+        next task takes one of the spare slots meanwhile."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with self._lock:
+            if self._releaser is None:
+                self._releaser = ThreadPoolExecutor(max_workers=2, thread_name_prefix="release")
+            self._releasing[task_id] = self._releaser.submit(self.give_back, task_id)
+
+    def give_back(self, task_id):
+        """`release`, or, when the slot cannot be released (its worktree was deleted), a
+        repair of the pool; the task's `slot` is cleared either way."""
+        from engine.errors import OrchestratorError
+
+        try:
+            self.release(task_id)
+        except OrchestratorError:
+            for line in self.repair():
+                self.ctx.reporter.line(f"pool repaired: {line}")
+            self.ctx.tasks.update(task_id, slot=None)
+
+    def settle_releases(self):
+        """Wait for every release in flight (before the scope ends, or when no slot is free)."""
+        for future in list(self._releasing.values()):
+            self._wait(future)
+
+    def _wait(self, future):
+        if future is not None:
+            future.result()
 
     def repair(self):
         """After an agent broke its slot (deleted the worktree): put the pool back in order."""
