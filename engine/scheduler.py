@@ -85,15 +85,13 @@ class Scheduler:
             # a merge in flight normally ends in well under a second; one stuck in a hook is not
             # waited for (the task stays `merging`, and the next run settles it against the base)
             merger.join(timeout=MERGE_GRACE)
-            if ctx.backend.needs_checkout:
-                ctx.slots.settle_releases()
+            ctx.slots.settle_releases()
             raise
         self.stopping.set()
         self.merge_wake.set()
         merger.join()
         workers.shutdown(wait=True)
-        if ctx.backend.needs_checkout:
-            ctx.slots.settle_releases()
+        ctx.slots.settle_releases()
 
     def _merger(self):
         """The merge queue's own thread: whatever is approved goes in, in batches, while the
@@ -118,7 +116,7 @@ class Scheduler:
     def _reclaim_slots(self):
         """After a crash: a slot still leased by a task that no longer needs a checkout (it
         was approved, or it ended) goes back to the pool, so the others find one."""
-        if not self.ctx.backend.needs_checkout or not self.ctx.slots.exists():
+        if not self.ctx.slots.exists():
             return
         statuses = self.ctx.tasks.statuses()
         for task_id in self.ctx.slots.leases():
@@ -247,7 +245,7 @@ class Scheduler:
             ctx.reporter.task(task_id, f"failed: {exc.message}")
         finally:
             status = ctx.tasks.status(task_id)
-            if status == S.APPROVED and ctx.backend.needs_checkout:
+            if status == S.APPROVED:
                 ctx.slots.release_later(task_id)  # this worker is free for the next task now
             elif status in TERMINAL | {S.APPROVED}:
                 self._give_back(task_id)
@@ -450,8 +448,8 @@ def run_scope(ctx):
     scope = ctx.scope_tasks()
     concurrency = int(data.get("concurrency") or 1)
     if any(ctx.tasks.status(t) not in TERMINAL for t in scope):
-        if ctx.backend.needs_checkout:
-            ctx.slots.ensure(max(ctx.settings.max_agents, concurrency) + ctx.slots.SPARE)
+        # every backend needs slots: QA runs on a local checkout of the task's branch
+        ctx.slots.ensure(max(ctx.settings.max_agents, concurrency) + ctx.slots.SPARE)
         started = time.time()
         scheduler = Scheduler(ctx, scope, concurrency)
         scheduler.run()

@@ -21,10 +21,6 @@ AGENT = "python3 -m engine.demo_agent"
 # engine/scheduler.py run_scope initializes the pool only for backends with a local checkout, so
 # QA after a Ray attempt fails with "Pool not initialized" (REQUESTS.md "ray, 11:37"). Strict: once
 # that is fixed these pass, and the XPASS fails the suite until this marker is removed.
-NEEDS_POOL_FIX = pytest.mark.xfail(strict=True, raises=AssertionError,
-                                   reason="scheduler: the pool is not initialized for the Ray backend (QA fails)")
-
-
 def project(tmp_path, name, tasks, agent, executor, address=None, remote=None, resources=None, max_agents=3):
     """A repository with a plan of TASKS ({id: [deps]}) run by AGENT."""
     from engine import demo
@@ -81,7 +77,6 @@ def lines(path):
 PLAN = {"models": [], "utils": [], "config": [], "api": ["models", "utils"]}
 
 
-@NEEDS_POOL_FIX
 def test_a_plan_on_the_cluster_gives_the_same_main_as_the_local_executor(cluster, remote, tmp_path):
     local, local_plan = project(tmp_path, "local", PLAN, AGENT, "local")
     r = orchestrator(local, "run", "--all-groups", local_plan)
@@ -99,7 +94,6 @@ def test_a_plan_on_the_cluster_gives_the_same_main_as_the_local_executor(cluster
     assert git(repo, "ls-remote", remote) == ""  # every attempt ref fetched and removed
 
 
-@NEEDS_POOL_FIX
 def test_sigkill_then_resume_reattaches_and_each_attempt_runs_once(cluster, remote, tmp_path):
     count = tmp_path / "count"
     agent = f'echo "$TASK_ID-$TASK_ATTEMPT" >> {count}; sleep 6; {AGENT}'
@@ -140,7 +134,6 @@ def test_abort_stops_the_running_jobs(cluster, remote, tmp_path):
         wait_until(lambda: not os.path.exists(f"/proc/{pid}"), timeout=15, what=f"agent {name} to be gone")
 
 
-@NEEDS_POOL_FIX
 def test_a_node_lost_mid_attempt_fails_the_attempt_and_it_is_retried_on_another(cluster, remote, tmp_path):
     second = next(n.node_id for n in cluster.nodes() if not n.is_head_node)
     agent = f"sleep 6; {AGENT}"
