@@ -74,6 +74,24 @@ def test_expected_output_must_come_from_the_check_not_its_command_line(orch, pro
     assert t["status"] == "failed" and "expected output not found" in t["qa_feedback"]
 
 
+def test_task_data_that_cannot_be_passed_fails_that_task_only(orch, project, monkeypatch, tmp_path):
+    """One task's attempt cannot be launched (its task-data directory is a planted link, which
+    the engine refuses to write through): that task fails with the reason, the others merge,
+    and the run ends normally (no exit 70, nothing written outside)."""
+    repo, plan = project
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.makedirs(os.path.join(repo, ".claude", "auto-logs"), exist_ok=True)
+    os.symlink(str(outside), os.path.join(repo, ".claude", "auto-logs", "bad.attempt-1.data"))
+    r = orch("run", "--all-groups", plan("  - {id: bad, description: needs its data file}\n  - {id: good}\n"
+                                         "  - {id: after, depends_on: [good]}\n"))
+    assert r.code == 1, r
+    tasks = progress()["tasks"]
+    assert tasks["bad"]["status"] == "failed" and "symbolic link" in tasks["bad"]["failure"]
+    assert tasks["good"]["status"] == "merged" and tasks["after"]["status"] == "merged"
+    assert os.listdir(outside) == []
+
+
 def test_a_plan_may_list_a_task_before_its_dependency(orch, project):
     repo, plan = project
     r = orch("run", "--all-groups", plan("  - {id: late, depends_on: [early], complexity: L}\n  - {id: early}\n"))
