@@ -517,48 +517,5 @@ def annotate(result, summary, changed=None):
     return result
 
 
-# --------------------------------------------------------------------------- run level
-def run_usage(data):
-    """Totals over the progress file's tasks: {cost_usd, tokens_in, tokens_out, turns} (attempts
-    of every task summed; a task's own totals are the sums of its attempts)."""
-    totals = {"cost_usd": 0.0, "tokens_in": 0, "tokens_out": 0, "turns": 0}
-    for entry in (data.get("tasks") or {}).values():
-        for key, value in task_usage(entry).items():
-            totals[key] += value
-    totals["cost_usd"] = round(totals["cost_usd"], 6)
-    return totals
-
-
-def task_usage(entry):
-    """A task's cost/tokens/turns: the sum over its attempts (each attempt records its own)."""
-    totals = {"cost_usd": 0.0, "tokens_in": 0, "tokens_out": 0, "turns": 0}
-    for attempt in (entry or {}).get("attempts") or []:
-        if not isinstance(attempt, dict):
-            continue
-        for key in totals:
-            value = attempt.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                totals[key] += value
-    totals["cost_usd"] = round(totals["cost_usd"], 6)
-    return totals
-
-
-def budget_check(data, max_budget_usd):
-    """(allowed, reason) for starting another attempt under a run-level budget (None: no limit)."""
-    if not max_budget_usd:
-        return True, None
-    spent = run_usage(data)["cost_usd"]
-    if spent >= max_budget_usd:
-        return False, f"run budget spent: ${spent:.2f} of ${max_budget_usd:.2f} (max_budget_usd); no new attempts"
-    return True, None
-
-
-def usage_text(usage):
-    """`$0.37 · 230/40 tok · 2 turns` for the status table; '-' when nothing was spent."""
-    if not any(usage.values()):
-        return "-"
-    return f"${usage['cost_usd']:.2f} · {usage['tokens_in']}/{usage['tokens_out']} tok · {usage['turns']} turns"
-
-
 if __name__ == "__main__":
     sys.exit(main())

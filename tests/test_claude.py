@@ -358,19 +358,3 @@ def test_crashed_attempt_then_the_next_resumes_its_session(repo, fake, monkeypat
     # an orphan's result is collected with its stream's details
     rec = claude.recover_attempt(RunAgentBackend(), FakeAttempt(repo, "t1", 2), task)
     assert rec.details["session_id"] == r2.details["session_id"] and rec.reason is None
-
-
-def test_usage_sums_attempts_and_the_budget_stops_new_ones():
-    data = {"tasks": {
-        "a": {"attempts": [{"n": 1, "cost_usd": 0.25, "tokens_in": 100, "tokens_out": 10, "turns": 2},
-                           {"n": 2, "cost_usd": 0.5, "tokens_in": 50, "tokens_out": 5, "turns": 1}]},
-        "b": {"attempts": [{"n": 1, "kind": "rebase"}, {"n": 2, "cost_usd": True, "turns": "x"}]},
-        "c": {}}}
-    assert claude.task_usage(data["tasks"]["a"]) == {"cost_usd": 0.75, "tokens_in": 150, "tokens_out": 15, "turns": 3}
-    assert claude.run_usage(data) == {"cost_usd": 0.75, "tokens_in": 150, "tokens_out": 15, "turns": 3}
-    assert claude.budget_check(data, None) == (True, None)
-    assert claude.budget_check(data, 1.0) == (True, None)
-    allowed, reason = claude.budget_check(data, 0.75)
-    assert not allowed and reason == "run budget spent: $0.75 of $0.75 (max_budget_usd); no new attempts"
-    assert claude.usage_text(claude.task_usage(data["tasks"]["a"])) == "$0.75 · 150/15 tok · 3 turns"
-    assert claude.usage_text(claude.task_usage({})) == "-"

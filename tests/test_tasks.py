@@ -69,6 +69,8 @@ def test_costs_are_per_attempt_and_summed_for_the_task_and_the_run(tmp_path):
     b.record_attempt("a", 1, cost_usd=0.5)  # a live update of the same attempt
     b.record_attempt("a", 2, kind="agent", cost_usd=0.25, turns=3, session_id="s2")
     b.record_attempt("b", 1, kind="agent", cost_usd=1.0)
+    b.record_attempt("b", 2, kind="agent", cost_usd=True, turns="x")  # not numbers: not counted
+    b.record_attempt("b", 3, kind="rebase")
     data = b.progress.load()
     assert data["tasks"]["a"]["cost_usd"] == 0.75 and data["tasks"]["a"]["session_id"] == "s2"
     assert data["tasks"]["a"]["tokens_in"] == 100 and data["tasks"]["a"]["turns"] == 3
