@@ -121,7 +121,7 @@ class Scheduler:
         statuses = self.ctx.tasks.statuses()
         for task_id in self.ctx.slots.leases():
             if statuses.get(task_id, S.PENDING) not in STARTABLE + IN_FLIGHT:
-                self._give_back(task_id)
+                self.ctx.slots.give_back(task_id)
 
     def _collect(self):
         if self.merge_error is not None:
@@ -247,19 +247,16 @@ class Scheduler:
             status = ctx.tasks.status(task_id)
             if status == S.APPROVED:
                 ctx.slots.release_later(task_id)  # this worker is free for the next task now
-            elif status in TERMINAL | {S.APPROVED}:
-                self._give_back(task_id)
+            elif status in TERMINAL:
+                ctx.slots.give_back(task_id)
             self.wake.set()
         self._show_progress()
-
-    def _give_back(self, task_id):
-        self.ctx.slots.give_back(task_id)
 
     def _attempt_for(self, task_id, n, path, feedback):
         ctx = self.ctx
         task = self.plan.tasks[task_id]
         entry = ctx.tasks.entry(task_id)
-        command = task.agent or ctx.options.agent or ctx.progress.load().get("agent")
+        command = self._agent(task_id)
         env = {"TASK_ID": task_id, "TASK_DESCRIPTION": task.description, "WORKTREE": path or "",
                "BRANCH": task.branch, "BASE": ctx.base, "QA_FEEDBACK": feedback or "",
                "TASK_ATTEMPT": str(n), "TASK_FILES": "\n".join(task.files), "TASK_VERIFY": task.verify or "",
@@ -429,7 +426,7 @@ class Scheduler:
                 ctx.tasks.fire(task_id, "rebased", base_commit=git.branch_commit(ctx.repo, ctx.base))
                 ctx.reporter.task(task_id, f"rebased onto the new {ctx.base} without the agent; verifying again")
                 return
-            self._give_back(task_id)
+            self.ctx.slots.give_back(task_id)
             kept = ctx.merges.set_aside(task_id, n)
             ctx.reporter.task(task_id, f"the conflict needs the agent: the previous work is kept at {kept}")
         self._attempt(task_id, S.CONFLICTED)
