@@ -40,8 +40,13 @@ def process_start_time(pid):
         return None
 
 
+PID_LIMIT = 2 ** 22  # Linux's largest pid_max: a recorded pid beyond it is not a process
+
+
 def alive(pid, start=None):
-    if not isinstance(pid, int) or pid <= 0:
+    """Whether PID (from a file anyone may have edited) is a live process, and still the one
+    that started at START when given."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid <= PID_LIMIT:
         return False
     try:
         os.kill(pid, 0)

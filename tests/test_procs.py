@@ -375,3 +375,15 @@ def test_output_contains_looks_at_this_commands_output_only(tmp_path):
     from engine.procs import output_contains
 
     assert not output_contains(quiet, "ALL-OK") and output_contains(loud, "ALL-OK")
+
+
+def test_a_recorded_pid_out_of_range_is_not_alive_and_never_signalled():
+    """Pids come from files a person or an agent may edit: one beyond what the kernel can
+    hand out (found by the dashboard's hypothesis test: 2**31 raised OverflowError) or a
+    boolean is simply not a live process."""
+    from engine.procs import alive, stop_group, wait_for
+
+    for pid in (2 ** 31, 2 ** 63, 2 ** 22 + 1, True, -1, 0):
+        assert alive(pid) is False
+        assert stop_group(pid) is False
+        assert wait_for(pid, timeout=0.1) is True
