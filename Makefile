@@ -49,12 +49,13 @@ screenshot: $(STAMP) chromium
 	$(PY) -m engine.dashboard.screenshot docs/dashboard.png
 
 # The real Claude Code CLI, pinned (engine/claude.py: PINNED_CLI_VERSION), in a git-ignored prefix.
-CLAUDE_CODE_VERSION := $(shell sed -n 's/^PINNED_CLI_VERSION = "\(.*\)"$$/\1/p' engine/claude.py)
+CLAUDE_CODE_VERSION := $(shell sed -n 's/^PINNED_CLI_VERSION = "\([^"]*\)".*/\1/p' engine/claude.py)
 TOOLS := .tools
 CLAUDE := $(TOOLS)/node_modules/.bin/claude
 CLAUDE_STAMP := $(TOOLS)/.claude-code-$(CLAUDE_CODE_VERSION)
 
 $(CLAUDE_STAMP):
+	@test -n "$(CLAUDE_CODE_VERSION)" || { echo "Makefile: no PINNED_CLI_VERSION found in engine/claude.py" >&2; exit 1; }
 	npm install --prefix $(TOOLS) --no-audit --no-fund --no-save --silent @anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION)
 	touch $(CLAUDE_STAMP)
 

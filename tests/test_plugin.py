@@ -199,3 +199,16 @@ def test_hook_builds_the_venv_once_per_version(tmp_path):
     r = run(["/bin/bash", str(plugin / "hooks" / "session-start.sh")], env=env)
     assert "engine 9.9.9 installed" in r.stdout
     assert (data / "venv" / ".plugin-version").read_text() == "9.9.9"
+
+
+def test_make_plugin_check_installs_the_pinned_cli():
+    """The Makefile reads the pinned version out of engine/claude.py; a comment added after it
+    once made that read empty, so CI installed whatever npm calls latest (too old to know our
+    manifest's fields). `make -n -B` shows what it would install."""
+    import subprocess
+
+    from engine import claude
+
+    out = subprocess.run(["make", "-n", "-B", "plugin-check"], cwd=ROOT, capture_output=True,
+                         text=True).stdout
+    assert f"@anthropic-ai/claude-code@{claude.PINNED_CLI_VERSION}" in out.split()
