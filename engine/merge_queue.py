@@ -32,7 +32,9 @@ class MergeQueue:
             if status not in (S.APPROVED, S.MERGING):
                 continue
             branch = ctx.plan.tasks[task_id].branch
-            tip = git.branch_commit(ctx.repo, branch)
+            # the branch may be gone: the killed run's slot release deletes a branch the base
+            # already contains, so the tip recorded at approval answers for it
+            tip = git.branch_commit(ctx.repo, branch) or ctx.tasks.entry(task_id).get("approved_tip")
             if tip is not None and git.is_ancestor(ctx.repo, tip, f"refs/heads/{ctx.base}"):
                 self._merged(task_id, branch, git.branch_commit(ctx.repo, ctx.base), already=True)
             elif status == S.MERGING:

@@ -399,7 +399,7 @@ class Scheduler:
         elif verdict.verdict == "APPROVED":
             changed = git.changed_files(ctx.repo, ctx.base, task.branch)
             ctx.tasks.fire(task_id, "approve", qa_verified=True, qa_timestamp=stamp, test_result="passed",
-                           changed_files=changed, slot=None)  # (its slot is given back right after)
+                           changed_files=changed, slot=None, approved_tip=git.branch_commit(ctx.repo, task.branch))  # (its slot is given back right after)
             ctx.reporter.task(task_id, "TASK_APPROVED")
             self.merge_wake.set()  # the merge queue takes it while this worker gives its slot back
             crashpoint("approved")

@@ -184,3 +184,24 @@ def test_integrate_settles_a_branch_the_base_already_contains(ctx, repo):
     assert integrate.handle(ctx) == "CHECKPOINT"
     assert ctx.tasks.status("a") == S.MERGED
     assert git(repo, "branch", "--list", "auto/a") == ""
+
+
+def test_settle_knows_a_merged_task_whose_branch_a_killed_release_deleted(ctx, repo):
+    """Killed right after the base moved: the task is still `merging`, and the killed run's
+    slot release may already have deleted the branch (the base contains it). The tip recorded
+    at approval says it is merged; without it the next merge found no branch and failed it."""
+    from states import decompose, parallelize
+    from tests.conftest import branch_with, git
+
+    decompose.handle(ctx)
+    parallelize.handle(ctx)
+    branch_with(repo, "auto/a", {"a.txt": "a\n"})
+    tip = git(repo, "rev-parse", "auto/a")
+    for trigger in ("start", "agent_done", "verify"):
+        ctx.tasks.fire("a", trigger)
+    ctx.tasks.fire("a", "approve", approved_tip=tip)
+    ctx.tasks.fire("a", "merge")
+    git(repo, "merge", "-q", "--no-ff", "-m", "feat: Merge auto/a", "auto/a")  # the base moved...
+    git(repo, "branch", "-D", "auto/a")  # ...and the release dropped the contained branch: then the kill
+    ctx.merges.settle(["a"])
+    assert ctx.tasks.status("a") == S.MERGED
