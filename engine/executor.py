@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from engine.agent_env import AgentLaunchError, prepare_env
 from engine.procs import CommandLaunchError, run_command
 
-__all__ = ["AgentSpec", "AgentResult", "AgentLaunchError", "LocalExecutor", "read_exit", "run_agent"]
+__all__ = ["AgentSpec", "AgentResult", "AgentLaunchError", "Attempt", "LocalBackend", "read_exit", "run_agent"]
 
 
 @dataclass

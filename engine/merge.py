@@ -13,7 +13,6 @@ the identical computation and stops before the last step, so its prediction is e
 a real merge does.
 """
 
-import os
 import re
 from dataclasses import dataclass, field
 

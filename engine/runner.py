@@ -20,7 +20,7 @@ from engine import git, statefile, store
 from engine.context import Options, RunContext
 from engine.errors import OrchestratorError
 from engine.paths import Layout
-from engine.plan import check_for_run
+from engine.plan import check_for_run, digest as plan_digest
 from engine.procs import process_start_time
 
 PIPELINE = ("DECOMPOSE", "PARALLELIZE", "EXECUTE", "QA", "E2E", "INTEGRATE", "CHECKPOINT")
@@ -28,12 +28,6 @@ __all__ = ["Options", "RunContext", "start", "start_goal", "resume", "loop"]
 
 
 # ---------------------------------------------------------------------- starting and resuming
-def plan_digest(path):
-    from engine.plan import digest
-
-    return digest(path)
-
-
 class RunLock:
     def __init__(self, layout):
         self.path = layout.run_lock

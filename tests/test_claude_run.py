@@ -93,7 +93,7 @@ def test_agent_claude_from_the_command_line_with_staggered_start_ups(claude_repo
 def test_permission_denial_blocks_the_task_naming_the_tool(claude_repo, monkeypatch):
     repo, plan, calls = claude_repo
     monkeypatch.setenv("FAKE_CLAUDE_DENY", "Bash")
-    r = orch("run", plan)
+    orch("run", plan)
     data = progress()
     first_group = ["models", "utils", "config"]
     for t in first_group:
