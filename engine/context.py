@@ -92,11 +92,11 @@ class RunContext:
 
     @property
     def base(self):
-        return self.progress.load()["base"]
+        return self.progress.peek()["base"]
 
     @property
     def current_group(self):
-        return self.progress.load().get("current_group")
+        return self.progress.get("current_group")
 
     def group_tasks(self, n=None):
         n = n or self.current_group
@@ -104,7 +104,7 @@ class RunContext:
 
     def scope_groups(self):
         """The groups this session works on: the current one, or every remaining one."""
-        data = self.progress.load()
+        data = self.progress.peek()
         scope = data.get("scope_groups")
         if isinstance(scope, list) and scope:
             return [int(n) for n in scope]
@@ -118,7 +118,7 @@ class RunContext:
         return all(s in TERMINAL for s in statuses.values())
 
     def tasks_in(self, statuses, task_ids=None):
-        tasks = self.progress.load().get("tasks") or {}
+        tasks = self.progress.peek().get("tasks") or {}
         ids = self.scope_tasks() if task_ids is None else task_ids
         return [t for t in ids if status_of(tasks.get(t)) in statuses]
 

@@ -38,6 +38,20 @@ def git_env():
     return _env
 
 
+_executable = None
+
+
+def executable():
+    """git's absolute path, looked up once: a bare "git" makes every call search PATH again
+    (ten failed exec attempts per call on a typical PATH, hundreds of them per run)."""
+    global _executable
+    if _executable is None:
+        import shutil
+
+        _executable = shutil.which("git", path=git_env().get("PATH")) or "git"
+    return _executable
+
+
 _LOCK_CONTENTION = re.compile(r"Unable to create '[^']*\.lock': File exists|cannot lock ref|"
                               r"could not lock config file")
 
@@ -50,8 +64,8 @@ def run(cwd, *args, check=True, input=None, env=None):
     """
     cmd = ["git", *args]
     for attempt in range(6):
-        proc = subprocess.run(cmd, cwd=cwd, input=input, capture_output=True, text=True,
-                              env=env or git_env())
+        proc = subprocess.run(cmd, executable=executable(), cwd=cwd, input=input, capture_output=True,
+                              text=True, env=env or git_env())
         if proc.returncode == 0 or not _LOCK_CONTENTION.search(proc.stderr or ""):
             break
         time.sleep(0.05 * (attempt + 1))
@@ -435,14 +449,6 @@ def diff_text(repo, old, new):
                "--no-textconv", "-M", "--end-of-options", old, new, "--").stdout
 
 
-
-
-def is_worktree_on(path, branch):
-    """True when the checkout at PATH exists and has BRANCH checked out."""
-    if not os.path.isdir(path):
-        return False
-    proc = run(path, "symbolic-ref", "-q", "HEAD", check=False)
-    return proc.returncode == 0 and proc.stdout.strip() == f"refs/heads/{branch}"
 
 
 def discard_changes(path):

@@ -180,7 +180,9 @@ class Memory:
         statefile.record_checkpoint(rel, layout=self.layout)
         return [f"Summary created: {rel}", self.context(), f"Checkpoint written for phase: {phase}"]
 
-    def write_group(self, number, status, summary=""):
+    def write_group(self, number, status, summary="", context=True):
+        """Group N's checkpoint file; then the context summary is refreshed, unless CONTEXT is
+        false (a run writing several groups at once refreshes it with the last one only)."""
         n = check_group(number)
         if status not in GROUP_STATUSES:
             raise InvalidValue(f"Unknown status: {status}. Use pre|post|failed", verbatim=True)
@@ -212,7 +214,7 @@ class Memory:
                   "# Read by /auto-continue to resume")
         rel = self._write(f"parallel-group-{n}-{status}.yaml", _dump_with_literals(data, header))
         statefile.record_group(n, status, layout=self.layout)
-        return [f"Parallel group checkpoint created: {rel}", self.context()]
+        return [f"Parallel group checkpoint created: {rel}"] + ([self.context()] if context else [])
 
     def write_task(self, task_id, learning):
         check_name(task_id, "task id")

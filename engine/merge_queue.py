@@ -50,8 +50,8 @@ class MergeQueue:
             results = {}
             for task_id in list(order):
                 branch = plan.tasks[task_id].branch
-                empty = not git.unique_commits(ctx.repo, branch, f"refs/heads/{ctx.base}")
-                if plan.tasks[task_id].allow_empty and empty:
+                if plan.tasks[task_id].allow_empty and \
+                        not git.unique_commits(ctx.repo, branch, f"refs/heads/{ctx.base}"):
                     # approved with nothing to merge (its slot's release may be dropping the empty branch now)
                     order.remove(task_id)
                     results[task_id] = self._merged(task_id, branch, git.branch_commit(ctx.repo, ctx.base),
@@ -122,7 +122,7 @@ class MergeQueue:
 
     def touched_by(self, task_id, files):
         """Merged tasks whose changes touch FILES (whom a conflict is with)."""
-        tasks = self.ctx.progress.load().get("tasks") or {}
+        tasks = self.ctx.progress.peek().get("tasks") or {}
         wanted = set(files)
         return sorted(t for t, v in tasks.items()
                       if t != task_id and v.get("status") == S.MERGED.value

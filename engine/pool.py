@@ -174,8 +174,14 @@ class Pool:
         return size
 
     # ------------------------------------------------------------------ acquire
-    def acquire(self, task, base=None):
-        """Lease a slot for TASK; return (slot id, absolute path, branch)."""
+    def acquire(self, task, base=None, take_over=None):
+        """Lease a slot for TASK; return (slot id, absolute path, branch).
+
+        TAKE_OVER names a slot this lease owner (POOL_OWNER_PID) holds for a task that no
+        longer needs a checkout (the orchestrator's approved task, whose branch the merge
+        queue takes from there): the slot passes to TASK directly, one checkout instead of
+        a release and an acquire. The previous branch is kept unless the base already has it.
+        """
         git.check_ref_component(task)
         repo = self.repo
         base_label, base_commit = worktree.resolve_base(repo, base)
@@ -185,21 +191,36 @@ class Pool:
             for slot in data["worktrees"]:
                 if slot.get("status") == "busy" and slot.get("task_id") == task:
                     raise OrchestratorError(f"Task {task} already holds {slot['id']}; release it first")
-            listing = self._refuse_if_checked_out_elsewhere(repo, branch)
-            slot = next((s for s in data["worktrees"] if s.get("status") == "idle"), None)
-            if slot is None:
-                raise PoolExhausted("No available worktrees in pool")
+            if take_over is None:
+                listing = self._refuse_if_checked_out_elsewhere(repo, branch)
+                slot = next((s for s in data["worktrees"] if s.get("status") == "idle"), None)
+                if slot is None:
+                    raise PoolExhausted("No available worktrees in pool")
+                previous = None
+            else:
+                slot = self.find(data, take_over)
+                owner = slot.get("owner") if isinstance(slot.get("owner"), dict) else {}
+                if slot.get("status") != "busy" or slot.get("preparing") or slot.get("releasing") or \
+                        str(owner.get("pid")) != str(self.lease_pid):
+                    raise OrchestratorError(f"{take_over} is not a slot this process can hand over")
+                listing = None  # (git itself refuses a branch checked out elsewhere)
+                previous = slot.get("branch")
             path = self.slot_path(slot["id"])
             slot.update(status="busy", task_id=task, branch=branch, acquired_at=local_timestamp(),
                         path=self.rel(path), base=base_label, base_commit=base_commit, preparing=True,
                         owner=make_owner(os.getpid()))
+            if previous and previous != branch:
+                slot["previous_branch"] = previous  # dropped below if merged, or by a rollback
             self.save(data)
-        self.journal.append("acquire-intent", slot=slot["id"], task=task, branch=branch, base=base_commit)
+        self.journal.append("acquire-intent", slot=slot["id"], task=task, branch=branch, base=base_commit,
+                            **({"took_over": previous} if take_over is not None else {}))
         try:
             created_branch = self._prepare(repo, path, branch, base_commit, listing)
             worktree.copy_into(self.root, path, never=(self.dir, self.state_path))
             worktree.run_setup(self.root, path, {"TASK_ID": task, "WORKTREE": path, "BRANCH": branch,
                                                  "BASE": base_label})
+            if slot.get("previous_branch"):
+                self._drop_if_merged(slot["previous_branch"], base_label, base_commit)
         except BaseException:
             self._rollback_acquire(slot["id"])
             raise
@@ -209,6 +230,7 @@ class Pool:
             if current.get("task_id") != task or not current.get("preparing"):
                 raise OrchestratorError(f"{slot['id']} was taken over while being prepared")
             current.pop("preparing", None)
+            current.pop("previous_branch", None)
             current["owner"] = make_owner(int(self.lease_pid) if str(self.lease_pid or "").isdigit() else None)
             current["created_branch"] = created_branch
             self.save(data)
@@ -234,7 +256,10 @@ class Pool:
         if reuse:
             warn(f"[WARN] Reusing existing branch {branch} ({unique} commit(s) not in the base)")
         real = os.path.realpath(path)
-        entry = next((e for e in listing if os.path.realpath(e["path"]) == real), None)
+        if listing is None:  # a slot handed over: its worktree was in use a moment ago
+            entry = {"prunable": False} if os.path.isfile(os.path.join(path, ".git")) else None
+        else:
+            entry = next((e for e in listing if os.path.realpath(e["path"]) == real), None)
         if entry is not None and not entry["prunable"] and os.path.isfile(os.path.join(path, ".git")):
             clear_stale_locks(path, branch, repo)
             try:
@@ -249,9 +274,10 @@ class Pool:
                 return not reuse
             except GitError:
                 pass  # a broken slot: re-create it below
+        broken = entry is not None or os.path.lexists(path)  # else a fresh slot: nothing to clear
         try:
             worktree.add_worktree(repo, path, branch, None if reuse else base_commit,
-                                  discard=lambda: self._discard_broken(repo, path))
+                                  discard=(lambda: self._discard_broken(repo, path)) if broken else None)
         except GitError as exc:  # the contract's line for it
             raise OrchestratorError(f"Failed to create worktree: {exc.detail}") from exc
         return not reuse
@@ -270,6 +296,7 @@ class Pool:
             data = self.load()
             slot = self.find(data, slot_id)
             branch, base_commit = slot.get("branch"), slot.get("base_commit")
+            base_label, previous = slot.get("base"), slot.get("previous_branch")
         path = self.slot_path(slot_id)
         clear_stale_locks(path, branch, repo, shared=takeover)
         if worktree.worktree_healthy(repo, path):
@@ -280,6 +307,8 @@ class Pool:
         if branch and git.branch_exists(repo, branch) and base_commit and \
                 git.unique_commits(repo, branch, base_commit) == 0 and not git.checked_out_at(repo, branch):
             git.delete_branch(repo, branch)
+        if previous:  # a hand-over cut short: the branch it took the slot from, as a release would
+            self._drop_if_merged(previous, base_label, base_commit)
         self.mark_idle(slot_id)
         self.journal.append("acquire-rollback", slot=slot_id, branch=branch)
 
@@ -377,11 +406,7 @@ class Pool:
                 git.detach(path, "HEAD")
         if not branch:
             return False
-        unique = None
-        if slot.get("base"):
-            unique = git.unique_commits(repo, branch, f"refs/heads/{slot['base']}")
-        if unique is None and slot.get("base_commit"):
-            unique = git.unique_commits(repo, branch, slot["base_commit"])
+        unique = self._unique(branch, slot.get("base"), slot.get("base_commit"))
         if unique is None:
             return False  # the branch is gone already
         if unique and not force:
@@ -395,6 +420,21 @@ class Pool:
             warn(f"[WARN] Keeping branch {branch}: {proc.stderr.strip().splitlines()[-1:] or ''}")
             return True
         return False
+
+    def _unique(self, branch, base_label, base_commit):
+        """Commits of BRANCH its base lacks (the base branch as it is now, else the commit
+        the lease started from); None when the branch is gone."""
+        unique = None
+        if base_label:
+            unique = git.unique_commits(self.repo, branch, f"refs/heads/{base_label}")
+        if unique is None and base_commit:
+            unique = git.unique_commits(self.repo, branch, base_commit)
+        return unique
+
+    def _drop_if_merged(self, branch, base_label, base_commit):
+        """Delete BRANCH if the base has every commit of it and no worktree has it checked out."""
+        if self._unique(branch, base_label, base_commit) == 0:
+            git.delete_branch(self.repo, branch, check=False)
 
     def adopt(self, task_ids, pid):
         """Make `pid` the lease owner of the ready slots holding these tasks (a resumed
@@ -513,7 +553,11 @@ class Pool:
                 match = SLOT_ID.fullmatch(os.path.basename(real))
                 if os.path.dirname(real) != real_dir or not match or keep(int(match.group(1))):
                     continue
-                self._discard_broken(repo, os.path.join(self.dir, os.path.basename(real)))
+                path = os.path.join(self.dir, os.path.basename(real))
+                if entry["locked"] or os.path.islink(path):
+                    self._discard_broken(repo, path)  # git's own remove: it knows a locked or odd one
+                else:  # a plain slot: its files go, and the one prune below forgets them all
+                    shutil.rmtree(path, ignore_errors=True)
                 removed += 1
             git.run(repo, "worktree", "prune", check=False)
         return removed

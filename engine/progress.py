@@ -2,15 +2,46 @@
 finally see real data (`tasks.<id>.status/branch/group/iterations/retry_count/qa_*`,
 `parallel_groups.group_N.tasks`). Every update is one locked read-modify-write; a
 process-local lock also serializes the executor's threads.
+
+Why it is built this way: with eight workers and the merge queue all recording task events,
+the progress file is the run's busiest resource, and every write is a YAML dump and two
+fsyncs under the GIL. So:
+- the parsed file is cached and re-read only when another process replaced it (every write is
+  a rename, so (inode, size, mtime, ctime) identifies a version); our own write refreshes it;
+- writers commit as a group: a thread that finds the lock taken leaves its change in a queue,
+  and whoever holds the lock next applies every queued change in order and writes the file
+  once. Each change is still all-or-nothing (it runs on a copy; one that raises is dropped and
+  its caller gets the exception), and each caller returns only once its change is on disk;
+- readers that only look (`peek`, `get`, `task`) do not copy the whole table;
+- a write dumps again only the tasks that changed (store.YamlFragments).
 """
 
 import contextlib
 import copy
+import marshal
 import os
 import threading
 
 from engine import store
 
+HEADER = "# parallel-orchestrator run progress"
+
+
+def clone(data):
+    """A deep copy of plain YAML data (dicts, lists, scalars): marshal does it in C, several
+    times faster than copy.deepcopy; anything marshal refuses falls back to deepcopy."""
+    try:
+        return marshal.loads(marshal.dumps(data))
+    except ValueError:
+        return copy.deepcopy(data)
+
+
+class _Change:
+    __slots__ = ("change", "after", "done", "result", "error")
+
+    def __init__(self, change, after):
+        self.change, self.after = change, after
+        self.done, self.result, self.error = False, None, None
 
 
 class Progress:
@@ -18,29 +49,56 @@ class Progress:
         self.path = layout.progress
         self._lock = threading.RLock()
         self._holder = None  # the thread inside `locked()`, which already holds the file lock
-        self._cache = (None, None)
+        self._cache = (None, None, "")  # (file version, parsed data, header): never handed out
+        self._queue = []  # changes waiting for the next writer
+        self._queue_lock = threading.Lock()
+        self._renderer = store.YamlFragments("tasks")  # only the tasks that changed are dumped again
 
-    def load(self):
-        """The parsed file (a private copy). Re-parsed only when the file changed: every
-        write is a rename, so (inode, size, mtime) identifies a version."""
+    # ------------------------------------------------------------------ reading
+    @staticmethod
+    def _version(st):
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def _current(self):
+        """(data, header) of the file as it is now: the cached parse unless it changed. The
+        data is shared: callers must not change it."""
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            return {}
-        key = (st.st_ino, st.st_size, st.st_mtime_ns)
-        cached_key, cached = self._cache
-        if cached_key != key:
-            data, _ = store.load_yaml_mapping(self.path)
+            return {}, ""
+        version = self._version(st)
+        cached_version, cached, header = self._cache
+        if cached_version != version:
+            data, header = store.load_yaml_mapping(self.path)
             cached = data or {}
-            self._cache = (key, cached)
-        return copy.deepcopy(cached)
+            self._cache = (version, cached, header)
+        return cached, header
+
+    def load(self):
+        """The parsed file (a private copy the caller may change)."""
+        return clone(self._current()[0])
+
+    def peek(self):
+        """The parsed file, shared and read-only: for a caller that only looks."""
+        return self._current()[0]
+
+    def get(self, key, default=None):
+        """One top-level value (a copy when it is a mapping or a list)."""
+        value = self._current()[0].get(key, default)
+        return clone(value) if isinstance(value, (dict, list)) else value
+
+    def task(self, task_id):
+        """One task's entry (a private copy), or {}."""
+        entry = (self._current()[0].get("tasks") or {}).get(task_id)
+        return clone(entry) if isinstance(entry, dict) else {}
 
     def exists(self):
         return os.path.exists(self.path)
 
+    # ------------------------------------------------------------------ writing
     @contextlib.contextmanager
     def locked(self):
-        """Hold both locks across several steps (an update and its journal record)."""
+        """Hold both locks across several steps."""
         with self._lock:
             if self._holder is threading.current_thread():
                 yield
@@ -52,19 +110,57 @@ class Progress:
                 finally:
                     self._holder = None
 
-    def update(self, change):
-        """Apply change(data) under the locks and write; returns what change returned."""
+    def update(self, change, after=None):
+        """Apply change(data) and write; returns what change returned. AFTER(result), if
+        given, runs once the write is on disk and before the lock is let go (the journal
+        records of a task event, so records and file keep one order)."""
+        mine = _Change(change, after)
+        with self._queue_lock:
+            self._queue.append(mine)
         with self.locked():
-            data, header = store.load_yaml_mapping(self.path)
-            data = data or {}
-            result = change(data)
-            store.write_yaml(self.path, data, header or "# parallel-orchestrator run progress")
-            return result
+            if not mine.done:  # else a writer before us took it along
+                self._commit()
+        if mine.error is not None:
+            raise mine.error
+        return mine.result
+
+    def _commit(self):
+        """Apply every queued change, in order, and write the file once (locks held)."""
+        with self._queue_lock:
+            batch, self._queue = self._queue, []
+        if not batch:
+            return
+        try:
+            base, header = self._current()
+            data = base
+            applied = []
+            for item in batch:
+                trial = clone(data)
+                try:
+                    item.result = item.change(trial)
+                except BaseException as exc:  # this change only: the others go on
+                    item.error = exc
+                    continue
+                data = trial
+                applied.append(item)
+            if applied:
+                store.atomic_write(self.path, self._renderer.dump(data, header or HEADER))
+                self._cache = (self._version(os.stat(self.path)), data, header or HEADER)
+            for item in applied:
+                if item.after is not None:
+                    try:
+                        item.after(item.result)
+                    except BaseException as exc:
+                        item.error = exc
+        except BaseException as exc:  # the write itself failed: nobody's change is on disk
+            for item in batch:
+                if item.error is None:
+                    item.error = exc
+        finally:
+            for item in batch:
+                item.done = True
 
     def set_task(self, task_id, **fields):
         def change(data):
             data.setdefault("tasks", {}).setdefault(task_id, {}).update(fields)
         self.update(change)
-
-    def task(self, task_id):
-        return (self.load().get("tasks") or {}).get(task_id) or {}

@@ -18,7 +18,6 @@ know (404: never submitted, or a head restart lost it) is a lost attempt.
 Ray is imported only here, and only when a Ray backend is used: the core never needs it.
 """
 
-import asyncio
 import contextlib
 import json
 import os
@@ -469,6 +468,8 @@ class _Tail(threading.Thread):
                 self._append(text)
 
     def run(self):
+        import asyncio  # (only here: a local run reads this module's configuration, never streams)
+
         async def follow():
             async for chunk in self.client.tail_job_logs(self.sid):
                 self._write(chunk)

@@ -185,7 +185,7 @@ class Scheduler:
         budget = self.plan.max_budget_usd
         if budget is None:
             return True, ""
-        spent = float(self.ctx.progress.load().get("cost_usd") or 0)
+        spent = float(self.ctx.progress.get("cost_usd") or 0)
         if spent < budget:
             return True, ""
         self.budget_spent = (f"run budget of ${budget:.2f} spent (${spent:.2f}): no new attempts; raise "
@@ -201,7 +201,7 @@ class Scheduler:
                                + (f"; starting while {', '.join(busy)} still run(s)" if busy else ""))
 
     def _stop_running(self):
-        entries = self.ctx.progress.load().get("tasks") or {}
+        entries = self.ctx.progress.get("tasks") or {}
         self.ctx.backend.stop({t: v for t, v in entries.items() if v.get("status") == S.RUNNING.value})
 
     def _ranks(self):
@@ -246,11 +246,23 @@ class Scheduler:
         finally:
             status = ctx.tasks.status(task_id)
             if status == S.APPROVED:
-                ctx.slots.release_later(task_id)  # this worker is free for the next task now
+                self._let_go(task_id)  # this worker is free for the next task now
             elif status in TERMINAL:
                 ctx.slots.give_back(task_id)
             self.wake.set()
         self._show_progress()
+
+    def _let_go(self, task_id):
+        """An approved task's slot: parked for the next task to take over while tasks still
+        wait to start (one checkout instead of a release and an acquire), else given back in
+        the background."""
+        slots = self.ctx.slots
+        waiting = any(s in STARTABLE for s in self.ctx.tasks.statuses(self.scope).values())
+        slot_id = slots.leases().get(task_id) if waiting and not self.ctx.cancel.is_set() else None
+        if slot_id is not None:
+            slots.park(task_id, slot_id)
+        else:
+            slots.release_later(task_id)
 
     def _attempt_for(self, task_id, n, path, feedback):
         ctx = self.ctx
@@ -264,13 +276,13 @@ class Scheduler:
         return Attempt(task_id=task_id, n=n, command=command, cwd=path, env=env, log_path=ctx.log_path(task_id),
                        exit_path=ctx.layout.attempt_exit(task_id, n),
                        timeout=task.timeout or ctx.settings.agent_timeout, branch=task.branch, base=ctx.base,
-                       base_commit=entry.get("base_commit"), run_id=ctx.progress.load().get("run_id"),
+                       base_commit=entry.get("base_commit"), run_id=ctx.progress.get("run_id"),
                        entry=entry, layout=ctx.layout, cancel=ctx.cancel,
                        record=lambda **fields: ctx.tasks.record_attempt(task_id, n, **fields),
                        on_start=lambda pid, start: ctx.tasks.update(task_id, pid=pid, pid_start=start))
 
     def _agent(self, task_id):
-        return self.plan.tasks[task_id].agent or self.ctx.options.agent or self.ctx.progress.load().get("agent")
+        return self.plan.tasks[task_id].agent or self.ctx.options.agent or self.ctx.progress.get("agent")
 
     def _launch(self, task_id, attempt):
         """Run ATTEMPT on the backend; the `claude` preset wraps it (session, stream, costs)."""
@@ -365,10 +377,11 @@ class Scheduler:
         if path is not None:
             if not os.path.isdir(path):
                 return "the agent deleted its worktree"
-            if not git.is_worktree_on(path, task.branch):
-                where = git.current_branch(path) or "a detached HEAD"
-                return f"the agent left {task.branch} (its checkout is on {where}); its work is kept there"
-            if worktree.commit_leftovers(path, f"{task_id}: uncommitted work left by the agent"):
+            current, committed = self._commit_leftovers(task_id, path)
+            if current != task.branch:
+                return f"the agent left {task.branch} (its checkout is on {current or 'a detached HEAD'}); " \
+                       "its work is kept there"
+            if committed:
                 ctx.reporter.task(task_id, "committed what the agent left uncommitted")
         ahead = git.unique_commits(ctx.repo, task.branch, f"refs/heads/{ctx.base}")  # None: no branch
         if ahead is None:
@@ -376,6 +389,14 @@ class Scheduler:
         if ahead == 0 and not task.allow_empty:
             return "no changes: the agent exited 0 without committing anything beyond the base"
         return None
+
+    def _commit_leftovers(self, task_id, path):
+        """(the branch checked out at PATH or None, whether leftovers were committed): one
+        `git status` answers both, and leftovers are committed only on the task's own branch."""
+        current, dirty = git.status(path, *worktree.leftover_pathspec())
+        committed = bool(dirty) and current == self.plan.tasks[task_id].branch and \
+            worktree.commit_leftovers(path, f"{task_id}: uncommitted work left by the agent", known_dirty=True)
+        return current, committed
 
     def _verify(self, task_id, fresh=None, done=None):
         """QA on the committed tip of the task's branch. FRESH is the checkout `_check_work`
@@ -387,9 +408,8 @@ class Scheduler:
         path = fresh
         if path is None:
             _, path = ctx.slots.hold(task_id)
-            if not git.is_worktree_on(path, task.branch):
+            if not os.path.isdir(path) or self._commit_leftovers(task_id, path)[0] != task.branch:
                 raise TaskFailure(f"its checkout is no longer on {task.branch}")
-            worktree.commit_leftovers(path, f"{task_id}: uncommitted work left by the agent")
         ctx.tasks.fire_all(([done] if done else []) + [(task_id, "verify", {}, None)])
         verdict = ctx.checks.verify(task_id, path, n)
         ctx.journal.append("qa-result", task=task_id, verdict=verdict.verdict)
@@ -434,7 +454,7 @@ class Scheduler:
     def _show_progress(self):
         ctx = self.ctx
         statuses = ctx.tasks.statuses(self.scope)
-        ctx.reporter.group_progress(ctx.progress.load().get("mode", "PARALLEL"),
+        ctx.reporter.group_progress(ctx.progress.get("mode", "PARALLEL"),
                                     {t: s.value for t, s in statuses.items()})
 
 

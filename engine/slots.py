@@ -1,6 +1,8 @@
 """Pool slots as the task flow uses them: a task holds one only while it needs a checkout
-(its agent attempts and its QA), and gives it back the moment it is approved, so the next
+(its agent attempts and its QA), and lets go of it the moment it is approved, so the next
 task starts at once; the branch outlives the slot and the merge queue takes it from there.
+While tasks wait to start, an approved task's slot is parked and the next task takes it
+over (one checkout); otherwise it is given back in the background.
 
 Every lease records this orchestrator's pid as its owner (POOL_OWNER_PID), and the task's
 `slot` field in the progress file always names the slot it holds, or nothing.
@@ -20,7 +22,8 @@ class Slots:
         self._pool = None
         self._lock = threading.Lock()
         self._releaser = None
-        self._releasing = {}  # task id -> Future of its slot's release
+        self._releasing = {}  # task id -> Future of its slot's release (or hand-over)
+        self._parked = {}  # approved task id -> the slot it still holds, for the next task to take over
 
     @property
     def pool(self):
@@ -63,7 +66,10 @@ class Slots:
         it with its own next write (RECORD false)."""
         from engine.pool import PoolExhausted
 
-        self._wait(self._releasing.get(task_id))  # (approved, then conflicted: its release first)
+        with self._lock:  # (approved, then conflicted: its own slot if still parked, else wait for it to go)
+            self._parked.pop(task_id, None)
+            leaving = self._releasing.get(task_id)
+        self._wait(leaving)
         slot_id = self.leases().get(task_id)
         if slot_id is not None:
             path = self.path(slot_id)
@@ -71,11 +77,13 @@ class Slots:
                 git.forget_operations(path)  # a rebase/am/bisect an attempt left half done
                 git.discard_changes(path)
         else:
-            try:
-                slot_id, path, _ = self.pool.acquire(task_id, self.ctx.base)
-            except PoolExhausted:  # every slot busy or still being given back: wait for those
-                self.settle_releases()
-                slot_id, path, _ = self.pool.acquire(task_id, self.ctx.base)
+            slot_id, path = self._take_over(task_id) or (None, None)
+            if slot_id is None:
+                try:
+                    slot_id, path, _ = self.pool.acquire(task_id, self.ctx.base)
+                except PoolExhausted:  # every slot busy or still being given back: wait for those
+                    self.settle_releases()
+                    slot_id, path, _ = self.pool.acquire(task_id, self.ctx.base)
         if record and self.ctx.tasks.entry(task_id).get("slot") != slot_id:
             self.ctx.tasks.update(task_id, slot=slot_id)
         return slot_id, path
@@ -89,6 +97,35 @@ class Slots:
         if self.ctx.tasks.entry(task_id).get("slot") is not None:
             self.ctx.tasks.update(task_id, slot=None)
         return slot_id
+
+    def park(self, task_id, slot_id):
+        """Keep the slot of approved TASK_ID leased for the next task to take over (one
+        checkout instead of a release and an acquire); `settle_releases` gives back what no
+        task took."""
+        with self._lock:
+            self._parked[task_id] = slot_id
+
+    def _take_over(self, task_id):
+        """(slot, path) of a parked slot handed to TASK_ID, or None (none parked, or the
+        hand-over failed: that slot is given back the usual way and a fresh one leased)."""
+        from concurrent.futures import Future
+        from engine.errors import OrchestratorError
+
+        with self._lock:
+            if not self._parked:
+                return None
+            previous = next(iter(self._parked))
+            slot_id = self._parked.pop(previous)
+            done = self._releasing[previous] = Future()  # its task waits for this if it needs a checkout again
+        try:
+            _, path, _ = self.pool.acquire(task_id, self.ctx.base, take_over=slot_id)
+            return slot_id, path
+        except OrchestratorError as exc:
+            self.ctx.reporter.line(f"{slot_id} not handed over ({exc.message}); leasing another slot")
+            self.give_back(previous)
+            return None
+        finally:
+            done.set_result(None)
 
     def release_later(self, task_id):
         """Give the slot back in the background: the task's worker is free at once, and the
@@ -113,7 +150,12 @@ class Slots:
             self.ctx.tasks.update(task_id, slot=None)
 
     def settle_releases(self):
-        """Wait for every release in flight (before the scope ends, or when no slot is free)."""
+        """Give back every parked slot and wait for every release in flight (before the scope
+        ends, or when no slot is free)."""
+        with self._lock:
+            parked, self._parked = list(self._parked), {}
+        for task_id in parked:
+            self.release_later(task_id)
         for future in list(self._releasing.values()):
             self._wait(future)
 

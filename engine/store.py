@@ -376,17 +376,74 @@ def load_yaml_mapping(path):
     return data, _leading_comments(text)
 
 
+_dumper = None
+
+
+def _yaml_dumper():
+    """The C dumper, never writing anchors and aliases: a list shared by two fields (one
+    value recorded twice) is written out twice, as a person or a shell script reads it."""
+    global _dumper
+    if _dumper is None:
+        yaml = _yaml_module()
+
+        class Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):
+            def ignore_aliases(self, data):
+                return True
+
+        _dumper = Dumper
+    return _dumper
+
+
 def dump_yaml(data, header=""):
     """Render a mapping as block YAML, keys in their order, with an optional comment header."""
     yaml = _yaml_module()
-    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-    body = yaml.dump(data, Dumper=dumper, default_flow_style=False, sort_keys=False,
+    body = yaml.dump(data, Dumper=_yaml_dumper(), default_flow_style=False, sort_keys=False,
                      allow_unicode=True, width=100000)
     return (header + "\n\n" if header else "") + body
 
 
 def write_yaml(path, data, header=""):
     atomic_write(path, dump_yaml(data, header))
+
+
+class YamlFragments:
+    """`dump_yaml` for a file rewritten many times with small changes (the progress file):
+    each entry of the mapping under KEY (one task) is dumped by PyYAML on its own, indented
+    two columns, and kept; the next dump renders only the entries that changed. Block YAML
+    emits a nested mapping the same way at any depth, so the text is the one `dump_yaml`
+    writes for the whole document (a test holds it to that for any data). An entry is known
+    by its marshal bytes (equal bytes, equal data)."""
+
+    def __init__(self, key="tasks"):
+        self.key = key
+        self._cache = {}
+
+    def dump(self, data, header=""):
+        entries = data.get(self.key)
+        if not isinstance(entries, dict) or not entries or not all(isinstance(k, str) for k in entries):
+            return dump_yaml(data, header)
+        import marshal
+
+        parts = [header + "\n\n"] if header else []
+        cache, self._cache = self._cache, {}
+        for key, value in data.items():
+            if key != self.key:
+                parts.append(dump_yaml({key: value}))
+                continue
+            parts.append(dump_yaml({key: {}}).replace(" {}", "", 1))  # the key's own line, quoted as PyYAML would
+            for name, entry in entries.items():
+                try:
+                    fingerprint = marshal.dumps((name, entry))
+                except ValueError:  # not plain data: no caching for it
+                    fingerprint = None
+                text = cache.get(fingerprint) if fingerprint is not None else None
+                if text is None:
+                    lines = dump_yaml({name: entry}).split("\n")  # (only \n: str.splitlines also splits at \x85)
+                    text = "\n".join("  " + line if line else line for line in lines)
+                if fingerprint is not None:
+                    self._cache[fingerprint] = text
+                parts.append(text)
+        return "".join(parts)
 
 
 # --------------------------------------------------------------------------- JSON
@@ -451,27 +508,52 @@ class Journal:
 
     def __init__(self, path):
         self.path = path
+        self._known_end = None  # (file version, last record, end offset) after our last append
 
     def append(self, event, **fields):
         """Durably append one record and return it (with its `seq`)."""
+        return self.append_many([(event, fields)])[0]
+
+    def append_many(self, entries):
+        """Durably append several records [(event, fields)] with one write and one fsync;
+        returns them (with their `seq`s). The tail is read again only when another writer
+        (or a torn append) changed the file since our own last append."""
+        if not entries:
+            return []
         with file_lock(self.path):
-            last, valid_end = self._tail()
-            record = {"seq": (last["seq"] + 1) if last else 1, "ts": utc_now(), "event": event,
-                      "pid": os.getpid()}
-            record.update(fields)
-            line = dict(record, sum=_checksum(record))
-            data = (json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
             fd = open_fd(self.path, os.O_RDWR | os.O_CREAT)
             try:
-                size = os.fstat(fd).st_size
-                if valid_end is not None and valid_end < size:
+                st = os.fstat(fd)
+                version = (st.st_ino, st.st_size, st.st_mtime_ns)
+                if self._known_end is not None and self._known_end[0] == version:
+                    last, valid_end = self._known_end[1], st.st_size
+                else:
+                    last, valid_end = self._tail()
+                seq = last["seq"] if last else 0
+                records, lines = [], []
+                for event, fields in entries:
+                    seq += 1
+                    record = {"seq": seq, "ts": utc_now(), "event": event, "pid": os.getpid()}
+                    record.update(fields)
+                    records.append(record)
+                    lines.append(json.dumps(dict(record, sum=_checksum(record)), ensure_ascii=False,
+                                            separators=(",", ":")) + "\n")
+                if valid_end is not None and valid_end < st.st_size:
                     os.ftruncate(fd, valid_end)  # drop a torn tail
                 os.lseek(fd, 0, os.SEEK_END)
-                os.write(fd, data)
+                data = "".join(lines).encode("utf-8")
+                written = 0
+                while written < len(data):
+                    written += os.write(fd, data[written:])
                 os.fsync(fd)
+                st = os.fstat(fd)
+                self._known_end = ((st.st_ino, st.st_size, st.st_mtime_ns), records[-1], st.st_size)
+            except BaseException:
+                self._known_end = None
+                raise
             finally:
                 os.close(fd)
-            return record
+            return records
 
     def _tail(self):
         """(last good record or None, offset just past the last newline or None if absent).

@@ -84,7 +84,7 @@ TARGET = _targets()
 def status_of(entry):
     """The TaskStatus of a progress entry; an unknown or missing value reads as pending."""
     try:
-        return S((entry or {}).get("status") or "pending")
+        return S((entry if isinstance(entry, dict) else {}).get("status") or "pending")
     except ValueError:
         return S.PENDING
 
@@ -116,8 +116,23 @@ class _Token:
         self.state = state
 
 
+_decided = {}  # (status, trigger) -> what the machine answered: it never changes, ask it once
+
+
 def next_status(current, trigger):
-    """Where TRIGGER takes a task in CURRENT; IllegalTaskTransition if nowhere."""
+    """Where TRIGGER takes a task in CURRENT; IllegalTaskTransition if nowhere. The machine
+    answers each (status, trigger) pair once (a model added and removed costs about a
+    millisecond, and the run fires hundreds of events); later asks reuse its answer."""
+    answer = _decided.get((current, trigger))
+    if answer is None:
+        answer = _decided.setdefault((current, trigger), _ask_machine(current, trigger))
+    if isinstance(answer, IllegalTaskTransition):
+        raise IllegalTaskTransition(answer.message)
+    return answer
+
+
+def _ask_machine(current, trigger):
+    """The machine's answer: the next status, or the IllegalTaskTransition to raise."""
     from transitions.core import MachineError
 
     m = machine()
@@ -128,8 +143,8 @@ def next_status(current, trigger):
             getattr(token, trigger)()
         except (MachineError, AttributeError):
             legal = sorted(t for (t, s) in TARGET if s == current)
-            raise IllegalTaskTransition(f"task event `{trigger}` is not allowed in status {current.value} "
-                                        f"(allowed: {', '.join(legal) or 'none'})") from None
+            return IllegalTaskTransition(f"task event `{trigger}` is not allowed in status {current.value} "
+                                         f"(allowed: {', '.join(legal) or 'none'})")
         finally:
             m.remove_model(token)
     return S(token.state)
@@ -148,10 +163,10 @@ class TaskBook:
         return self.progress.task(task_id)
 
     def status(self, task_id):
-        return status_of(self.entry(task_id))
+        return status_of((self.progress.peek().get("tasks") or {}).get(task_id))
 
     def statuses(self, task_ids=None):
-        tasks = self.progress.load().get("tasks") or {}
+        tasks = self.progress.peek().get("tasks") or {}
         ids = tasks if task_ids is None else task_ids
         return {t: status_of(tasks.get(t)) for t in ids}
 
@@ -176,10 +191,11 @@ class TaskBook:
                 moves.append((task_id, trigger, source, dest))
             return moves
 
-        with self.progress.locked():
-            moves = self.progress.update(change)
-            for task_id, trigger, source, dest in moves:
-                self.journal.append("task", task=task_id, src=source.value, dst=dest.value, trigger=trigger)
+        def journal(moves):  # (under the file's lock, right after the write: the same order)
+            self.journal.append_many([("task", dict(task=task_id, src=source.value, dst=dest.value, trigger=trigger))
+                                      for task_id, trigger, source, dest in moves])
+
+        moves = self.progress.update(change, after=journal)
         return [dest for _, _, _, dest in moves]
 
     def setback(self, task_id, kind, reason, **fields):

@@ -64,6 +64,8 @@ class Reporter:
         self._emit([f"  • {task_id}: {event}"] if self.boxes else [f"[orchestrator] {task_id}: {event}"])
 
     def group_progress(self, mode, statuses):
+        if self.quiet:
+            return
         done = sum(1 for s in statuses.values() if s in ("approved", "merging", "merged", "failed", "blocked",
                                                           "blocked_permission"))
         elapsed = f"{time.time() - self.started:.1f}s"
@@ -81,6 +83,8 @@ class Reporter:
         self._emit(_box(lines))
 
     def final(self, run):
+        if self.quiet:
+            return  # (the table costs a tabulate import and a pass over every task)
         data = run.progress.load()
         tasks = data.get("tasks") or {}
         merged = [t for t, v in tasks.items() if v.get("status") == "merged"]

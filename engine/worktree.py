@@ -28,13 +28,13 @@ def resolve_base(repo, base=None):
         if commit is None:
             raise OrchestratorError("The repository has no commits yet; commit something first")
         return (branch or commit), commit
-    if not git.has_commits(repo):
-        raise OrchestratorError("The repository has no commits yet; commit something first")
     if base.startswith("-") or any(c in base for c in "\x00\n\r\t "):
         raise OrchestratorError(f"invalid base '{base}'")
-    commit = git.branch_commit(repo, base)
+    commit = git.branch_commit(repo, base)  # (the usual case, in one call: a branch implies commits)
     if commit:
         return base, commit
+    if not git.has_commits(repo):
+        raise OrchestratorError("The repository has no commits yet; commit something first")
     remote = git.resolve_commit(repo, f"refs/remotes/origin/{base}")
     if remote and git.ok(repo, "check-ref-format", "--branch", base):
         git.run(repo, "branch", "--track", "--", base, f"origin/{base}")

@@ -34,12 +34,12 @@ def handle(ctx):
         failed = [t for t in tasks if statuses[t] != S.MERGED]
         summary = (f"Merged: {', '.join(t for t in tasks if t not in failed) or 'none'}. "
                    f"Failed: {', '.join(failed) or 'none'}.")
-        e2e = (ctx.progress.load().get("parallel_groups") or {}).get(f"group_{n}", {}).get("e2e")
+        e2e = (ctx.progress.peek().get("parallel_groups") or {}).get(f"group_{n}", {}).get("e2e")
         if e2e == "failed":
             summary += " E2E failed on the merged result."
-        ctx.memory.write_group(n, "failed" if failed or e2e == "failed" else "post", summary)
-        ctx.progress.update(lambda d, n=n: d.setdefault("parallel_groups", {}).setdefault(f"group_{n}", {}).update(
-            status="done"))
+        ctx.memory.write_group(n, "failed" if failed or e2e == "failed" else "post", summary, context=n == groups[-1])
+    ctx.progress.update(lambda d: [d.setdefault("parallel_groups", {}).setdefault(f"group_{n}", {}).update(
+        status="done") for n in groups])
     remaining = [i for i in range(1, len(ctx.plan.groups) + 1) if not ctx.group_finished(i)]
     if not remaining:
         return finish(ctx)

@@ -122,3 +122,43 @@ def test_roll_forward_across_interleaved_runner_events(tmp_path):
     assert statefile.get_state(layout) == "EXECUTE"  # `state` tells the journaled truth before the file catches up
     lines = statefile.transition("QA", layout=layout)  # the next call rolls forward first
     assert lines[0] == "Transitioned: EXECUTE -> QA"
+
+
+# --------------------------------------------------------------------------- YamlFragments
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
+                     st.text(max_size=30))
+_values = st.recursive(_scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                         st.dictionaries(st.text(max_size=10), inner, max_size=4)),
+                       max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(before=st.dictionaries(st.text(max_size=12), st.dictionaries(st.text(max_size=10), _values, max_size=5),
+                              min_size=1, max_size=5),
+       changes=st.lists(st.tuples(st.text(max_size=12), st.dictionaries(st.text(max_size=10), _values, max_size=5)),
+                        max_size=4),
+       extra=st.dictionaries(st.text(max_size=10), _values, max_size=3))
+def test_fragment_dumps_are_the_whole_dump_whatever_the_data(before, changes, extra):
+    """The progress file's cached per-task rendering writes exactly what dumping the whole
+    document writes, after any sequence of changes (so a reader never sees the difference)."""
+    renderer = store.YamlFragments()
+    data = dict(extra, tasks=before)
+    for task_id, entry in [(None, None)] + changes:
+        if task_id is not None:
+            data["tasks"][task_id] = entry
+        text = renderer.dump(data, "# header")
+        assert text == store.dump_yaml(data, "# header")
+        assert store.parse_yaml(text, "x") == data
+
+
+def test_a_value_shared_by_two_tasks_is_written_out_not_aliased():
+    """One list object recorded in two places (an attempt's field and the task's) must not
+    become a YAML anchor: two tasks dumped apart would both define `&id001`, which no parser
+    accepts (the bug the fragment cache first had), and an alias is opaque to a shell reader."""
+    shared = ["Bash"]
+    data = {"tasks": {"a": {"denied": shared, "attempts": [{"denied": shared}]},
+                      "b": {"denied": shared}}}
+    text = store.YamlFragments().dump(data, "# h")
+    assert "&" not in text and "*" not in text
+    assert text == store.dump_yaml(data, "# h")
+    assert store.parse_yaml(text, "x") == data

@@ -1,0 +1,179 @@
+"""The fast paths of the task flow hold the same rules as the slow ones: a slot handed from an
+approved task to the next (one checkout, no release + acquire), the progress file's group
+commit (many threads, one write, each change still all-or-nothing), and journal records
+appended in one write. Real repositories, real threads and processes."""
+
+import json
+import os
+import subprocess
+import threading
+
+import pytest
+
+from engine import store
+from engine.errors import OrchestratorError
+from engine.paths import Layout
+from engine.pool import Pool
+from engine.progress import Progress
+from tests.conftest import PYTHON, branches, commit_file, git, python_env
+
+STATE = ".claude/pool-state.json"
+
+
+@pytest.fixture
+def pool(repo, monkeypatch):
+    monkeypatch.setenv("POOL_OWNER_PID", str(os.getpid()))
+    p = Pool(Layout(str(repo)))
+    p.init(2)
+    return p
+
+
+def slot_record(repo, slot_id):
+    with open(os.path.join(repo, STATE)) as fh:
+        return next(s for s in json.load(fh)["worktrees"] if s["id"] == slot_id)
+
+
+def test_a_slot_handed_over_is_on_the_new_task_from_the_base_and_the_work_before_it_is_kept(repo, pool):
+    slot, path, _ = pool.acquire("a", "main")
+    commit_file(path, "a.txt", "a\n")
+    (open(os.path.join(path, "scratch.tmp"), "w")).write("left by QA\n")  # untracked: must not reach b
+    same, path_b, branch = pool.acquire("b", "main", take_over=slot)
+    assert (same, path_b, branch) == (slot, path, "auto/b")
+    assert git(path, "symbolic-ref", "--short", "HEAD") == "auto/b"
+    assert git(path, "rev-parse", "HEAD") == git(repo, "rev-parse", "main")
+    assert git(path, "status", "--porcelain") == ""
+    assert not os.path.exists(os.path.join(path, "a.txt"))
+    assert "auto/a" in branches(repo)  # not merged yet: the merge queue takes it from there
+    record = slot_record(repo, slot)
+    assert record["task_id"] == "b" and record["status"] == "busy"
+    assert "preparing" not in record and "previous_branch" not in record
+    journal = [json.loads(line) for line in open(os.path.join(repo, ".claude/pool-journal.jsonl"))]
+    assert any(r["event"] == "acquire-intent" and r.get("took_over") == "auto/a" for r in journal)
+
+
+def test_a_merged_branch_goes_with_the_hand_over(repo, pool):
+    slot, path, _ = pool.acquire("a", "main")
+    commit_file(path, "a.txt", "a\n")
+    git(repo, "merge", "-q", "--no-edit", "auto/a")  # the base has it now, the slot still has it checked out
+    pool.acquire("b", "main", take_over=slot)
+    assert "auto/a" not in branches(repo)
+    assert "auto/b" in branches(repo)
+
+
+def test_only_the_lease_owner_hands_a_slot_over_and_nothing_changes_otherwise(repo, pool, monkeypatch):
+    slot, path, _ = pool.acquire("a", "main")
+    before = open(os.path.join(repo, STATE), "rb").read()
+    other = Pool(Layout(str(repo)), env=dict(os.environ, POOL_OWNER_PID="1"))
+    with pytest.raises(OrchestratorError, match="not a slot this process can hand over"):
+        other.acquire("b", "main", take_over=slot)
+    idle = "wt-2"
+    with pytest.raises(OrchestratorError, match="not a slot this process can hand over"):
+        pool.acquire("b", "main", take_over=idle)
+    assert open(os.path.join(repo, STATE), "rb").read() == before
+    assert "auto/b" not in branches(repo)
+
+
+def test_a_hand_over_cut_short_by_a_kill_is_rolled_back_like_an_acquire(repo, pool):
+    """The state a SIGKILL between the claim and the confirmation leaves: the slot says
+    `preparing` for b with a's branch as `previous_branch`, owned by a dead pid. The repair
+    gives the slot back, drops b's empty branch and a's branch once the base has it."""
+    slot, path, _ = pool.acquire("a", "main")
+    commit_file(path, "a.txt", "a\n")
+    git(repo, "merge", "-q", "--no-edit", "auto/a")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    data = json.load(open(os.path.join(repo, STATE)))
+    record = next(s for s in data["worktrees"] if s["id"] == slot)
+    record.update(task_id="b", branch="auto/b", preparing=True, previous_branch="auto/a",
+                  base_commit=git(repo, "rev-parse", "main"), owner=dict(record["owner"], pid=dead.pid))
+    git(path, "checkout", "-q", "-f", "-B", "auto/b", "main")  # killed right after the checkout
+    store.write_json(os.path.join(repo, STATE), data)
+    pool.release(slot, quiet=True)
+    record = slot_record(repo, slot)
+    assert record["status"] == "idle" and "previous_branch" not in record
+    assert "auto/a" not in branches(repo) and "auto/b" not in branches(repo)
+
+
+def test_a_run_hands_slots_over_and_leaves_no_branch_or_worktree(tmp_path):
+    """Six tasks at two agents: most slots pass from an approved task to the next without a
+    release; every task is merged once and nothing is left behind."""
+    from engine import demo
+
+    repo = demo.make_repo(str(tmp_path / "r"))
+    with open(os.path.join(repo, ".claude", "auto-context.yaml"), "w") as fh:
+        fh.write("parallelization:\n  max_agents: 2\n  min_tasks: 2\n")
+    plan = tmp_path / "plan.yaml"
+    agent = f"{PYTHON} {os.path.join(os.path.dirname(demo.__file__), 'demo_agent.py')}"
+    plan.write_text(f"base: main\nagent: {agent}\ntasks:\n" +
+                    "".join(f"  - {{id: t{i}, description: task {i}}}\n" for i in range(6)))
+    env = dict(python_env(), DEMO_AGENT_SLEEP="0.2")
+    proc = subprocess.run([PYTHON, "-m", "engine.cli.orchestrator", "run", "--all-groups", "--quiet", str(plan)],
+                          cwd=repo, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    journal = [json.loads(line) for line in open(os.path.join(repo, ".claude/pool-journal.jsonl"))]
+    handed = [r for r in journal if r["event"] == "acquire-intent" and r.get("took_over")]
+    assert handed, "no slot was handed over"
+    merges = git(repo, "log", "--format=%s", "main")
+    assert sorted(line for line in merges.splitlines() if line.startswith("feat: Merge")) == \
+        sorted(f"feat: Merge auto/t{i}" for i in range(6))
+    assert branches(repo) == ["main"]
+    assert len(git(repo, "worktree", "list").splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- group commit
+def test_concurrent_updates_all_land_and_a_failing_change_fails_alone(tmp_path):
+    root = tmp_path / "p"
+    (root / ".claude").mkdir(parents=True)
+    progress = Progress(Layout(str(root)))
+    errors, barrier = [], threading.Barrier(16)
+
+    def writer(i):
+        barrier.wait()
+        try:
+            if i == 7:
+                def broken(data):
+                    data["tasks"]["t7"] = {"half": True}
+                    raise ValueError("boom")
+                progress.update(broken)
+            else:
+                assert progress.update(lambda d: d.setdefault("tasks", {}).update({f"t{i}": {"n": i}}) or i) == i
+        except ValueError as exc:
+            errors.append(str(exc))
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == ["boom"]
+    on_disk, _ = store.load_yaml_mapping(progress.path)
+    assert sorted(on_disk["tasks"]) == sorted(f"t{i}" for i in range(16) if i != 7)
+    assert on_disk == Progress(Layout(str(root))).load()  # a fresh reader sees what the cache says
+
+
+def test_another_process_writing_the_file_is_seen_by_the_cache(tmp_path):
+    root = tmp_path / "p"
+    (root / ".claude").mkdir(parents=True)
+    progress = Progress(Layout(str(root)))
+    progress.update(lambda d: d.update(a=1))
+    assert progress.get("a") == 1
+    code = ("import sys; from engine.progress import Progress; from engine.paths import Layout; "
+            "Progress(Layout(sys.argv[1])).update(lambda d: d.update(a=2, b=[1]))")
+    subprocess.run([PYTHON, "-c", code, str(root)], env=python_env(), check=True)
+    assert progress.get("a") == 2 and progress.get("b") == [1]
+    progress.update(lambda d: d.update(c=3))
+    assert store.load_yaml_mapping(progress.path)[0] == {"a": 2, "b": [1], "c": 3}
+
+
+# --------------------------------------------------------------------------- journal batches
+def test_journal_batches_keep_one_sequence_with_other_writers(tmp_path):
+    path = str(tmp_path / "j.jsonl")
+    mine = store.Journal(path)
+    mine.append_many([("a", {"i": 1}), ("b", {"i": 2})])
+    code = ("import sys; from engine import store; j = store.Journal(sys.argv[1]); "
+            "j.append('other', i=3); open(sys.argv[1], 'ab').write(b'{\"torn')")
+    subprocess.run([PYTHON, "-c", code, path], env=python_env(), check=True)
+    mine.append_many([("c", {"i": 4})])
+    records = store.Journal(path).records()
+    assert [(r["seq"], r["event"]) for r in records] == [(1, "a"), (2, "b"), (3, "other"), (4, "c")]
+    assert open(path, "rb").read().endswith(b"\n")  # the torn tail was cut before the append
