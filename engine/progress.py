@@ -66,12 +66,21 @@ class Progress:
             st = os.stat(self.path)
         except FileNotFoundError:
             return {}, ""
-        version = self._version(st)
         cached_version, cached, header = self._cache
-        if cached_version != version:
-            data, header = store.load_yaml_mapping(self.path)
-            cached = data or {}
-            self._cache = (version, cached, header)
+        if cached_version == self._version(st):
+            return cached, header
+        # Changed: by another process, or by our own writer that has renamed the new file into
+        # place but not yet recorded it (then waiting for it is cheaper than parsing again).
+        with self._lock:
+            try:
+                version = self._version(os.stat(self.path))
+            except FileNotFoundError:
+                return {}, ""
+            cached_version, cached, header = self._cache
+            if cached_version != version:
+                data, header = store.load_yaml_mapping(self.path)
+                cached = data or {}
+                self._cache = (version, cached, header)
         return cached, header
 
     def load(self):

@@ -394,6 +394,26 @@ def _yaml_dumper():
     return _dumper
 
 
+_parsed = {}  # path -> (file version, mapping): read-mostly files (configuration) parsed once
+
+
+def load_yaml_cached(path):
+    """`load_yaml_mapping(path)[0]` for a file read on every task (the configuration), parsed
+    again only when the file changed (its inode, size, mtime or ctime); the mapping is shared:
+    callers only read it. None when the file does not exist."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    version = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    cached = _parsed.get(path)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    data, _ = load_yaml_mapping(path)
+    _parsed[path] = (version, data)
+    return data
+
+
 def dump_yaml(data, header=""):
     """Render a mapping as block YAML, keys in their order, with an optional comment header."""
     yaml = _yaml_module()

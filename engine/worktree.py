@@ -137,7 +137,7 @@ def copy_into(root, worktree, extra=(), never=()):
 def setup_command(root):
     """The optional setup command from `.claude/auto-context.yaml` (worktree.setup_command,
     or parallelization.setup_command)."""
-    data, _ = store.load_yaml_mapping(Layout(root).context)
+    data = store.load_yaml_cached(Layout(root).context)
     for section in ("worktree", "parallelization"):
         value = (data or {}).get(section)
         if isinstance(value, dict) and value.get("setup_command"):
