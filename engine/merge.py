@@ -117,10 +117,10 @@ def progress_dependencies(root):
 def merge_branches(repo, target, branches, message="feat: Merge {branch}", delete_merged=True, dry_run=False):
     """Merge BRANCHES into TARGET in the given order; see the module docstring."""
     target = target or default_target(repo)
-    if target.startswith("-") or not git.branch_exists(repo, target):
+    tips = git.branch_tips(repo)  # (one call: every branch tip, the target's among them)
+    if target.startswith("-") or target not in tips:
         raise OrchestratorError(f"target branch does not exist: {target}")
     report = MergeReport(target=target, branches=list(branches), dry_run=dry_run)
-    tips = git.branch_tips(repo)
     start = tips[target]
     current = start
     for branch in branches:
