@@ -31,6 +31,7 @@ import shutil
 import socket
 
 from engine import git, store, worktree
+from engine.faults import crashpoint
 from engine.procs import alive, process_start_time
 from engine.ui import warn
 from engine.errors import GitError, InvalidValue, NotInitialized, OrchestratorError, StateFileError
@@ -220,6 +221,7 @@ class Pool:
             worktree.run_setup(self.root, path, {"TASK_ID": task, "WORKTREE": path, "BRANCH": branch,
                                                  "BASE": base_label})
             if slot.get("previous_branch"):
+                crashpoint("handed-over")  # the slot on the new branch, the record still preparing
                 self._drop_if_merged(slot["previous_branch"], base_label, base_commit)
         except BaseException:
             self._rollback_acquire(slot["id"])

@@ -1,6 +1,6 @@
 """Crash exactness at the streaming flow's most delicate moments: a SIGKILL exactly inside the
-merge queue (before and after the base moved), right after an approval, and in the middle of
-a conflict retry (after the old attempt was set aside, after a rebase), each followed by
+merge queue (before and after the base moved), right after an approval, in the middle of a
+slot's hand-over from an approved task to the next, and in the middle of a conflict retry (after the old attempt was set aside, after a rebase), each followed by
 `resume` -> every task merged exactly once, no orphan worktree or branch, and where the
 result is deterministic the same `main` tree as an uninterrupted run."""
 
@@ -62,7 +62,8 @@ def expected_tree(tmp_path_factory):
     return git(repo, "rev-parse", "main^{tree}")
 
 
-@pytest.mark.parametrize("point", ["merge-intent", "merge-moved", "approved", "merge-intent:3"])
+@pytest.mark.parametrize("point", ["merge-intent", "merge-moved", "approved", "merge-intent:3", "handed-over",
+                                   "handed-over:2"])
 def test_a_kill_inside_the_merge_queue_resumes_exactly(tmp_path, expected_tree, point):
     repo, plan = demo_project(tmp_path, "p")
     env = dict(python_env(), DEMO_FLAKY="cli", DEMO_AGENT_SLEEP="0")
