@@ -204,7 +204,8 @@ class Pool:
                 if slot.get("status") != "busy" or slot.get("preparing") or slot.get("releasing") or \
                         str(owner.get("pid")) != str(self.lease_pid):
                     raise OrchestratorError(f"{take_over} is not a slot this process can hand over")
-                listing = None  # (git itself refuses a branch checked out elsewhere)
+                # (`checkout -f -B` does not refuse a branch checked out elsewhere: check as acquire does)
+                listing = self._refuse_if_checked_out_elsewhere(repo, branch)
                 previous = slot.get("branch")
             path = self.slot_path(slot["id"])
             slot.update(status="busy", task_id=task, branch=branch, acquired_at=local_timestamp(),
@@ -258,10 +259,7 @@ class Pool:
         if reuse:
             warn(f"[WARN] Reusing existing branch {branch} ({unique} commit(s) not in the base)")
         real = os.path.realpath(path)
-        if listing is None:  # a slot handed over: its worktree was in use a moment ago
-            entry = {"prunable": False} if os.path.isfile(os.path.join(path, ".git")) else None
-        else:
-            entry = next((e for e in listing if os.path.realpath(e["path"]) == real), None)
+        entry = next((e for e in listing if os.path.realpath(e["path"]) == real), None)
         if entry is not None and not entry["prunable"] and os.path.isfile(os.path.join(path, ".git")):
             clear_stale_locks(path, branch, repo)
             try:
@@ -276,7 +274,9 @@ class Pool:
                 return not reuse
             except GitError:
                 pass  # a broken slot: re-create it below
-        broken = entry is not None or os.path.lexists(path)  # else a fresh slot: nothing to clear
+        # A fresh slot needs no clearing, unless git still lists a deleted worktree (which keeps
+        # its branch "checked out"): then the discard's prune goes first.
+        broken = entry is not None or os.path.lexists(path) or any(e["prunable"] for e in listing)
         try:
             worktree.add_worktree(repo, path, branch, None if reuse else base_commit,
                                   discard=(lambda: self._discard_broken(repo, path)) if broken else None)
@@ -306,13 +306,15 @@ class Pool:
         elif os.path.lexists(path):
             with git.worktree_lock(repo):  # a `worktree add` cut short: start the slot afresh
                 self._discard_broken(repo, path)
-        if branch and git.branch_exists(repo, branch) and base_commit and \
-                git.unique_commits(repo, branch, base_commit) == 0 and not git.checked_out_at(repo, branch):
-            git.delete_branch(repo, branch)
-        if previous:  # a hand-over cut short: the branch it took the slot from, as a release would
-            self._drop_if_merged(previous, base_label, base_commit)
-        self.mark_idle(slot_id)
-        self.journal.append("acquire-rollback", slot=slot_id, branch=branch)
+        try:
+            if branch and git.branch_exists(repo, branch) and base_commit and \
+                    git.unique_commits(repo, branch, base_commit) == 0 and not git.checked_out_at(repo, branch):
+                git.delete_branch(repo, branch, check=False)  # (git keeps one a prunable worktree still has)
+            if previous:  # a hand-over cut short: the branch it took the slot from, as a release would
+                self._drop_if_merged(previous, base_label, base_commit)
+        finally:  # whatever git said, the slot is not left `preparing` under a live owner
+            self.mark_idle(slot_id)
+            self.journal.append("acquire-rollback", slot=slot_id, branch=branch)
 
     def mark_idle(self, slot_id):
         """Reset one slot to the contract's idle record (all task fields null)."""

@@ -23,6 +23,7 @@ import os
 import threading
 
 from engine import store
+from engine.errors import OrchestratorError
 
 HEADER = "# parallel-orchestrator run progress"
 
@@ -126,9 +127,15 @@ class Progress:
         mine = _Change(change, after)
         with self._queue_lock:
             self._queue.append(mine)
-        with self.locked():
-            if not mine.done:  # else a writer before us took it along
-                self._commit()
+        try:
+            with self.locked():
+                if not mine.done:  # else a writer before us took it along
+                    self._commit()
+        except BaseException:  # (Ctrl-C while waiting): a change whose caller gave up is never applied later
+            with self._queue_lock:
+                if mine in self._queue:
+                    self._queue.remove(mine)
+            raise
         if mine.error is not None:
             raise mine.error
         return mine.result
@@ -147,7 +154,7 @@ class Progress:
                 trial = clone(data)
                 try:
                     item.result = item.change(trial)
-                except BaseException as exc:  # this change only: the others go on
+                except Exception as exc:  # this change only: the others go on
                     item.error = exc
                     continue
                 data = trial
@@ -159,12 +166,17 @@ class Progress:
                 if item.after is not None:
                     try:
                         item.after(item.result)
-                    except BaseException as exc:
+                    except Exception as exc:
                         item.error = exc
-        except BaseException as exc:  # the write itself failed: nobody's change is on disk
+        except Exception as exc:  # the write itself failed: nobody's change is on disk
             for item in batch:
                 if item.error is None:
                     item.error = exc
+        except BaseException as exc:  # Ctrl-C in this thread: it is this thread's, raised here
+            for item in batch:
+                if item.error is None and not item.done:
+                    item.error = OrchestratorError("interrupted while writing the progress file")
+            raise
         finally:
             for item in batch:
                 item.done = True

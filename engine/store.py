@@ -17,6 +17,7 @@ import fcntl
 import itertools
 import json
 import os
+import re
 import stat
 import time
 import zlib
@@ -426,6 +427,9 @@ def write_yaml(path, data, header=""):
     atomic_write(path, dump_yaml(data, header))
 
 
+_YAML_BREAKS = re.compile("(\n|\u2028|\u2029)")  # the line breaks PyYAML indents after
+
+
 class YamlFragments:
     """`dump_yaml` for a file rewritten many times with small changes (the progress file):
     each entry of the mapping under KEY (one task) is dumped by PyYAML on its own, indented
@@ -458,8 +462,10 @@ class YamlFragments:
                     fingerprint = None
                 text = cache.get(fingerprint) if fingerprint is not None else None
                 if text is None:
-                    lines = dump_yaml({name: entry}).split("\n")  # (only \n: str.splitlines also splits at \x85)
-                    text = "\n".join("  " + line if line else line for line in lines)
+                    # Indent every line: PyYAML breaks lines at \n and, inside a scalar, also at
+                    # U+2028/U+2029, indenting after each (not at \x85, which str.splitlines would split at)
+                    pieces = _YAML_BREAKS.split(dump_yaml({name: entry}))
+                    text = "".join(p if i % 2 or not p else "  " + p for i, p in enumerate(pieces))
                 if fingerprint is not None:
                     self._cache[fingerprint] = text
                 parts.append(text)

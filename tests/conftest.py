@@ -156,3 +156,15 @@ def branch_with(repo, branch, files, base="main"):
         git(repo, "add", "--", name)
     git(repo, "commit", "-q", "-m", f"work on {branch}")
     git(repo, "checkout", "-q", "main")
+
+
+@pytest.fixture
+def pool(repo, monkeypatch):
+    """A two-slot pool (engine API) whose leases this test process owns (POOL_OWNER_PID)."""
+    from engine.paths import Layout
+    from engine.pool import Pool
+
+    monkeypatch.setenv("POOL_OWNER_PID", str(os.getpid()))
+    p = Pool(Layout(str(repo)))
+    p.init(2)
+    return p

@@ -20,14 +20,6 @@ from tests.conftest import PYTHON, branches, commit_file, git, python_env
 STATE = ".claude/pool-state.json"
 
 
-@pytest.fixture
-def pool(repo, monkeypatch):
-    monkeypatch.setenv("POOL_OWNER_PID", str(os.getpid()))
-    p = Pool(Layout(str(repo)))
-    p.init(2)
-    return p
-
-
 def slot_record(repo, slot_id):
     with open(os.path.join(repo, STATE)) as fh:
         return next(s for s in json.load(fh)["worktrees"] if s["id"] == slot_id)

@@ -162,3 +162,13 @@ def test_a_value_shared_by_two_tasks_is_written_out_not_aliased():
     assert "&" not in text and "*" not in text
     assert text == store.dump_yaml(data, "# h")
     assert store.parse_yaml(text, "x") == data
+
+
+@pytest.mark.parametrize("text", ["\u2028", "a\u2028b\nc", "\u2029 x\n\n y", "\x85", "x\n\u2028\n"])
+def test_fragment_dumps_indent_after_every_line_break_yaml_knows(text):
+    """PyYAML breaks a quoted scalar at U+2028/U+2029 too and indents after them (found by the
+    red-team fuzzing): the fragment renderer indents there as well, so the text is the same."""
+    data = {"tasks": {"t": {"x": text, "l": [text, {"k": text}]}, "u": {"y": text}}, "z": text}
+    rendered = store.YamlFragments().dump(data, "# h")
+    assert rendered == store.dump_yaml(data, "# h")
+    assert store.parse_yaml(rendered, "x") == data
