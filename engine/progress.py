@@ -56,10 +56,6 @@ class Progress:
         self._renderer = store.YamlFragments("tasks")  # only the tasks that changed are dumped again
 
     # ------------------------------------------------------------------ reading
-    @staticmethod
-    def _version(st):
-        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
     def _current(self):
         """(data, header) of the file as it is now: the cached parse unless it changed. The
         data is shared: callers must not change it."""
@@ -68,13 +64,13 @@ class Progress:
         except FileNotFoundError:
             return {}, ""
         cached_version, cached, header = self._cache
-        if cached_version == self._version(st):
+        if cached_version == store.file_version(st):
             return cached, header
         # Changed: by another process, or by our own writer that has renamed the new file into
         # place but not yet recorded it (then waiting for it is cheaper than parsing again).
         with self._lock:
             try:
-                version = self._version(os.stat(self.path))
+                version = store.file_version(os.stat(self.path))
             except FileNotFoundError:
                 return {}, ""
             cached_version, cached, header = self._cache
@@ -161,7 +157,7 @@ class Progress:
                 applied.append(item)
             if applied:
                 store.atomic_write(self.path, self._renderer.dump(data, header or HEADER))
-                self._cache = (self._version(os.stat(self.path)), data, header or HEADER)
+                self._cache = (store.file_version(os.stat(self.path)), data, header or HEADER)
             for item in applied:
                 if item.after is not None:
                     try:

@@ -395,6 +395,12 @@ def _yaml_dumper():
     return _dumper
 
 
+def file_version(st):
+    """What identifies one version of a file we replace by rename or append to (an os.stat
+    result): a new inode, size, mtime or ctime means somebody wrote it."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 _parsed = {}  # path -> (file version, mapping): read-mostly files (configuration) parsed once
 
 
@@ -406,7 +412,7 @@ def load_yaml_cached(path):
         st = os.stat(path)
     except FileNotFoundError:
         return None
-    version = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    version = file_version(st)
     cached = _parsed.get(path)
     if cached is not None and cached[0] == version:
         return cached[1]
@@ -534,7 +540,7 @@ class Journal:
 
     def __init__(self, path):
         self.path = path
-        self._known_end = None  # (file version, last record, end offset) after our last append
+        self._known_end = None  # (file version, last record) right after our last append
 
     def append(self, event, **fields):
         """Durably append one record and return it (with its `seq`)."""
@@ -550,8 +556,7 @@ class Journal:
             fd = open_fd(self.path, os.O_RDWR | os.O_CREAT)
             try:
                 st = os.fstat(fd)
-                version = (st.st_ino, st.st_size, st.st_mtime_ns)
-                if self._known_end is not None and self._known_end[0] == version:
+                if self._known_end is not None and self._known_end[0] == file_version(st):
                     last, valid_end = self._known_end[1], st.st_size
                 else:
                     last, valid_end = self._tail()
@@ -573,7 +578,7 @@ class Journal:
                     written += os.write(fd, data[written:])
                 os.fsync(fd)
                 st = os.fstat(fd)
-                self._known_end = ((st.st_ino, st.st_size, st.st_mtime_ns), records[-1], st.st_size)
+                self._known_end = (file_version(st), records[-1])
             except BaseException:
                 self._known_end = None
                 raise

@@ -5,6 +5,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -168,3 +169,12 @@ def pool(repo, monkeypatch):
     p = Pool(Layout(str(repo)))
     p.init(2)
     return p
+
+
+def wait_until(check, timeout=120, what="condition", step=0.2):
+    """Poll CHECK until it is true; fail the test naming WHAT after TIMEOUT seconds."""
+    deadline = time.time() + timeout
+    while not check():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(step)

@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from engine import claude, demo
-from tests.conftest import ROOT, invoke
+from tests.conftest import ROOT, invoke, wait_until
 from tests.test_claude import fake  # noqa: F401  (the fixture)
-from tests.test_planner import _wait_until
+
 
 TASKS = ["models", "utils", "config", "api", "cli", "tests", "docs"]
 PRESET = "{preset: claude, stagger_seconds: 0}"
@@ -144,9 +144,9 @@ def test_sigkill_mid_stream_then_resume_keeps_session_and_attempt_count(claude_r
     monkeypatch.setenv("FAKE_CLAUDE_SLEEP", "0.3")
     log = str(tmp_path / "orch.log")
     proc = _orchestrator("run", plan, log=log)
-    _wait_until(lambda: _session_of("models"))
+    wait_until(step=0.05, check=lambda: _session_of("models"))
     recorded = _session_of("models")
-    _wait_until(lambda: os.path.exists(".claude/auto-logs/models.attempt-1.jsonl")
+    wait_until(step=0.05, check=lambda: os.path.exists(".claude/auto-logs/models.attempt-1.jsonl")
                 and os.path.getsize(".claude/auto-logs/models.attempt-1.jsonl") > 0)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -182,9 +182,9 @@ def test_run_goal_plans_once_across_a_sigkill(claude_repo, monkeypatch, tmp_path
     log = str(tmp_path / "orch.log")
     proc = _orchestrator("run", "--all-groups", "--agent", "claude", "--goal", "Models and an API", log=log)
     if when == "during":
-        _wait_until(lambda: any(c["task"] is None for c in calls()))  # the planner is answering
+        wait_until(step=0.05, check=lambda: any(c["task"] is None for c in calls()))  # the planner is answering
     else:
-        _wait_until(lambda: os.path.exists(".claude/auto-plan.yaml"))
+        wait_until(step=0.05, check=lambda: os.path.exists(".claude/auto-plan.yaml"))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     monkeypatch.setenv("FAKE_CLAUDE_SLEEP", "0")

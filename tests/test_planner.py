@@ -6,12 +6,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
 from engine.cli.orchestrator import cli
-from tests.conftest import ROOT, invoke
+from tests.conftest import ROOT, invoke, wait_until
 from tests.test_claude import fake  # noqa: F401  (the fixture)
 
 VALID = """Here is the plan.
@@ -151,13 +150,6 @@ def _planning_process(root, output, log):
                             stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=ROOT))
 
 
-def _wait_until(predicate, timeout=60):
-    deadline = time.time() + timeout
-    while not predicate():
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("when", ["during", "after"])
 def test_plan_once_across_a_sigkill(repo, fake, answers, monkeypatch, when):
     """The orchestrator dies while the planner agent answers (it outlives us and is collected) or
@@ -168,10 +160,10 @@ def test_plan_once_across_a_sigkill(repo, fake, answers, monkeypatch, when):
     state = os.path.join(str(repo), ".claude", "auto-logs", "planner", "state.json")
     proc = _planning_process(str(repo), output, str(repo.parent / "planning.log"))
     if when == "during":
-        _wait_until(lambda: os.path.exists(state) and '"pid"' in open(state).read())
-        _wait_until(lambda: len(fake()) == 1)
+        wait_until(step=0.05, check=lambda: os.path.exists(state) and '"pid"' in open(state).read())
+        wait_until(step=0.05, check=lambda: len(fake()) == 1)
     else:
-        _wait_until(lambda: os.path.exists(output))
+        wait_until(step=0.05, check=lambda: os.path.exists(output))
     proc.kill()
     proc.wait()
     assert not (when == "during" and os.path.exists(output))

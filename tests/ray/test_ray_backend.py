@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("ray.job_submission", reason="Ray is not installed: `pip install '.[ray]'` (or `make test-ray`)")
 
 from ray_cluster import make_attempt  # noqa: E402
-from tests.conftest import PYTHON, git, python_env  # noqa: E402
+from tests.conftest import PYTHON, git, python_env, wait_until  # noqa: E402
 
 from engine.ray_executor import RayBackend, RayConfig, RayExecutorError, submission_id  # noqa: E402
 
@@ -24,14 +24,6 @@ def backend(cluster, repo, remote, **over):
     config = RayConfig(address=cluster.address, remote=remote, resources=over.pop("resources", {"agent": 1}),
                        **over)
     return RayBackend(config, str(repo))
-
-
-def wait_until(check, timeout=60, what="condition"):
-    deadline = time.time() + timeout
-    while not check():
-        if time.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def lines(path):

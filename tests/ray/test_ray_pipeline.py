@@ -14,7 +14,7 @@ import yaml
 
 pytest.importorskip("ray.job_submission", reason="Ray is not installed: `pip install '.[ray]'` (or `make test-ray`)")
 
-from tests.conftest import ROOT, git  # noqa: E402
+from tests.conftest import ROOT, git, wait_until  # noqa: E402
 
 AGENT = "python3 -m engine.demo_agent"
 
@@ -56,14 +56,6 @@ def progress(repo):
 
 def tasks(repo):
     return progress(repo).get("tasks") or {}
-
-
-def wait_until(check, timeout=120, what="condition"):
-    deadline = time.time() + timeout
-    while not check():
-        if time.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def tree(repo):
