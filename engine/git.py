@@ -153,6 +153,28 @@ def unique_commits(repo, branch, base):
     return int(proc.stdout.strip() or 0) if proc.returncode == 0 else None
 
 
+def commits_ahead(repo, branch, base):
+    """The commits `branch` has that `base` does not, newest (the branch tip) first; None when
+    the branch (or the base) does not exist. `unique_commits` with the tip, in one call."""
+    proc = run(repo, "rev-list", f"{base}..refs/heads/{branch}", "--", check=False)
+    return proc.stdout.split() if proc.returncode == 0 else None
+
+
+def branch_tips_of(repo, *branches):
+    """{branch: commit} for those of BRANCHES that exist, in one call (`for-each-ref` with
+    each full ref name as its pattern; a branch name has no wildcard)."""
+    if not branches:
+        return {}
+    text = out(repo, "for-each-ref", "--format=%(objectname) %(refname)", *[f"refs/heads/{b}" for b in branches])
+    wanted = {f"refs/heads/{b}": b for b in branches}
+    tips = {}
+    for line in text.splitlines():
+        sha, _, ref = line.partition(" ")
+        if ref in wanted:
+            tips[wanted[ref]] = sha
+    return tips
+
+
 def branch_tips(repo):
     """{branch: commit} for every local branch, in one call."""
     text = out(repo, "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/")
@@ -161,6 +183,11 @@ def branch_tips(repo):
         sha, _, ref = line.partition(" ")
         tips[ref[len("refs/heads/"):]] = sha
     return tips
+
+
+def tree_of(repo, commit):
+    """The tree of COMMIT."""
+    return out(repo, "rev-parse", "--verify", "-q", "--end-of-options", f"{commit}^{{tree}}")
 
 
 def local_branches(repo, prefix="refs/heads/"):

@@ -122,20 +122,24 @@ def merge_branches(repo, target, branches, message="feat: Merge {branch}", delet
         raise OrchestratorError(f"target branch does not exist: {target}")
     report = MergeReport(target=target, branches=list(branches), dry_run=dry_run)
     start = tips[target]
-    current = start
+    current, current_tree = start, None
     for branch in branches:
         tip = tips.get(branch)
         if tip is None:
             report.failed.append((branch, "branch not found", []))
             continue
-        if git.is_ancestor(repo, tip, current):
-            report.already.append(branch)
-            report.merged.append(branch)
-            continue
         try:
             tree, conflicts = merge_tree(repo, current, tip)
         except git.GitError as exc:  # this branch cannot be merged at all: it fails, the others go on
             report.failed.append((branch, unmergeable(exc, target), []))
+            continue
+        # A branch the target already contains merges to the target's own tree; only then is
+        # the history asked (the same tree can also come from a branch whose changes are in)
+        if tree is not None and current_tree is None:
+            current_tree = git.tree_of(repo, current)  # (once per batch; then each merge's own tree)
+        if tree == current_tree and git.is_ancestor(repo, tip, current):
+            report.already.append(branch)
+            report.merged.append(branch)
             continue
         if tree is None:
             report.failed.append((branch, "conflicts", conflicts))
@@ -144,6 +148,7 @@ def merge_branches(repo, target, branches, message="feat: Merge {branch}", delet
         # the next branch must be merged onto the real cumulative result.
         msg = message.format(branch=branch)
         current = git.committing(repo, "commit-tree", tree, "-p", current, "-p", tip, "-m", msg).stdout.strip()
+        current_tree = tree
         report.merged.append(branch)
     report.candidate = current
     if dry_run or current == start:

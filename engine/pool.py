@@ -43,6 +43,16 @@ SLOT_ID = re.compile(r"wt-([1-9][0-9]{0,3})")
 NOT_INITIALIZED = "Pool not initialized. Run: ./pool-manager.sh init"
 
 
+
+class Lease(tuple):
+    """What `acquire` returns: (slot id, absolute path, branch), as callers unpack it, and
+    `.base_commit`, the commit the slot was prepared from (the base a new branch starts at)."""
+
+    def __new__(cls, slot_id, path, branch, base_commit):
+        lease = super().__new__(cls, (slot_id, path, branch))
+        lease.base_commit = base_commit
+        return lease
+
 class PoolExhausted(OrchestratorError):
     """No idle slot: the CLI prints POOL_EXHAUSTED on stdout as well."""
 
@@ -175,18 +185,22 @@ class Pool:
         return size
 
     # ------------------------------------------------------------------ acquire
-    def acquire(self, task, base=None, take_over=None):
-        """Lease a slot for TASK; return (slot id, absolute path, branch).
+    def acquire(self, task, base=None, take_over=None, previous_merged=None):
+        """Lease a slot for TASK; return a Lease: (slot id, absolute path, branch).
 
         TAKE_OVER names a slot this lease owner (POOL_OWNER_PID) holds for a task that no
         longer needs a checkout (the orchestrator's approved task, whose branch the merge
         queue takes from there): the slot passes to TASK directly, one checkout instead of
-        a release and an acquire. The previous branch is kept unless the base already has it.
+        a release and an acquire. The previous branch is kept unless the base already has it;
+        PREVIOUS_MERGED, when given, answers that (asked once the slot has left the branch,
+        so a merge recorded meanwhile is seen) instead of a look at the history.
         """
         git.check_ref_component(task)
         repo = self.repo
-        base_label, base_commit = worktree.resolve_base(repo, base)
         branch = f"auto/{task}"
+        # the usual case in one call: the base is a local branch, and whether TASK's branch exists
+        tips = git.branch_tips_of(repo, base, branch) if base and not base.startswith("-") else {}
+        base_label, base_commit = (base, tips[base]) if base in tips else worktree.resolve_base(repo, base)
         with self.lock():
             data = self.load()
             for slot in data["worktrees"]:
@@ -217,13 +231,17 @@ class Pool:
         self.journal.append("acquire-intent", slot=slot["id"], task=task, branch=branch, base=base_commit,
                             **({"took_over": previous} if take_over is not None else {}))
         try:
-            created_branch = self._prepare(repo, path, branch, base_commit, listing)
+            created_branch = self._prepare(repo, path, branch, base_commit, listing,
+                                           known_absent=base in tips and branch not in tips)
             worktree.copy_into(self.root, path, never=(self.dir, self.state_path))
             worktree.run_setup(self.root, path, {"TASK_ID": task, "WORKTREE": path, "BRANCH": branch,
                                                  "BASE": base_label})
             if slot.get("previous_branch"):
                 crashpoint("handed-over")  # the slot on the new branch, the record still preparing
-                self._drop_if_merged(slot["previous_branch"], base_label, base_commit)
+                if previous_merged is None:
+                    self._drop_if_merged(slot["previous_branch"], base_label, base_commit)
+                elif previous_merged():  # (the merge queue could not drop it: it was checked out here)
+                    git.delete_branch(repo, slot["previous_branch"], check=False)
         except BaseException:
             self._rollback_acquire(slot["id"])
             raise
@@ -238,7 +256,7 @@ class Pool:
             current["created_branch"] = created_branch
             self.save(data)
         self.journal.append("acquire-done", slot=slot["id"], task=task, branch=branch)
-        return slot["id"], path, branch
+        return Lease(slot["id"], path, branch, base_commit)
 
     def _refuse_if_checked_out_elsewhere(self, repo, branch):
         """Refuse a branch checked out outside the pool; return the worktree listing."""
@@ -248,13 +266,14 @@ class Pool:
             raise OrchestratorError(f"Branch {branch} is checked out in {where}")
         return listing
 
-    def _prepare(self, repo, path, branch, base_commit, listing):
+    def _prepare(self, repo, path, branch, base_commit, listing, known_absent=False):
         """Point the slot's worktree at BRANCH; return True if the branch was created/reset.
 
         The fast path is one `checkout -f -B` and one `clean` in the existing worktree; a
         missing or broken slot (the checkout fails) is re-created under the worktree lock.
+        KNOWN_ABSENT: the caller has just seen that BRANCH does not exist.
         """
-        unique = git.unique_commits(repo, branch, base_commit)  # None: no such branch yet
+        unique = None if known_absent else git.unique_commits(repo, branch, base_commit)  # None: no such branch
         reuse = bool(unique)
         if reuse:
             warn(f"[WARN] Reusing existing branch {branch} ({unique} commit(s) not in the base)")

@@ -31,6 +31,7 @@ from engine.tasks import TERMINAL, TaskStatus as S
 
 WEIGHTS = {"S": 1, "M": 2, "L": 3, "XL": 5}
 MERGE_GRACE = 3.0  # seconds a cancelled run waits for the merge in flight
+START_FIRST = 0.5  # at most this long a merge nobody waits for lets starting tasks go first
 STARTABLE = (S.PENDING, S.REJECTED, S.CONFLICTED)
 IN_FLIGHT = (S.RUNNING, S.EXECUTED, S.VERIFYING)  # a worker's business (after a crash: resumed)
 
@@ -52,6 +53,8 @@ class Scheduler:
         self.wake = threading.Event()  # a task was approved, merged or let go: look again now
         self.merge_wake = threading.Event()  # a task was approved: the merger takes it
         self.merging = False  # the merger holds approved tasks it has not recorded yet
+        self.launching = set()  # tasks handed to a worker whose agent has not started yet
+        self.launched = threading.Condition()
         self.merge_error = None
         self.stopping = threading.Event()
 
@@ -101,6 +104,7 @@ class Scheduler:
             self.merge_wake.clear()
             if self.stopping.is_set() or self.merge_error is not None:
                 return
+            self._let_starts_go_first()
             self.merging = True
             try:
                 approved = self.ctx.tasks_in((S.APPROVED,), self.scope)
@@ -112,6 +116,33 @@ class Scheduler:
             finally:
                 self.merging = False
                 self.wake.set()
+
+    def _let_starts_go_first(self):
+        """A merge that no waiting task needs yet waits (up to START_FIRST) until the tasks
+        being started have their agents running: on a busy machine the merge's git work would
+        otherwise delay those agents, and it costs nothing while they run. A merge a pending
+        task depends on goes at once (its dependents start from the base that contains it)."""
+        deadline = time.monotonic() + START_FIRST
+        while self.launching and not self.stopping.is_set() and not self._merge_awaited():
+            with self.launched:  # (the statuses are read outside it: a worker never waits on the merger)
+                remaining = deadline - time.monotonic()
+                if not self.launching or remaining <= 0:
+                    return
+                self.launched.wait(remaining)
+
+    def _merge_awaited(self):
+        """Whether a task waiting to start depends on an approved, not yet merged, task."""
+        statuses = self.ctx.tasks.statuses(self.scope)
+        approved = {t for t, s in statuses.items() if s in (S.APPROVED, S.MERGING)}
+        return bool(approved) and any(s in STARTABLE and approved.intersection(self._deps(t))
+                                      for t, s in statuses.items())
+
+    def _launch_begun(self, task_id):
+        """TASK_ID's agent is starting now (or its attempt ended before): merges may go."""
+        with self.launched:
+            if task_id in self.launching:
+                self.launching.discard(task_id)
+                self.launched.notify_all()
 
     def _reclaim_slots(self):
         """After a crash: a slot still leased by a task that no longer needs a checkout (it
@@ -176,6 +207,9 @@ class Scheduler:
                     ctx.reporter.line(why)
                 break
             self._announce(task_id, statuses)
+            if statuses.get(task_id, S.PENDING) in STARTABLE:
+                with self.launched:
+                    self.launching.add(task_id)
             self.jobs[task_id] = workers.submit(self._carry, task_id)
             started += 1
         return started
@@ -232,6 +266,7 @@ class Scheduler:
                 if status in (S.PENDING, S.REJECTED, S.RUNNING):
                     self._attempt(task_id, status)
                 elif status == S.CONFLICTED:
+                    self._launch_begun(task_id)  # (a rebase first: merges need not wait for it)
                     self._after_conflict(task_id)
                 elif status == S.EXECUTED:
                     self._verify(task_id)
@@ -244,6 +279,7 @@ class Scheduler:
             ctx.tasks.fail(task_id, exc.message, pid=None)
             ctx.reporter.task(task_id, f"failed: {exc.message}")
         finally:
+            self._launch_begun(task_id)
             status = ctx.tasks.status(task_id)
             if status == S.APPROVED:
                 self._let_go(task_id)  # this worker is free for the next task now
@@ -321,12 +357,15 @@ class Scheduler:
             feedback = entry.get("qa_feedback") if status in (S.REJECTED, S.CONFLICTED) else None
             slot, path = ctx.slots.hold(task_id, discard_edits=True, record=False) if backend.needs_checkout \
                 else (None, None)
-            base_commit = git.branch_commit(ctx.repo, ctx.base)
+            # (a slot leased just now is at the base commit it was prepared from: no second look)
+            base_commit = ctx.slots.fresh_base(task_id) or git.branch_commit(ctx.repo, ctx.base)
             ctx.tasks.fire(task_id, "start", iterations=n, slot=slot, pid=None, base_commit=base_commit,
                            started_at=entry.get("started_at") or store.utc_now(),
                            attempt={"n": n, "kind": "agent", "slot": slot, "started_at": store.utc_now()})
             ctx.reporter.task(task_id, f"running in {slot or 'the backend'} (attempt {n})")
-            result = self._launch(task_id, self._attempt_for(task_id, n, path, feedback))
+            attempt = self._attempt_for(task_id, n, path, feedback)
+            self._launch_begun(task_id)
+            result = self._launch(task_id, attempt)
         self._settle_attempt(task_id, n, path, result)
 
     def _settle_attempt(self, task_id, n, path, result):
@@ -347,14 +386,14 @@ class Scheduler:
                               f"`orchestrator retry {task_id}`")
             return
         if result.exit_code == 0 and not result.timed_out:
-            problem = self._check_work(task_id, path)
+            problem, tip = self._check_work(task_id, path)
             if problem:
                 ctx.tasks.record_attempt(task_id, n, outcome="failed", reason=problem, **done)
                 raise TaskFailure(problem)
             ctx.reporter.task(task_id, f"agent done in {result.duration:.1f}s")
             # straight on to QA: one write records both events, the checkout is not looked at twice
             self._verify(task_id, fresh=path, done=(task_id, "agent_done", {"pid": None, "elapsed": elapsed},
-                                                    dict(done, n=n, outcome="executed")))
+                                                    dict(done, n=n, outcome="executed")), tip=tip)
             return
         why = f"timed out after {result.duration:.0f}s" if result.timed_out else \
             (result.reason or f"exit {result.exit_code}")
@@ -370,25 +409,25 @@ class Scheduler:
             ctx.reporter.task(task_id, f"agent {why}: failed (retries exhausted, see {ctx.log_path(task_id)})")
 
     def _check_work(self, task_id, path):
-        """Why an agent that exited 0 still has nothing to verify, or None. Leftovers are
-        committed first, so QA verifies exactly what will be merged."""
+        """(why an agent that exited 0 still has nothing to verify or None, its branch tip).
+        Leftovers are committed first, so QA verifies exactly what will be merged."""
         ctx = self.ctx
         task = self.plan.tasks[task_id]
         if path is not None:
             if not os.path.isdir(path):
-                return "the agent deleted its worktree"
+                return "the agent deleted its worktree", None
             current, committed = self._commit_leftovers(task_id, path)
             if current != task.branch:
                 return f"the agent left {task.branch} (its checkout is on {current or 'a detached HEAD'}); " \
-                       "its work is kept there"
+                       "its work is kept there", None
             if committed:
                 ctx.reporter.task(task_id, "committed what the agent left uncommitted")
-        ahead = git.unique_commits(ctx.repo, task.branch, f"refs/heads/{ctx.base}")  # None: no branch
+        ahead = git.commits_ahead(ctx.repo, task.branch, f"refs/heads/{ctx.base}")  # None: no branch
         if ahead is None:
-            return f"the attempt left no branch {task.branch}"
-        if ahead == 0 and not task.allow_empty:
-            return "no changes: the agent exited 0 without committing anything beyond the base"
-        return None
+            return f"the attempt left no branch {task.branch}", None
+        if not ahead and not task.allow_empty:
+            return "no changes: the agent exited 0 without committing anything beyond the base", None
+        return None, (ahead[0] if ahead else None)
 
     def _commit_leftovers(self, task_id, path):
         """(the branch checked out at PATH or None, whether leftovers were committed): one
@@ -398,10 +437,11 @@ class Scheduler:
             worktree.commit_leftovers(path, f"{task_id}: uncommitted work left by the agent", known_dirty=True)
         return current, committed
 
-    def _verify(self, task_id, fresh=None, done=None):
+    def _verify(self, task_id, fresh=None, done=None, tip=None):
         """QA on the committed tip of the task's branch. FRESH is the checkout `_check_work`
         has just looked at (right after the agent), DONE the agent's event to record with the
-        start of QA; otherwise the checkout is checked here."""
+        start of QA, TIP the branch tip it saw; otherwise the checkout is checked here. A task
+        with no verify command is approved in the same write as the agent's end."""
         ctx = self.ctx
         task = self.plan.tasks[task_id]
         n = int(ctx.tasks.entry(task_id).get("iterations") or 1)
@@ -410,19 +450,19 @@ class Scheduler:
             _, path = ctx.slots.hold(task_id)
             if not os.path.isdir(path) or self._commit_leftovers(task_id, path)[0] != task.branch:
                 raise TaskFailure(f"its checkout is no longer on {task.branch}")
-        ctx.tasks.fire_all(([done] if done else []) + [(task_id, "verify", {}, None)])
+        started = ([done] if done else []) + [(task_id, "verify", {}, None)]
+        if not task.verify and done and tip:  # nothing to run, nothing can move the tip: one write
+            ctx.journal.append("qa-result", task=task_id, verdict="APPROVED")
+            self._approve(task_id, started, tip)
+            return
+        ctx.tasks.fire_all(started)
         verdict = ctx.checks.verify(task_id, path, n)
         ctx.journal.append("qa-result", task=task_id, verdict=verdict.verdict)
         stamp = store.utc_now()
         if verdict.verdict == "INTERRUPTED":
             ctx.tasks.fire(task_id, "qa_interrupt")
         elif verdict.verdict == "APPROVED":
-            changed = git.changed_files(ctx.repo, ctx.base, task.branch)
-            ctx.tasks.fire(task_id, "approve", qa_verified=True, qa_timestamp=stamp, test_result="passed",
-                           changed_files=changed, slot=None, approved_tip=git.branch_commit(ctx.repo, task.branch))  # (its slot is given back right after)
-            ctx.reporter.task(task_id, "TASK_APPROVED")
-            self.merge_wake.set()  # the merge queue takes it while this worker gives its slot back
-            crashpoint("approved")
+            self._approve(task_id, [], git.branch_commit(ctx.repo, task.branch))
         elif verdict.verdict == "BLOCKED":
             ctx.tasks.fire(task_id, "qa_blocked", qa_verified=False, qa_timestamp=stamp, test_result="blocked",
                            failure=f"QA_BLOCKED: {verdict.feedback[-300:]}")
@@ -432,6 +472,18 @@ class Scheduler:
                                        qa_feedback=verdict.feedback, test_result="failed")
             ctx.reporter.task(task_id, "TASK_REJECTED" + (", retrying with the feedback" if status == S.REJECTED
                                                           else ": retries exhausted"))
+
+    def _approve(self, task_id, before, tip):
+        """Record TASK_ID approved at TIP (after the events BEFORE, in the same write); the
+        merge queue takes it while this worker gives its slot back."""
+        ctx = self.ctx
+        changed = git.changed_files(ctx.repo, ctx.base, self.plan.tasks[task_id].branch)
+        ctx.tasks.fire_all(before + [(task_id, "approve", dict(
+            qa_verified=True, qa_timestamp=store.utc_now(), test_result="passed", changed_files=changed,
+            slot=None, approved_tip=tip), None)])  # (slot: given back right after)
+        ctx.reporter.task(task_id, "TASK_APPROVED")
+        self.merge_wake.set()
+        crashpoint("approved")
 
     def _after_conflict(self, task_id):
         """Bring a conflicted branch onto the moved base without the agent if that applies

@@ -24,6 +24,7 @@ class Slots:
         self._releaser = None
         self._releasing = {}  # task id -> Future of its slot's release (or hand-over)
         self._parked = {}  # approved task id -> the slot it still holds, for the next task to take over
+        self._fresh = {}  # task id -> the base commit of the slot just leased to it
 
     @property
     def pool(self):
@@ -72,21 +73,32 @@ class Slots:
         self._wait(leaving)
         slot_id = self.leases().get(task_id)
         if slot_id is not None:
+            with self._lock:
+                self._fresh.pop(task_id, None)  # (not a fresh lease: its base is looked up, not assumed)
             path = self.path(slot_id)
             if os.path.isdir(path) and discard_edits:
                 git.forget_operations(path)  # a rebase/am/bisect an attempt left half done
                 git.discard_changes(path)
         else:
-            slot_id, path = self._take_over(task_id) or (None, None)
-            if slot_id is None:
+            lease = self._take_over(task_id)
+            if lease is None:
                 try:
-                    slot_id, path, _ = self.pool.acquire(task_id, self.ctx.base)
+                    lease = self.pool.acquire(task_id, self.ctx.base)
                 except PoolExhausted:  # every slot busy or still being given back: wait for those
                     self.settle_releases()
-                    slot_id, path, _ = self.pool.acquire(task_id, self.ctx.base)
+                    lease = self.pool.acquire(task_id, self.ctx.base)
+            slot_id, path, _ = lease
+            with self._lock:
+                self._fresh[task_id] = lease.base_commit
         if record and self.ctx.tasks.entry(task_id).get("slot") != slot_id:
             self.ctx.tasks.update(task_id, slot=slot_id)
         return slot_id, path
+
+    def fresh_base(self, task_id):
+        """The base commit of the slot `hold` has just leased to TASK_ID (once), or None when
+        it held one already."""
+        with self._lock:
+            return self._fresh.pop(task_id, None)
 
     def release(self, task_id):
         """Give back the slot TASK_ID holds, if any; its branch stays when it holds work."""
@@ -106,7 +118,7 @@ class Slots:
             self._parked[task_id] = slot_id
 
     def _take_over(self, task_id):
-        """(slot, path) of a parked slot handed to TASK_ID, or None (none parked, or the
+        """The lease of a parked slot handed to TASK_ID, or None (none parked, or the
         hand-over failed: that slot is given back the usual way and a fresh one leased)."""
         from concurrent.futures import Future
         from engine.errors import OrchestratorError
@@ -118,8 +130,10 @@ class Slots:
             slot_id = self._parked.pop(previous)
             done = self._releasing[previous] = Future()  # its task waits for this if it needs a checkout again
         try:
-            _, path, _ = self.pool.acquire(task_id, self.ctx.base, take_over=slot_id)
-            return slot_id, path
+            from engine.tasks import TaskStatus
+
+            return self.pool.acquire(task_id, self.ctx.base, take_over=slot_id, previous_merged=lambda: (
+                self.ctx.tasks.status(previous) == TaskStatus.MERGED))
         except OrchestratorError as exc:
             self.ctx.reporter.line(f"{slot_id} not handed over ({exc.message}); leasing another slot")
             self.give_back(previous)

@@ -438,11 +438,11 @@ _YAML_BREAKS = re.compile("(\n|\u2028|\u2029)")  # the line breaks PyYAML indent
 
 class YamlFragments:
     """`dump_yaml` for a file rewritten many times with small changes (the progress file):
-    each entry of the mapping under KEY (one task) is dumped by PyYAML on its own, indented
-    two columns, and kept; the next dump renders only the entries that changed. Block YAML
-    emits a nested mapping the same way at any depth, so the text is the one `dump_yaml`
-    writes for the whole document (a test holds it to that for any data). An entry is known
-    by its marshal bytes (equal bytes, equal data)."""
+    every top-level entry, and each entry of the mapping under KEY (one task), is dumped by
+    PyYAML on its own (a task indented two columns) and kept; the next dump renders only the
+    entries that changed. Block YAML emits a nested mapping the same way at any depth, so the
+    text is the one `dump_yaml` writes for the whole document (a test holds it to that for
+    any data). An entry is known by its marshal bytes (equal bytes, equal data)."""
 
     def __init__(self, key="tasks"):
         self.key = key
@@ -452,30 +452,37 @@ class YamlFragments:
         entries = data.get(self.key)
         if not isinstance(entries, dict) or not entries or not all(isinstance(k, str) for k in entries):
             return dump_yaml(data, header)
-        import marshal
-
         parts = [header + "\n\n"] if header else []
         cache, self._cache = self._cache, {}
         for key, value in data.items():
             if key != self.key:
-                parts.append(dump_yaml({key: value}))
+                parts.append(self._fragment(cache, key, value, indent=False))
                 continue
             parts.append(dump_yaml({key: {}}).replace(" {}", "", 1))  # the key's own line, quoted as PyYAML would
             for name, entry in entries.items():
-                try:
-                    fingerprint = marshal.dumps((name, entry))
-                except ValueError:  # not plain data: no caching for it
-                    fingerprint = None
-                text = cache.get(fingerprint) if fingerprint is not None else None
-                if text is None:
-                    # Indent every line: PyYAML breaks lines at \n and, inside a scalar, also at
-                    # U+2028/U+2029, indenting after each (not at \x85, which str.splitlines would split at)
-                    pieces = _YAML_BREAKS.split(dump_yaml({name: entry}))
-                    text = "".join(p if i % 2 or not p else "  " + p for i, p in enumerate(pieces))
-                if fingerprint is not None:
-                    self._cache[fingerprint] = text
-                parts.append(text)
+                parts.append(self._fragment(cache, name, entry, indent=True))
         return "".join(parts)
+
+    def _fragment(self, cache, key, value, indent):
+        """The text of {KEY: VALUE} (indented two columns under KEY's parent if INDENT), from
+        the previous dump when the entry has not changed; kept for the next dump."""
+        import marshal
+
+        try:
+            fingerprint = marshal.dumps((indent, key, value))
+        except ValueError:  # not plain data: no caching for it
+            fingerprint = None
+        text = cache.get(fingerprint) if fingerprint is not None else None
+        if text is None:
+            text = dump_yaml({key: value})
+            if indent:
+                # Indent every line: PyYAML breaks lines at \n and, inside a scalar, also at
+                # U+2028/U+2029, indenting after each (not at \x85, which str.splitlines would split at)
+                pieces = _YAML_BREAKS.split(text)
+                text = "".join(p if i % 2 or not p else "  " + p for i, p in enumerate(pieces))
+        if fingerprint is not None:
+            self._cache[fingerprint] = text
+        return text
 
 
 # --------------------------------------------------------------------------- JSON

@@ -135,17 +135,20 @@ _values = st.recursive(_scalars, lambda inner: st.one_of(st.lists(inner, max_siz
 @settings(max_examples=300, deadline=None)
 @given(before=st.dictionaries(st.text(max_size=12), st.dictionaries(st.text(max_size=10), _values, max_size=5),
                               min_size=1, max_size=5),
-       changes=st.lists(st.tuples(st.text(max_size=12), st.dictionaries(st.text(max_size=10), _values, max_size=5)),
-                        max_size=4),
+       changes=st.lists(st.tuples(st.booleans(), st.text(max_size=12),
+                                  st.dictionaries(st.text(max_size=10), _values, max_size=5)), max_size=4),
        extra=st.dictionaries(st.text(max_size=10), _values, max_size=3))
 def test_fragment_dumps_are_the_whole_dump_whatever_the_data(before, changes, extra):
-    """The progress file's cached per-task rendering writes exactly what dumping the whole
-    document writes, after any sequence of changes (so a reader never sees the difference)."""
+    """The progress file's cached per-entry rendering writes exactly what dumping the whole
+    document writes, after any sequence of changes to its tasks or its other top-level
+    entries (so a reader never sees the difference)."""
     renderer = store.YamlFragments()
     data = dict(extra, tasks=before)
-    for task_id, entry in [(None, None)] + changes:
-        if task_id is not None:
-            data["tasks"][task_id] = entry
+    for in_tasks, key, entry in [(None, None, None)] + changes:
+        if in_tasks:
+            data["tasks"][key] = entry
+        elif in_tasks is not None and key != "tasks":
+            data[key] = entry
         text = renderer.dump(data, "# header")
         assert text == store.dump_yaml(data, "# header")
         assert store.parse_yaml(text, "x") == data
