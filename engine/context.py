@@ -174,4 +174,4 @@ class RunContext:
     def memory(self):
         from engine.memory import Memory
 
-        return self._part("memory", lambda: Memory(self.layout))
+        return self._part("memory", lambda: Memory(self.layout, progress=self.progress))

@@ -36,11 +36,14 @@ def check_group(value):
 
 
 class Memory:
-    def __init__(self, layout=None):
+    def __init__(self, layout=None, progress=None):
+        """PROGRESS: the run's own reader of the progress file (engine.progress), whose parse
+        is cached; without it (the checkpoint-manager CLI) the file is parsed here."""
         self.layout = layout or Layout()
         self.dir = self.layout.memory_dir
         self.progress_path = self.layout.progress
         self.archive_root = self.layout.memory_archive
+        self._progress = progress
 
     def rel(self, name):
         return self.layout.rel(os.path.join(self.dir, name))
@@ -59,7 +62,10 @@ class Memory:
             return {}
 
     def progress(self):
+        """The progress mapping, read-only ({} if absent or corrupt, which is reported)."""
         try:
+            if self._progress is not None:
+                return self._progress.peek() or {}
             data, _ = store.load_yaml_mapping(self.progress_path)
         except StateFileError as exc:
             warn(f"[WARN] {exc.message}")
