@@ -52,6 +52,27 @@ def test_a_merged_branch_goes_with_the_hand_over(repo, pool):
     assert "auto/b" in branches(repo)
 
 
+def test_the_scheduler_s_answer_on_the_previous_branch_is_asked_after_the_checkout(repo, pool):
+    """The orchestrator tells the hand-over whether the previous task is merged (no look at
+    the history), asked only once the slot has left that branch: a merge recorded while the
+    checkout ran is seen, and the branch the merge queue could not drop goes."""
+    slot, path, _ = pool.acquire("a", "main")
+    commit_file(path, "a.txt", "a\n")
+    git(repo, "merge", "-q", "--no-edit", "auto/a")
+    seen = []
+
+    def merged():
+        seen.append(git(path, "symbolic-ref", "--short", "HEAD"))
+        return True
+    lease = pool.acquire("b", "main", take_over=slot, previous_merged=merged)
+    assert seen == ["auto/b"] and "auto/a" not in branches(repo)
+    assert lease.base_commit == git(repo, "rev-parse", "main")
+    slot_c = pool.acquire("c", "main")[0]
+    commit_file(pool.slot_path(slot_c), "c.txt", "c\n")
+    pool.acquire("d", "main", take_over=slot_c, previous_merged=lambda: False)
+    assert "auto/c" in branches(repo)  # not merged: the merge queue takes it from there
+
+
 def test_only_the_lease_owner_hands_a_slot_over_and_nothing_changes_otherwise(repo, pool, monkeypatch):
     slot, path, _ = pool.acquire("a", "main")
     before = open(os.path.join(repo, STATE), "rb").read()

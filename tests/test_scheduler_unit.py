@@ -1,0 +1,80 @@
+"""The scheduler's merge-versus-start priority, driven alone: a plan and a table of task
+statuses, no run, no git (engine.scheduler.Scheduler only reads `ctx.plan` and
+`ctx.tasks.statuses` for it)."""
+
+import threading
+import time
+
+import pytest
+
+from engine import plan as plans
+from engine import scheduler as scheduler_module
+from engine.scheduler import Scheduler
+from engine.tasks import TaskStatus as S
+
+
+class _Book:
+    def __init__(self, statuses):
+        self.table = statuses
+
+    def statuses(self, task_ids=None):
+        ids = self.table if task_ids is None else task_ids
+        return {t: self.table.get(t, S.PENDING) for t in ids}
+
+
+class _Ctx:
+    def __init__(self, plan, statuses):
+        self.plan = plan
+        self.tasks = _Book(statuses)
+
+
+def _scheduler(tasks, statuses):
+    plan = plans.from_data({"agent": "true", "tasks": tasks}, "plan.yaml", 4)
+    return Scheduler(_Ctx(plan, statuses), list(plan.order), 2)
+
+
+def _yield_in_thread(scheduler):
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (scheduler._let_starts_go_first(), done.set()), daemon=True)
+    thread.start()
+    return done
+
+
+def test_a_merge_nobody_waits_for_lets_the_starting_task_go_first():
+    s = _scheduler([{"id": "a"}, {"id": "b"}], {"a": S.APPROVED, "b": S.PENDING})
+    s.launching.add("b")
+    done = _yield_in_thread(s)
+    assert not done.wait(0.2), "the merge went while b was still being started"
+    s._launch_begun("b")
+    assert done.wait(5), "the merge still waits after b's agent started"
+
+
+def test_a_merge_a_waiting_task_depends_on_goes_at_once():
+    s = _scheduler([{"id": "a"}, {"id": "b"}, {"id": "c", "depends_on": ["a"]}],
+                   {"a": S.APPROVED, "b": S.PENDING, "c": S.PENDING})
+    s.launching.add("b")
+    start = time.monotonic()
+    s._let_starts_go_first()
+    assert time.monotonic() - start < 0.2  # c needs a merged: no waiting for b's start
+
+
+def test_the_wait_has_a_bound(monkeypatch):
+    """A start that never reports (a setup command that takes minutes) holds merges back
+    only for START_FIRST."""
+    monkeypatch.setattr(scheduler_module, "START_FIRST", 0.3)
+    s = _scheduler([{"id": "a"}, {"id": "b"}], {"a": S.APPROVED, "b": S.PENDING})
+    s.launching.add("b")
+    start = time.monotonic()
+    s._let_starts_go_first()
+    assert 0.25 <= time.monotonic() - start < 3
+
+
+@pytest.mark.parametrize("stop", ["stopping", "nothing launching"])
+def test_no_wait_when_stopping_or_nothing_is_starting(stop):
+    s = _scheduler([{"id": "a"}, {"id": "b"}], {"a": S.APPROVED, "b": S.PENDING})
+    if stop == "stopping":
+        s.launching.add("b")
+        s.stopping.set()
+    start = time.monotonic()
+    s._let_starts_go_first()
+    assert time.monotonic() - start < 0.2
