@@ -281,7 +281,7 @@ class Scheduler:
         finally:
             self._launch_begun(task_id)
             status = ctx.tasks.status(task_id)
-            if status == S.APPROVED:
+            if status in (S.APPROVED, S.MERGING):  # (the merge queue may have taken it already)
                 self._let_go(task_id)  # this worker is free for the next task now
             elif status in TERMINAL:
                 ctx.slots.give_back(task_id)

@@ -190,3 +190,57 @@ def test_journal_batches_keep_one_sequence_with_other_writers(tmp_path):
     records = store.Journal(path).records()
     assert [(r["seq"], r["event"]) for r in records] == [(1, "a"), (2, "b"), (3, "other"), (4, "c")]
     assert open(path, "rb").read().endswith(b"\n")  # the torn tail was cut before the append
+
+
+def test_a_slot_is_let_go_when_the_merge_queue_takes_its_task_before_its_worker_looks(tmp_path, monkeypatch):
+    """The merge queue may move an approved task to `merging` before its worker's `finally`
+    reads the status: the slot must still be parked or given back, not kept for good (four
+    slots for six tasks at two agents ran out as leaked slots piled up: PoolExhausted)."""
+    import time
+
+    from engine import demo, merge, runner, scheduler
+    from engine.context import Options
+    from engine.tasks import TaskStatus as S
+
+    repo = demo.make_repo(str(tmp_path / "r"))
+    with open(os.path.join(repo, ".claude", "auto-context.yaml"), "w") as fh:
+        fh.write("parallelization:\n  max_agents: 2\n  min_tasks: 2\n")
+    plan = tmp_path / "plan.yaml"
+    agent = f"{PYTHON} {os.path.join(os.path.dirname(demo.__file__), 'demo_agent.py')}"
+    plan.write_text(f"base: main\nagent: {agent}\ntasks:\n" +
+                    "".join(f"  - {{id: t{i}, description: task {i}}}\n" for i in range(6)))
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("DEMO_AGENT_SLEEP", "0")
+    slow_merge = merge.merge_branches
+
+    def merge_branches(*args, **kwargs):  # the task stays `merging` a while
+        time.sleep(0.3)
+        return slow_merge(*args, **kwargs)
+    monkeypatch.setattr(merge, "merge_branches", merge_branches)
+    approve = scheduler.Scheduler._approve
+    seen = []
+
+    def approve_then_wait_for_the_merge_queue(self, task_id, before, tip):
+        approve(self, task_id, before, tip)
+        deadline = time.monotonic() + 10
+        while self.ctx.tasks.status(task_id) == S.APPROVED and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen.append(self.ctx.tasks.status(task_id))
+    monkeypatch.setattr(scheduler.Scheduler, "_approve", approve_then_wait_for_the_merge_queue)
+    held = []
+    from engine.slots import Slots
+
+    hold = Slots.hold
+
+    def hold_and_count(self, task_id, **kwargs):
+        held.append(len(self.leases()))  # busy slots when a task asks for one
+        return hold(self, task_id, **kwargs)
+    monkeypatch.setattr(Slots, "hold", hold_and_count)
+
+    runner.start(str(plan), Options(all_groups=True, quiet=True))
+
+    assert S.MERGING in seen  # the interleaving happened
+    statuses = Progress(Layout(str(repo))).load()["tasks"]
+    assert {t: v["status"] for t, v in statuses.items()} == {f"t{i}": "merged" for i in range(6)}
+    assert max(held) <= 2 + 1  # the other agent's slot and one parked; never the leaked ones
+    assert branches(repo) == ["main"]
