@@ -29,7 +29,7 @@ $(RAY_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e '.[ray,test]' --config-settings editable_mode=compat
 	touch $(RAY_STAMP)
 
-test-ray: $(RAY_STAMP)
+test-ray: $(RAY_STAMP) bytecode
 	$(PY) -m pytest -q tests/ray
 
 lint: $(STAMP)
@@ -47,7 +47,7 @@ chromium:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 	@chromium --version
 
-test-browser: $(STAMP) chromium
+test-browser: $(STAMP) bytecode chromium
 	RUN_BROWSER_TESTS=1 $(PY) -m pytest -q tests/test_dashboard_browser.py
 
 # The README's dashboard picture, taken from a live run of the demo plan.
