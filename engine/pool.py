@@ -201,13 +201,16 @@ class Pool:
         # the usual case in one call: the base is a local branch, and whether TASK's branch exists
         tips = git.branch_tips_of(repo, base, branch) if base and not base.startswith("-") else {}
         base_label, base_commit = (base, tips[base]) if base in tips else worktree.resolve_base(repo, base)
+        # Asked before taking the pool's lock (a git call under it would serialize every
+        # acquire): the lock does not keep anyone else from checking a branch out anyway, and
+        # two acquires of one task are told apart inside it.
+        listing = self._refuse_if_checked_out_elsewhere(repo, branch)
         with self.lock():
             data = self.load()
             for slot in data["worktrees"]:
                 if slot.get("status") == "busy" and slot.get("task_id") == task:
                     raise OrchestratorError(f"Task {task} already holds {slot['id']}; release it first")
             if take_over is None:
-                listing = self._refuse_if_checked_out_elsewhere(repo, branch)
                 slot = next((s for s in data["worktrees"] if s.get("status") == "idle"), None)
                 if slot is None:
                     raise PoolExhausted("No available worktrees in pool")
@@ -218,8 +221,7 @@ class Pool:
                 if slot.get("status") != "busy" or slot.get("preparing") or slot.get("releasing") or \
                         str(owner.get("pid")) != str(self.lease_pid):
                     raise OrchestratorError(f"{take_over} is not a slot this process can hand over")
-                # (`checkout -f -B` does not refuse a branch checked out elsewhere: check as acquire does)
-                listing = self._refuse_if_checked_out_elsewhere(repo, branch)
+                # (`checkout -f -B` does not refuse a branch checked out elsewhere: checked above)
                 previous = slot.get("branch")
             path = self.slot_path(slot["id"])
             slot.update(status="busy", task_id=task, branch=branch, acquired_at=local_timestamp(),

@@ -53,7 +53,8 @@ class Scheduler:
         self.wake = threading.Event()  # a task was approved, merged or let go: look again now
         self.merge_wake = threading.Event()  # a task was approved: the merger takes it
         self.merging = False  # the merger holds approved tasks it has not recorded yet
-        self.launching = set()  # tasks handed to a worker whose agent has not started yet
+        self.launching = set()  # tasks handed to a worker whose agent has not started yet, and
+        # ("after", T) while approved T's worker is about to free up for a task that is ready
         self.launched = threading.Condition()
         self.merge_error = None
         self.stopping = threading.Event()
@@ -137,6 +138,19 @@ class Scheduler:
         return bool(approved) and any(s in STARTABLE and approved.intersection(self._deps(t))
                                       for t, s in statuses.items())
 
+    def _ready_to_start(self):
+        """Whether a task of the scope waits only for a worker (every dependency merged)."""
+        statuses = self.ctx.tasks.statuses(self.scope)
+        return any(s in STARTABLE and t not in self.jobs and all(statuses.get(d) == S.MERGED for d in self._deps(t))
+                   for t, s in statuses.items())
+
+    def _settle_placeholders(self, everything=False):
+        with self.launched:
+            done = {k for k in self.launching if isinstance(k, tuple) and (everything or k[1] not in self.jobs)}
+            if done:
+                self.launching -= done
+                self.launched.notify_all()
+
     def _launch_begun(self, task_id):
         """TASK_ID's agent is starting now (or its attempt ended before): merges may go."""
         with self.launched:
@@ -185,6 +199,12 @@ class Scheduler:
                     break
 
     def _start_ready(self, workers):
+        try:
+            return self._submit_ready(workers)
+        finally:  # an approved task's worker is free and what could start has: merges may go
+            self._settle_placeholders(everything=self.ctx.cancel.is_set())
+
+    def _submit_ready(self, workers):
         ctx = self.ctx
         if ctx.cancel.is_set():
             return 0
@@ -482,6 +502,9 @@ class Scheduler:
             qa_verified=True, qa_timestamp=store.utc_now(), test_result="passed", changed_files=changed,
             slot=None, approved_tip=tip), None)])  # (slot: given back right after)
         ctx.reporter.task(task_id, "TASK_APPROVED")
+        if self._ready_to_start():  # this worker is about to start the next task: that goes first
+            with self.launched:
+                self.launching.add(("after", task_id))
         self.merge_wake.set()
         crashpoint("approved")
 

@@ -78,3 +78,25 @@ def test_no_wait_when_stopping_or_nothing_is_starting(stop):
     start = time.monotonic()
     s._let_starts_go_first()
     assert time.monotonic() - start < 0.2
+
+
+def test_an_approval_that_frees_a_worker_for_a_ready_task_holds_merges_until_the_main_loop_has_looked():
+    """The approving worker is about to pick the next task up; the merge it woke waits for
+    that start too (the main thread settles the placeholder once the worker's job is done
+    and whatever could start has been submitted)."""
+    s = _scheduler([{"id": "a"}, {"id": "b"}, {"id": "c", "depends_on": ["x"]}, {"id": "x"}],
+                   {"a": S.APPROVED, "b": S.PENDING, "c": S.PENDING, "x": S.RUNNING})
+    s.jobs = {"a": object(), "x": object()}
+    assert s._ready_to_start()  # b: nothing to wait for but a worker
+    s.launching.add(("after", "a"))
+    done = _yield_in_thread(s)
+    s._settle_placeholders()  # a's worker has not finished: the placeholder stays
+    assert not done.wait(0.2)
+    del s.jobs["a"]
+    s._settle_placeholders()
+    assert done.wait(5)
+
+
+def test_no_task_is_ready_when_what_is_left_waits_for_a_dependency():
+    s = _scheduler([{"id": "a"}, {"id": "c", "depends_on": ["a"]}], {"a": S.APPROVED, "c": S.PENDING})
+    assert not s._ready_to_start()
