@@ -188,6 +188,20 @@ def test_mirrored_groups(orch, repo):
     assert orch("checkpoint", "bogus").lines[0] == "Checkpoint Manager v3.0"
 
 
+def test_mirrored_groups_are_listed_but_imported_only_when_asked_for(orch, repo):
+    import subprocess
+    import sys
+
+    probe = ("import sys, engine.cli.orchestrator as o; "
+             "print(sorted(m for m in sys.modules if m.startswith('engine.cli.') and m != 'engine.cli.common'))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "['engine.cli.orchestrator']"
+    listing = orch("--help").out
+    for name, what in (("state", "state-transition"), ("pool", "pool-manager"), ("worktree", "setup-worktree"),
+                       ("merge", "merge-branches"), ("checkpoint", "checkpoint-manager")):
+        assert f"  {name}" in listing and what in listing
+
+
 def test_markdown_task_list_runs_with_agent_option(orch, demo_repo, tmp_path):
     import shlex
     import sys

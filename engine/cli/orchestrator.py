@@ -14,7 +14,32 @@ from engine.cli.common import exit_with
 PROG = "orchestrator"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """Our commands, and the five drop-ins mirrored as groups (`orchestrator pool acquire t1`),
+    each imported only when it is the one asked for (or listed by --help): importing all five
+    on every call cost ~15 ms of each `orchestrator` call."""
+
+    MIRRORED = {"state": ("state_transition", "state-transition: the state machine file"),
+                "pool": ("pool_manager", "pool-manager: the worktree pool"),
+                "worktree": ("setup_worktree", "setup-worktree: one single-use worktree"),
+                "merge": ("merge_branches", "merge-branches: merge task branches"),
+                "checkpoint": ("checkpoint_manager", "checkpoint-manager: memory files, snapshots")}
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(self.MIRRORED))
+
+    def get_command(self, ctx, name):
+        if name in self.MIRRORED and name not in self.commands:
+            import importlib
+
+            module, what = self.MIRRORED[name]
+            command = importlib.import_module(f"engine.cli.{module}").cli
+            command.short_help = what
+            self.add_command(command, name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 def cli():
     """Run coding agents in parallel git worktrees, QA each task, merge in dependency order."""
 
@@ -274,21 +299,6 @@ def dashboard_cmd(port, open_browser, host, allow_remote):
 
     return serve(Layout().root, host=host, port=port, allow_remote=allow_remote, open_browser=open_browser,
                  echo=lambda line: click.echo(line))
-
-
-def _mirror():
-    from engine.cli import checkpoint_manager, merge_branches, pool_manager, setup_worktree, state_transition
-
-    for module, name, what in ((state_transition, "state", "state-transition: the state machine file"),
-                               (pool_manager, "pool", "pool-manager: the worktree pool"),
-                               (setup_worktree, "worktree", "setup-worktree: one single-use worktree"),
-                               (merge_branches, "merge", "merge-branches: merge task branches"),
-                               (checkpoint_manager, "checkpoint", "checkpoint-manager: memory files, snapshots")):
-        module.cli.short_help = what
-        cli.add_command(module.cli, name)
-
-
-_mirror()
 
 
 def main():
