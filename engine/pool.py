@@ -28,7 +28,6 @@ import datetime
 import os
 import re
 import shutil
-import socket
 
 from engine import git, store, worktree
 from engine.faults import crashpoint
@@ -84,15 +83,21 @@ def check_slot_id(value):
     return value
 
 
+def _hostname():
+    """This machine's name (what `socket.gethostname()` returns on Linux, without importing
+    `socket` on every pool command)."""
+    return os.uname().nodename
+
+
 def make_owner(pid=None):
     """Who holds a slot: host and time always; the pid when one is known to hold the lease."""
-    return {"pid": pid, "host": socket.gethostname(), "since": local_timestamp(),
+    return {"pid": pid, "host": _hostname(), "since": local_timestamp(),
             "start": process_start_time(pid) if pid else None}
 
 
 def owner_alive(owner):
     """True/False for an owner on this host; None when it cannot be judged (other host)."""
-    if not owner or not isinstance(owner.get("pid"), int) or owner.get("host") != socket.gethostname():
+    if not owner or not isinstance(owner.get("pid"), int) or owner.get("host") != _hostname():
         return None
     return alive(owner["pid"], owner.get("start"))
 
