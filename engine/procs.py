@@ -21,7 +21,6 @@ Hygiene rules, and why:
 import contextlib
 import math
 import os
-import secrets
 import select
 import signal
 import subprocess
@@ -221,7 +220,7 @@ def run_command(command, cwd, *, env=None, output_path, timeout=None, header=Non
     processes get before KILL. A command whose output passes `max_output` bytes (None: no
     limit) is stopped with its tree: `output_limited`, code -SIGXFSZ.
     """
-    marker = MARKER_PREFIX + secrets.token_hex(8)
+    marker = MARKER_PREFIX + os.urandom(8).hex()  # (what secrets.token_hex does, without its imports)
     env = dict(os.environ if env is None else env)
     env[marker] = "1"
     argv = [sys.executable, "-I", "-S", REAPER, repr(float(grace)), exit_path or "", marker,
