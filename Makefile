@@ -16,7 +16,7 @@ $(STAMP): setup.cfg setup.py
 # install gets none from pip): without it every CLI call compiles ~50 ms of source again.
 # Only stale files are recompiled, so every target that runs the engine refreshes it.
 bytecode: $(STAMP)
-	@$(PY) -m compileall -q engine states >/dev/null
+	@$(PY) -m compileall -q engine states
 
 install: $(STAMP) bytecode
 
@@ -74,3 +74,4 @@ plugin-check: $(STAMP) $(CLAUDE_STAMP)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) *.egg-info .pytest_cache .hypothesis
+	find engine states tests bench -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -478,9 +478,14 @@ def diff_text(repo, old, new):
 
 
 
-def discard_changes(path):
-    """Throw away uncommitted edits in the checkout at PATH (a killed attempt's partial work)."""
-    run(path, "reset", "-q", "--hard")
+def discard_changes(path, branch=None):
+    """Throw away uncommitted edits in the checkout at PATH (a killed attempt's partial work);
+    with BRANCH, the checkout is put back on it too (a rebase forgotten with `--quit` leaves
+    HEAD detached, an agent may have switched branches): the next attempt works on BRANCH."""
+    if branch:
+        run(path, "checkout", "-q", "-f", branch, "--")
+    else:
+        run(path, "reset", "-q", "--hard")
     run(path, "clean", "-q", "-ffd")
 
 
@@ -495,10 +500,10 @@ def remove_worktree(repo, path):
         run(repo, "worktree", "remove", "--force", path, check=False)
 
 
-def rebase_onto(path, base):
+def rebase_onto(path, base, branch=None):
     """Replay the branch checked out at PATH onto BASE; commits whose change BASE already has
     are dropped. True when it applied cleanly; else the rebase is aborted, nothing moved."""
-    proc = committing(path, "rebase", "-q", base, check=False)
+    proc = committing(path, "rebase", "-q", base, *([branch] if branch else []), check=False)
     if proc.returncode == 0:
         return True
     run(path, "rebase", "--abort", check=False)

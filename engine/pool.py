@@ -52,6 +52,9 @@ class Lease(tuple):
         lease.base_commit = base_commit
         return lease
 
+    def __getnewargs__(self):  # (copy and pickle rebuild it through __new__)
+        return (*self, self.base_commit)
+
 class PoolExhausted(OrchestratorError):
     """No idle slot: the CLI prints POOL_EXHAUSTED on stdout as well."""
 
@@ -364,8 +367,10 @@ class Pool:
             self.save(data)
 
     # ------------------------------------------------------------------ release
-    def release(self, slot_id, force=False, quiet=False):
-        """Return a slot to the pool; keep its branch if it holds work the base lacks."""
+    def release(self, slot_id, force=False, quiet=False, discard_leftovers=False):
+        """Return a slot to the pool; keep its branch if it holds work the base lacks.
+        DISCARD_LEFTOVERS: files left in the checkout are dropped, not committed (the
+        orchestrator's approved task: what QA left there is not the verified work)."""
         check_slot_id(slot_id)
         with self.lock():
             data = self.load()
@@ -393,7 +398,7 @@ class Pool:
             return slot_id
         self.journal.append("release-intent", slot=slot_id, branch=snapshot.get("branch"), forced=force)
         try:
-            kept = self._release_git(snapshot, force, takeover=takeover, quiet=quiet)
+            kept = self._release_git(snapshot, force, takeover=takeover, quiet=quiet, discard=discard_leftovers)
         except BaseException:
             self._mark(slot_id, releasing=None, owner=snapshot_owner)  # still busy, as before
             raise
@@ -401,7 +406,7 @@ class Pool:
         self.journal.append("release-done", slot=slot_id, branch=snapshot.get("branch"), kept=kept)
         return slot_id
 
-    def _release_git(self, slot, force, takeover=False, quiet=False):
+    def _release_git(self, slot, force, takeover=False, quiet=False, discard=False):
         """Detach the slot (committing leftovers unless forced) and delete or keep its branch.
 
         Returns True when the branch was kept. Four git calls on the usual path: status,
@@ -421,7 +426,7 @@ class Pool:
             if forgotten:
                 warn(f"[WARN] Ended the {', '.join(forgotten)} left in progress in {slot['id']} "
                      f"({branch or 'no branch'} itself is unchanged)")
-            if dirty and force:
+            if dirty and (force or discard):
                 git.run(path, "reset", "-q", "--hard")
                 git.run(path, "clean", "-q", "-ffd")
             elif dirty and current == branch and not forgotten:

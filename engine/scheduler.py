@@ -152,10 +152,12 @@ class Scheduler:
                 self.launched.notify_all()
 
     def _launch_begun(self, task_id):
-        """TASK_ID's agent is starting now (or its attempt ended before): merges may go."""
+        """TASK_ID's agent is starting now, or its worker goes on with it (a conflict) or is
+        done with it: merges held back for it may go."""
         with self.launched:
-            if task_id in self.launching:
-                self.launching.discard(task_id)
+            mine = {task_id, ("after", task_id)} & self.launching  # (its own start, or its successor's)
+            if mine:
+                self.launching -= mine
                 self.launched.notify_all()
 
     def _reclaim_slots(self):
@@ -378,7 +380,7 @@ class Scheduler:
             slot, path = ctx.slots.hold(task_id, discard_edits=True, record=False) if backend.needs_checkout \
                 else (None, None)
             # (a slot leased just now is at the base commit it was prepared from: no second look)
-            base_commit = ctx.slots.fresh_base(task_id) or git.branch_commit(ctx.repo, ctx.base)
+            base_commit = (ctx.slots.fresh_base(task_id) if slot else None) or git.branch_commit(ctx.repo, ctx.base)
             ctx.tasks.fire(task_id, "start", iterations=n, slot=slot, pid=None, base_commit=base_commit,
                            started_at=entry.get("started_at") or store.utc_now(),
                            attempt={"n": n, "kind": "agent", "slot": slot, "started_at": store.utc_now()})
@@ -424,7 +426,7 @@ class Scheduler:
                               f"{ctx.settings.retry_on_failure}")
             if path and os.path.isdir(path):
                 git.forget_operations(path)
-                git.discard_changes(path)
+                git.discard_changes(path, self.plan.tasks[task_id].branch)
         else:
             ctx.reporter.task(task_id, f"agent {why}: failed (retries exhausted, see {ctx.log_path(task_id)})")
 
@@ -502,9 +504,11 @@ class Scheduler:
             qa_verified=True, qa_timestamp=store.utc_now(), test_result="passed", changed_files=changed,
             slot=None, approved_tip=tip), None)])  # (slot: given back right after)
         ctx.reporter.task(task_id, "TASK_APPROVED")
-        if self._ready_to_start():  # this worker is about to start the next task: that goes first
-            with self.launched:
+        ready = self._ready_to_start()  # this worker is about to start the next task: that goes first
+        with self.launched:
+            if ready:
                 self.launching.add(("after", task_id))
+            self.launched.notify_all()  # (a merge held back may be awaited now)
         self.merge_wake.set()
         crashpoint("approved")
 
@@ -514,7 +518,7 @@ class Scheduler:
         on the current base with the conflict as its feedback."""
         ctx = self.ctx
         n = int(ctx.tasks.entry(task_id).get("iterations") or 0)
-        if git.branch_exists(ctx.repo, self.plan.tasks[task_id].branch):
+        if git.unique_commits(ctx.repo, self.plan.tasks[task_id].branch, f"refs/heads/{ctx.base}"):  # work to bring over
             _, path = ctx.slots.hold(task_id, discard_edits=True)
             if ctx.merges.bring_up_to_date(task_id, path):
                 ctx.tasks.record_attempt(task_id, n, kind="rebase", outcome="clean", ended_at=store.utc_now())

@@ -78,7 +78,7 @@ class Slots:
             path = self.path(slot_id)
             if os.path.isdir(path) and discard_edits:
                 git.forget_operations(path)  # a rebase/am/bisect an attempt left half done
-                git.discard_changes(path)
+                git.discard_changes(path, self.ctx.plan.tasks[task_id].branch)
         else:
             lease = self._take_over(task_id)
             if lease is None:
@@ -102,9 +102,16 @@ class Slots:
 
     def release(self, task_id):
         """Give back the slot TASK_ID holds, if any; its branch stays when it holds work."""
+        from engine.tasks import TaskStatus
+
         slot_id = self.leases().get(task_id)
+        with self._lock:
+            self._fresh.pop(task_id, None)
         if slot_id is not None:
-            self.pool.release(slot_id, quiet=True)
+            # An approved task's branch is what QA verified: files QA left in the checkout are
+            # dropped, not committed onto it (the merge takes the branch's tip)
+            done = self.ctx.tasks.status(task_id) in (TaskStatus.APPROVED, TaskStatus.MERGING, TaskStatus.MERGED)
+            self.pool.release(slot_id, quiet=True, discard_leftovers=done)
             self.ctx.journal.append("release", slot=slot_id, task=task_id)
         if self.ctx.tasks.entry(task_id).get("slot") is not None:
             self.ctx.tasks.update(task_id, slot=None)

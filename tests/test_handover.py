@@ -244,3 +244,34 @@ def test_a_slot_is_let_go_when_the_merge_queue_takes_its_task_before_its_worker_
     assert {t: v["status"] for t, v in statuses.items()} == {f"t{i}": "merged" for i in range(6)}
     assert max(held) <= 2 + 1  # the other agent's slot and one parked; never the leaked ones
     assert branches(repo) == ["main"]
+
+
+def test_what_qa_leaves_in_an_approved_task_s_slot_is_not_merged(tmp_path, monkeypatch):
+    """A verify that leaves a file behind (a report, a build output): when the approved
+    task's slot is given back before the merge reads the branch, the release must drop that
+    file, not commit it onto the branch as "WIP" (the merge takes the branch's tip, so it
+    would merge what QA never verified, or keep an orphan branch)."""
+    import time
+
+    from engine import demo, merge, runner
+    from engine.context import Options
+
+    repo = demo.make_repo(str(tmp_path / "r"))
+    plan = tmp_path / "plan.yaml"
+    agent = f"{PYTHON} {os.path.join(os.path.dirname(demo.__file__), 'demo_agent.py')}"
+    plan.write_text(f"base: main\nagent: {agent}\ntasks:\n  - {{id: t, verify: 'echo report > qa-report.txt'}}\n")
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("DEMO_AGENT_SLEEP", "0")
+    slow_merge = merge.merge_branches
+
+    def merge_branches(*args, **kwargs):  # the slot's release (in the background) goes first
+        time.sleep(1.0)
+        return slow_merge(*args, **kwargs)
+    monkeypatch.setattr(merge, "merge_branches", merge_branches)
+
+    runner.start(str(plan), Options(all_groups=True, quiet=True))
+
+    assert Progress(Layout(str(repo))).load()["tasks"]["t"]["status"] == "merged"
+    assert "qa-report.txt" not in git(repo, "ls-tree", "-r", "--name-only", "main").split()
+    assert "WIP" not in git(repo, "log", "--format=%s", "main")
+    assert branches(repo) == ["main"]
