@@ -151,11 +151,13 @@ class Scheduler:
                 self.launching -= done
                 self.launched.notify_all()
 
-    def _launch_begun(self, task_id):
-        """TASK_ID's agent is starting now, or its worker goes on with it (a conflict) or is
-        done with it: merges held back for it may go."""
+    def _launch_begun(self, task_id, successor_too=False):
+        """TASK_ID's agent is starting now (or its attempt ended before): merges held back
+        for it may go. SUCCESSOR_TOO: its worker goes on with it (a conflict after its
+        approval), so no successor starts there either. (A worker done with its task keeps
+        the placeholder: the main loop settles it once the successor is submitted.)"""
         with self.launched:
-            mine = {task_id, ("after", task_id)} & self.launching  # (its own start, or its successor's)
+            mine = ({task_id, ("after", task_id)} if successor_too else {task_id}) & self.launching
             if mine:
                 self.launching -= mine
                 self.launched.notify_all()
@@ -288,7 +290,7 @@ class Scheduler:
                 if status in (S.PENDING, S.REJECTED, S.RUNNING):
                     self._attempt(task_id, status)
                 elif status == S.CONFLICTED:
-                    self._launch_begun(task_id)  # (a rebase first: merges need not wait for it)
+                    self._launch_begun(task_id, successor_too=True)  # (a rebase first: merges need not wait)
                     self._after_conflict(task_id)
                 elif status == S.EXECUTED:
                     self._verify(task_id)

@@ -91,9 +91,20 @@ def test_an_approval_that_frees_a_worker_for_a_ready_task_holds_merges_until_the
     s.launching.add(("after", "a"))
     done = _yield_in_thread(s)
     s._settle_placeholders()  # a's worker has not finished: the placeholder stays
+    s._launch_begun("a")  # (its worker's `finally`: done with a, the successor not started yet)
     assert not done.wait(0.2)
     del s.jobs["a"]
     s._settle_placeholders()
+    assert done.wait(5)
+
+
+def test_a_worker_that_goes_on_with_a_conflict_drops_its_placeholder():
+    s = _scheduler([{"id": "a"}, {"id": "b"}], {"a": S.CONFLICTED, "b": S.PENDING})
+    s.jobs = {"a": object()}
+    s.launching.add(("after", "a"))
+    done = _yield_in_thread(s)
+    assert not done.wait(0.2)
+    s._launch_begun("a", successor_too=True)
     assert done.wait(5)
 
 
