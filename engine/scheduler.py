@@ -234,7 +234,12 @@ class Scheduler:
             if statuses.get(task_id, S.PENDING) in STARTABLE:
                 with self.launched:
                     self.launching.add(task_id)
-            self.jobs[task_id] = workers.submit(self._carry, task_id)
+            job = workers.submit(self._carry, task_id)
+            # the main loop looks again once the job is done: `_carry` wakes it just before it
+            # returns, and a look in between finds the job not yet done (then nothing else may
+            # wake it for a while: the merge queue may be waiting for this very worker's successor)
+            job.add_done_callback(lambda _: self.wake.set())
+            self.jobs[task_id] = job
             started += 1
         return started
 

@@ -22,10 +22,20 @@ class _Book:
         return {t: self.table.get(t, S.PENDING) for t in ids}
 
 
+class _Reporter:
+    def task(self, task_id, text):
+        pass
+
+    def line(self, text):
+        pass
+
+
 class _Ctx:
     def __init__(self, plan, statuses):
         self.plan = plan
         self.tasks = _Book(statuses)
+        self.cancel = threading.Event()
+        self.reporter = _Reporter()
 
 
 def _scheduler(tasks, statuses):
@@ -111,3 +121,22 @@ def test_a_worker_that_goes_on_with_a_conflict_drops_its_placeholder():
 def test_no_task_is_ready_when_what_is_left_waits_for_a_dependency():
     s = _scheduler([{"id": "a"}, {"id": "c", "depends_on": ["a"]}], {"a": S.APPROVED, "c": S.PENDING})
     assert not s._ready_to_start()
+
+
+def test_the_main_loop_is_woken_when_a_job_is_done_not_only_when_its_worker_says_so():
+    """A worker wakes the main loop just before `_carry` returns; a look in between finds the
+    job not done yet, and if nothing else wakes the loop (the merge queue holding a merge for
+    this very worker's successor) the next task waited up to a second. The job's completion
+    itself wakes the loop."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    s = _scheduler([{"id": "a"}, {"id": "b"}], {"a": S.PENDING, "b": S.PENDING})
+    release = threading.Event()
+    s._carry = lambda task_id: release.wait(5)  # (a worker that does not wake anyone itself)
+    with ThreadPoolExecutor(2) as workers:
+        assert s._start_ready(workers) == 2
+        s.wake.clear()
+        release.set()
+        assert s.wake.wait(5)
+        for job in s.jobs.values():
+            job.result(5)
