@@ -42,7 +42,6 @@ SLOT_ID = re.compile(r"wt-([1-9][0-9]{0,3})")
 NOT_INITIALIZED = "Pool not initialized. Run: ./pool-manager.sh init"
 
 
-
 class Lease(tuple):
     """What `acquire` returns: (slot id, absolute path, branch), as callers unpack it, and
     `.base_commit`, the commit the slot was prepared from (the base a new branch starts at)."""
@@ -54,6 +53,7 @@ class Lease(tuple):
 
     def __getnewargs__(self):  # (copy and pickle rebuild it through __new__)
         return (*self, self.base_commit)
+
 
 class PoolExhausted(OrchestratorError):
     """No idle slot: the CLI prints POOL_EXHAUSTED on stdout as well."""

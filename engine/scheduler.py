@@ -525,7 +525,9 @@ class Scheduler:
         on the current base with the conflict as its feedback."""
         ctx = self.ctx
         n = int(ctx.tasks.entry(task_id).get("iterations") or 0)
-        if git.unique_commits(ctx.repo, self.plan.tasks[task_id].branch, f"refs/heads/{ctx.base}"):  # work to bring over
+        branch = self.plan.tasks[task_id].branch
+        # only a branch with work to bring over (not the empty branch of a new lease cut short)
+        if git.unique_commits(ctx.repo, branch, f"refs/heads/{ctx.base}"):
             _, path = ctx.slots.hold(task_id, discard_edits=True)
             if ctx.merges.bring_up_to_date(task_id, path):
                 ctx.tasks.record_attempt(task_id, n, kind="rebase", outcome="clean", ended_at=store.utc_now())

@@ -2,12 +2,16 @@
 subprocesses; the engine is only wrapped to observe what it records)."""
 
 import os
+import re
 import textwrap
+
+import pytest
 
 from engine import git as gitmod
 from engine.paths import Layout
 from engine.progress import Progress
-from tests.conftest import PYTHON, git
+from tests.conftest import PYTHON, git, python_env
+from tests.test_streaming_crash import TASKS, assert_clean_and_once, crash_then_resume
 
 # A "remote" agent (as a backend without a local checkout, e.g. Ray, runs one): it writes its
 # commit straight onto refs/heads/$BRANCH of the repository, from the branch when it already
@@ -82,12 +86,6 @@ def test_a_retry_without_a_local_checkout_records_the_base_of_today_not_of_the_q
 
 
 # ----------------------------------------------------------------- crash exactness, no verify
-import re
-
-import pytest
-
-from tests.test_streaming_crash import TASKS, assert_clean_and_once, crash_then_resume
-from tests.conftest import python_env
 
 
 @pytest.mark.parametrize("point", ["approved", "approved:3", "handed-over", "handed-over:2", "merge-moved:2"])
@@ -142,8 +140,8 @@ def test_an_approval_a_pending_task_waits_for_ends_the_start_first_wait(tmp_path
     class Ctx:
         pass
     ctx = Ctx()
-    ctx.plan = plans.from_data({"agent": "true", "tasks": [{"id": "a"}, {"id": "b"}, {"id": "c", "depends_on": ["d"]},
-                                                            {"id": "d"}]}, "plan.yaml", 4)
+    tasks = [{"id": "a"}, {"id": "b"}, {"id": "c", "depends_on": ["d"]}, {"id": "d"}]
+    ctx.plan = plans.from_data({"agent": "true", "tasks": tasks}, "plan.yaml", 4)
     ctx.tasks = Book({"a": S.APPROVED, "b": S.PENDING, "c": S.PENDING, "d": S.VERIFYING})
     ctx.repo, ctx.base = repo, "main"
     ctx.reporter = type("R", (), {"task": lambda self, *a: None})()
@@ -164,7 +162,8 @@ def test_an_approval_a_pending_task_waits_for_ends_the_start_first_wait(tmp_path
 # ----------------------------------------------------------------- a kill in the middle of a rebase
 KILL_IN_REBASE_HOOK = """#!{python}
 import os, signal, subprocess, sys
-git_path = subprocess.run(["git", "rev-parse", "--git-path", "rebase-merge"], capture_output=True, text=True).stdout.strip()
+git_path = subprocess.run(["git", "rev-parse", "--git-path", "rebase-merge"],
+                          capture_output=True, text=True).stdout.strip()
 marker = {marker!r}
 if os.path.isdir(git_path) and not os.path.exists(marker):
     open(marker, "w").close()
@@ -184,7 +183,6 @@ def test_a_kill_while_a_conflicting_rebase_runs_resumes_exactly(tmp_path):
     On resume `hold(discard_edits=True)` runs `forget_operations`, i.e. `rebase --quit`, which
     leaves HEAD detached; the next `rebase_onto` rebases that detached HEAD "cleanly", the task
     is marked `rebased`, and `_verify` fails it: "its checkout is no longer on auto/<task>"."""
-    import subprocess
     from engine import demo
     from tests.test_streaming_crash import orchestrator, progress
 
