@@ -128,9 +128,9 @@ def current_branch(repo):
     return name if proc.returncode == 0 and name else None
 
 
-def resolve_commit(repo, rev):
-    """The full sha of `rev` as a commit, or None."""
-    proc = run(repo, "rev-parse", "--verify", "-q", "--end-of-options", rev + "^{commit}", check=False)
+def resolve_commit(repo, rev, kind="commit"):
+    """The full sha of `rev` peeled to KIND (a commit, or its tree), or None."""
+    proc = run(repo, "rev-parse", "--verify", "-q", "--end-of-options", f"{rev}^{{{kind}}}", check=False)
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
@@ -160,34 +160,17 @@ def commits_ahead(repo, branch, base):
     return proc.stdout.split() if proc.returncode == 0 else None
 
 
-def branch_tips_of(repo, *branches):
-    """{branch: commit} for those of BRANCHES that exist, in one call (`for-each-ref` with
-    each full ref name as its pattern; a branch name has no wildcard)."""
-    if not branches:
-        return {}
-    text = out(repo, "for-each-ref", "--format=%(objectname) %(refname)", *[f"refs/heads/{b}" for b in branches])
-    wanted = {f"refs/heads/{b}": b for b in branches}
+def branch_tips(repo, *branches):
+    """{branch: commit} for every local branch, or only for those of BRANCHES that exist, in
+    one call (`for-each-ref` with each full ref name as a pattern; only exact names kept)."""
+    patterns = [f"refs/heads/{b}" for b in branches] or ["refs/heads/"]
+    text = out(repo, "for-each-ref", "--format=%(objectname) %(refname)", *patterns)
     tips = {}
     for line in text.splitlines():
         sha, _, ref = line.partition(" ")
-        if ref in wanted:
-            tips[wanted[ref]] = sha
+        if not branches or ref in patterns:
+            tips[ref[len("refs/heads/"):]] = sha
     return tips
-
-
-def branch_tips(repo):
-    """{branch: commit} for every local branch, in one call."""
-    text = out(repo, "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/")
-    tips = {}
-    for line in text.splitlines():
-        sha, _, ref = line.partition(" ")
-        tips[ref[len("refs/heads/"):]] = sha
-    return tips
-
-
-def tree_of(repo, commit):
-    """The tree of COMMIT."""
-    return out(repo, "rev-parse", "--verify", "-q", "--end-of-options", f"{commit}^{{tree}}")
 
 
 def local_branches(repo, prefix="refs/heads/"):

@@ -133,16 +133,16 @@ def merge_branches(repo, target, branches, message="feat: Merge {branch}", delet
         except git.GitError as exc:  # this branch cannot be merged at all: it fails, the others go on
             report.failed.append((branch, unmergeable(exc, target), []))
             continue
+        if tree is None:
+            report.failed.append((branch, "conflicts", conflicts))
+            continue
         # A branch the target already contains merges to the target's own tree; only then is
         # the history asked (the same tree can also come from a branch whose changes are in)
-        if tree is not None and current_tree is None:
-            current_tree = git.tree_of(repo, current)  # (once per batch; then each merge's own tree)
+        if current_tree is None:
+            current_tree = git.resolve_commit(repo, current, "tree")  # (once per batch, then each merge's)
         if tree == current_tree and git.is_ancestor(repo, tip, current):
             report.already.append(branch)
             report.merged.append(branch)
-            continue
-        if tree is None:
-            report.failed.append((branch, "conflicts", conflicts))
             continue
         # Also in a dry run: an unreferenced commit object changes nothing a user can see, and
         # the next branch must be merged onto the real cumulative result.

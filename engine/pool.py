@@ -207,7 +207,7 @@ class Pool:
         repo = self.repo
         branch = f"auto/{task}"
         # the usual case in one call: the base is a local branch, and whether TASK's branch exists
-        tips = git.branch_tips_of(repo, base, branch) if base and not base.startswith("-") else {}
+        tips = git.branch_tips(repo, base, branch) if base and not base.startswith("-") else {}
         base_label, base_commit = (base, tips[base]) if base in tips else worktree.resolve_base(repo, base)
         # Asked before taking the pool's lock (a git call under it would serialize every
         # acquire): the lock does not keep anyone else from checking a branch out anyway, and

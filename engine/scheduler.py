@@ -145,21 +145,23 @@ class Scheduler:
                    for t, s in statuses.items())
 
     def _settle_placeholders(self, everything=False):
-        with self.launched:
-            done = {k for k in self.launching if isinstance(k, tuple) and (everything or k[1] not in self.jobs)}
-            if done:
-                self.launching -= done
-                self.launched.notify_all()
+        """Placeholders of approved tasks whose worker is done (the main loop has looked)."""
+        self._no_longer_launching(lambda k: isinstance(k, tuple) and (everything or k[1] not in self.jobs))
 
     def _launch_begun(self, task_id, successor_too=False):
         """TASK_ID's agent is starting now (or its attempt ended before): merges held back
         for it may go. SUCCESSOR_TOO: its worker goes on with it (a conflict after its
         approval), so no successor starts there either. (A worker done with its task keeps
         the placeholder: the main loop settles it once the successor is submitted.)"""
+        mine = {task_id, ("after", task_id)} if successor_too else {task_id}
+        self._no_longer_launching(mine.__contains__)
+
+    def _no_longer_launching(self, which):
+        """Drop the `launching` entries WHICH selects; a merge held back for them may go."""
         with self.launched:
-            mine = ({task_id, ("after", task_id)} if successor_too else {task_id}) & self.launching
-            if mine:
-                self.launching -= mine
+            done = {k for k in self.launching if which(k)}
+            if done:
+                self.launching -= done
                 self.launched.notify_all()
 
     def _reclaim_slots(self):

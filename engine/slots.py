@@ -12,6 +12,7 @@ import os
 import threading
 
 from engine import git
+from engine.tasks import TaskStatus
 
 
 class Slots:
@@ -102,8 +103,6 @@ class Slots:
 
     def release(self, task_id):
         """Give back the slot TASK_ID holds, if any; its branch stays when it holds work."""
-        from engine.tasks import TaskStatus
-
         slot_id = self.leases().get(task_id)
         with self._lock:
             self._fresh.pop(task_id, None)
@@ -137,8 +136,6 @@ class Slots:
             slot_id = self._parked.pop(previous)
             done = self._releasing[previous] = Future()  # its task waits for this if it needs a checkout again
         try:
-            from engine.tasks import TaskStatus
-
             return self.pool.acquire(task_id, self.ctx.base, take_over=slot_id, previous_merged=lambda: (
                 self.ctx.tasks.status(previous) == TaskStatus.MERGED))
         except OrchestratorError as exc:

@@ -20,6 +20,34 @@ from tests.conftest import PYTHON, branches, commit_file, git, python_env
 STATE = ".claude/pool-state.json"
 
 
+SIX_TASKS = "".join(f"  - {{id: t{i}, description: task {i}}}\n" for i in range(6))
+
+
+def demo_plan(tmp_path, tasks, max_agents=None):
+    """A demo repository and a plan of TASKS (its `tasks:` lines) for the bundled demo agent:
+    (repository, plan path)."""
+    from engine import demo
+
+    repo = demo.make_repo(str(tmp_path / "r"))
+    if max_agents:
+        with open(os.path.join(repo, ".claude", "auto-context.yaml"), "w") as fh:
+            fh.write(f"parallelization:\n  max_agents: {max_agents}\n  min_tasks: 2\n")
+    plan = tmp_path / "plan.yaml"
+    agent = f"{PYTHON} {os.path.join(os.path.dirname(demo.__file__), 'demo_agent.py')}"
+    plan.write_text(f"base: main\nagent: {agent}\ntasks:\n{tasks}")
+    return repo, plan
+
+
+def slow_merges(monkeypatch, seconds):
+    """Every merge of the merge queue starts SECONDS late (what a run does meanwhile shows)."""
+    import time
+
+    from engine import merge
+
+    merge_branches = merge.merge_branches
+    monkeypatch.setattr(merge, "merge_branches", lambda *a, **k: (time.sleep(seconds), merge_branches(*a, **k))[1])
+
+
 def slot_record(repo, slot_id):
     with open(os.path.join(repo, STATE)) as fh:
         return next(s for s in json.load(fh)["worktrees"] if s["id"] == slot_id)
@@ -110,15 +138,7 @@ def test_a_hand_over_cut_short_by_a_kill_is_rolled_back_like_an_acquire(repo, po
 def test_a_run_hands_slots_over_and_leaves_no_branch_or_worktree(tmp_path):
     """Six tasks at two agents: most slots pass from an approved task to the next without a
     release; every task is merged once and nothing is left behind."""
-    from engine import demo
-
-    repo = demo.make_repo(str(tmp_path / "r"))
-    with open(os.path.join(repo, ".claude", "auto-context.yaml"), "w") as fh:
-        fh.write("parallelization:\n  max_agents: 2\n  min_tasks: 2\n")
-    plan = tmp_path / "plan.yaml"
-    agent = f"{PYTHON} {os.path.join(os.path.dirname(demo.__file__), 'demo_agent.py')}"
-    plan.write_text(f"base: main\nagent: {agent}\ntasks:\n" +
-                    "".join(f"  - {{id: t{i}, description: task {i}}}\n" for i in range(6)))
+    repo, plan = demo_plan(tmp_path, SIX_TASKS, max_agents=2)
     env = dict(python_env(), DEMO_AGENT_SLEEP="0.2")
     proc = subprocess.run([PYTHON, "-m", "engine.cli.orchestrator", "run", "--all-groups", "--quiet", str(plan)],
                           cwd=repo, env=env, capture_output=True, text=True)
@@ -198,25 +218,14 @@ def test_a_slot_is_let_go_when_the_merge_queue_takes_its_task_before_its_worker_
     slots for six tasks at two agents ran out as leaked slots piled up: PoolExhausted)."""
     import time
 
-    from engine import demo, merge, runner, scheduler
+    from engine import runner, scheduler
     from engine.context import Options
     from engine.tasks import TaskStatus as S
 
-    repo = demo.make_repo(str(tmp_path / "r"))
-    with open(os.path.join(repo, ".claude", "auto-context.yaml"), "w") as fh:
-        fh.write("parallelization:\n  max_agents: 2\n  min_tasks: 2\n")
-    plan = tmp_path / "plan.yaml"
-    agent = f"{PYTHON} {os.path.join(os.path.dirname(demo.__file__), 'demo_agent.py')}"
-    plan.write_text(f"base: main\nagent: {agent}\ntasks:\n" +
-                    "".join(f"  - {{id: t{i}, description: task {i}}}\n" for i in range(6)))
+    repo, plan = demo_plan(tmp_path, SIX_TASKS, max_agents=2)
     monkeypatch.chdir(repo)
     monkeypatch.setenv("DEMO_AGENT_SLEEP", "0")
-    slow_merge = merge.merge_branches
-
-    def merge_branches(*args, **kwargs):  # the task stays `merging` a while
-        time.sleep(0.3)
-        return slow_merge(*args, **kwargs)
-    monkeypatch.setattr(merge, "merge_branches", merge_branches)
+    slow_merges(monkeypatch, 0.3)  # the task stays `merging` a while
     approve = scheduler.Scheduler._approve
     seen = []
 
@@ -251,23 +260,13 @@ def test_what_qa_leaves_in_an_approved_task_s_slot_is_not_merged(tmp_path, monke
     task's slot is given back before the merge reads the branch, the release must drop that
     file, not commit it onto the branch as "WIP" (the merge takes the branch's tip, so it
     would merge what QA never verified, or keep an orphan branch)."""
-    import time
-
-    from engine import demo, merge, runner
+    from engine import runner
     from engine.context import Options
 
-    repo = demo.make_repo(str(tmp_path / "r"))
-    plan = tmp_path / "plan.yaml"
-    agent = f"{PYTHON} {os.path.join(os.path.dirname(demo.__file__), 'demo_agent.py')}"
-    plan.write_text(f"base: main\nagent: {agent}\ntasks:\n  - {{id: t, verify: 'echo report > qa-report.txt'}}\n")
+    repo, plan = demo_plan(tmp_path, "  - {id: t, verify: 'echo report > qa-report.txt'}\n")
     monkeypatch.chdir(repo)
     monkeypatch.setenv("DEMO_AGENT_SLEEP", "0")
-    slow_merge = merge.merge_branches
-
-    def merge_branches(*args, **kwargs):  # the slot's release (in the background) goes first
-        time.sleep(1.0)
-        return slow_merge(*args, **kwargs)
-    monkeypatch.setattr(merge, "merge_branches", merge_branches)
+    slow_merges(monkeypatch, 1.0)  # the slot's release (in the background) goes first
 
     runner.start(str(plan), Options(all_groups=True, quiet=True))
 
