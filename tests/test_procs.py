@@ -217,6 +217,37 @@ def test_reaper_killed_hard_marker_sweep_stops_the_rest(tmp_path):
     assert not alive(child) or wait_gone(child)
 
 
+def test_a_reaper_started_with_stop_signals_ignored_still_stops_on_them(tmp_path):
+    """Started from `nohup` or a background job of a shell without job control, the reaper
+    inherits SIGINT and SIGHUP as ignored (what made a test that sends itself SIGINT fail in
+    such a run). The reaper still stops on them, since Linux queues a blocked signal even when
+    ignored, and the command inherits them ignored, as it would without us."""
+    import subprocess
+    import sys
+
+    reaper = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "engine", "reaper.py")
+    command = f"grep SigIgn /proc/self/status > ignored.txt; exec sleep {LONG}"
+
+    def ignore_stops():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        (tmp_path / "ignored.txt").unlink(missing_ok=True)
+        proc = subprocess.Popen([sys.executable, "-I", "-S", reaper, "1.0", "", "ORCH_TEST", "0", command],
+                                cwd=tmp_path, preexec_fn=ignore_stops, start_new_session=True)
+        try:
+            wait_for_file(tmp_path / "ignored.txt")
+            os.kill(proc.pid, sig)
+            assert proc.wait(timeout=10) == -sig
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        mask = int((tmp_path / "ignored.txt").read_text().split()[1], 16)
+        assert mask & (1 << (signal.SIGINT - 1)) and mask & (1 << (signal.SIGHUP - 1))
+
+
 def test_exit_path_is_written_after_the_leftovers_are_gone(tmp_path):
     cmd = f"setsid sleep {LONG} & echo $! > child.pid; exit 4"
     exit_path = tmp_path / "task.attempt-1.exit"

@@ -37,12 +37,17 @@ def test_a_change_whose_caller_was_interrupted_is_not_applied_later(tmp_path):
         time.sleep(0.3)
         release.set()
 
+    # Ctrl-C must raise here even when pytest was started with SIGINT ignored (a background
+    # job of a shell without job control inherits SIG_IGN, and Python then keeps it).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=interrupt).start()
     interrupted = False
     try:
         progress.update(lambda d: d.update(main="applied"))
     except KeyboardInterrupt:
         interrupted = True
+    finally:
+        signal.signal(signal.SIGINT, previous)
     worker.join(10)
     release.set()
     assert interrupted
