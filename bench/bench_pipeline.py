@@ -6,7 +6,13 @@ The speedup cannot reach 8x on a small machine even with no orchestrator at all:
 own start-up and commit (a Python process, its reaper, three git calls) use CPU, and eight of
 them at once share the cores. So the same 16 agents are also run bare, through the reaper as
 the orchestrator runs them, in 16 ready worktrees, 8 at a time and one at a time: that
-speedup is the ceiling this machine allows, and the orchestrator's is shown against it."""
+speedup is the ceiling this machine allows, and the orchestrator's is shown against it.
+
+    .venv/bin/python bench/bench_pipeline.py [--shell-agent]
+
+--shell-agent runs the same tasks with a shell agent (sleep, write the file, `git add`, `git
+commit`) instead of the Python one: less CPU per agent, so what is left of the gap to 8x is
+more the orchestrator's own."""
 
 import os
 import random
@@ -22,7 +28,25 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def make_repo(base, name, max_agents):
+SHELL_AGENT = """sleep "${DEMO_AGENT_SLEEP:-0.2}"
+mkdir -p app
+printf 'def %s():\\n    return "%s ok"\\n' "$TASK_ID" "$TASK_ID" > "app/$TASK_ID.py"
+git add -A && git -c user.name=demo-agent -c user.email=agent@localhost commit -q -m "$TASK_ID: implement"
+"""
+
+
+def agent_command(base, shell=False):
+    """The agent command line: the bundled Python demo agent, or the shell one."""
+    if not shell:
+        return f"{sys.executable} {os.path.join(ROOT, 'engine', 'demo_agent.py')}"
+    path = os.path.join(base, "agent.sh")
+    if not os.path.exists(path):
+        with open(path, "w") as fh:
+            fh.write(SHELL_AGENT)
+    return f"/bin/sh {path}"
+
+
+def make_repo(base, name, max_agents, shell=False):
     from engine import demo
 
     repo = demo.make_repo(os.path.join(base, name))
@@ -30,14 +54,14 @@ def make_repo(base, name, max_agents):
         fh.write(f"parallelization:\n  max_agents: {max_agents}\n  min_tasks: 2\n")
     plan = os.path.join(base, name, "plan.yaml")
     with open(plan, "w") as fh:
-        fh.write(f"base: main\nagent: {sys.executable} {os.path.join(ROOT, 'engine', 'demo_agent.py')}\ntasks:\n")
+        fh.write(f"base: main\nagent: {agent_command(base, shell)}\ntasks:\n")
         for i in range(16):
             fh.write(f"  - {{id: t{i}, description: task {i}}}\n")
     return repo, plan
 
 
-def timed_run(base, name, max_agents):
-    repo, plan = make_repo(base, name, max_agents)
+def timed_run(base, name, max_agents, shell=False):
+    repo, plan = make_repo(base, name, max_agents, shell)
     env = dict(os.environ, PYTHONPATH=ROOT, DEMO_AGENT_SLEEP="1")
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "engine.cli.orchestrator", "run", "--all-groups", "--quiet", plan],
@@ -45,7 +69,7 @@ def timed_run(base, name, max_agents):
     return time.perf_counter() - start
 
 
-def agents_alone(base, name, workers):
+def agents_alone(base, name, workers, shell=False):
     """The 16 agents with no orchestrator: worktrees made first (not timed), then each agent
     run through engine/reaper.py, WORKERS at a time."""
     from concurrent.futures import ThreadPoolExecutor
@@ -57,7 +81,7 @@ def agents_alone(base, name, workers):
         path = os.path.join(base, f"{name}-w{i}")
         subprocess.run(["git", "worktree", "add", "-q", "-b", f"auto/t{i}", path, "main"], cwd=repo, check=True)
         paths.append(path)
-    agent = f"{sys.executable} {os.path.join(ROOT, 'engine', 'demo_agent.py')}"
+    agent = agent_command(base, shell)
     reaper = [sys.executable, "-I", "-S", os.path.join(ROOT, "engine", "reaper.py"), "1.0", "", "ORCH_BENCH", "0"]
 
     def one(i):
@@ -98,12 +122,15 @@ def decompose_10k(base):
 
 
 def main():
+    shell = "--shell-agent" in sys.argv[1:]
     with tempfile.TemporaryDirectory() as base:
-        sequential = timed_run(base, "one", 1)
-        parallel = timed_run(base, "eight", 8)
+        if shell:
+            print("(the shell agent)")
+        sequential = timed_run(base, "one", 1, shell)
+        parallel = timed_run(base, "eight", 8, shell)
         report("16 x 1 s tasks, max_agents 1 (baseline)", sequential, sequential, "")
         report("16 x 1 s tasks, max_agents 8", parallel, sequential, "max_agents 1")
-        bare_one, bare_eight = agents_alone(base, "bare1", 1), agents_alone(base, "bare8", 8)
+        bare_one, bare_eight = agents_alone(base, "bare1", 1, shell), agents_alone(base, "bare8", 8, shell)
         report("the same 16 agents alone, 1 at a time", bare_one, sequential, "max_agents 1")
         report("the same 16 agents alone, 8 at a time", bare_eight, sequential, "max_agents 1")
         ceiling = bare_one / bare_eight
