@@ -52,26 +52,53 @@ def executable():
     return _executable
 
 
-_LOCK_CONTENTION = re.compile(r"Unable to create '[^']*\.lock': File exists|cannot lock ref|"
-                              r"could not lock config file")
+_HALF_WRITTEN = re.compile(r"failed to read .*worktrees/[^/]+/(commondir|gitdir|locked)")
+# Failures that another git process causes for an instant, retried: one of git's own lock
+# files held (shared refs, packed-refs, config), or a `git worktree add` running right now
+# whose admin files are half written (git writes them non-atomically, and every command that
+# looks at all worktrees dies on them: `worktree list/add/remove`, `branch -D`, a checkout of
+# an existing branch, a rebase naming its branch; "failed to read .../commondir: Success",
+# ".../locked: No such file").
+_TRANSIENT = re.compile(r"Unable to create '[^']*\.lock': File exists|cannot lock ref|"
+                        r"could not lock config file|"
+                        r"failed to read .*worktrees/[^/]+/(commondir|gitdir|locked)")
 
 
 def run(cwd, *args, check=True, input=None, env=None):
     """Run `git ARGS` in `cwd`; return CompletedProcess (text). Raises GitError if check fails.
 
-    A failure caused by another git process holding one of git's own lock files (shared refs,
-    packed-refs, config) is retried a few times: concurrent agents make that normal.
+    A failure that another git process causes for an instant (`_TRANSIENT`) is retried a few
+    times: concurrent agents, acquires and merges make that normal. Each of those failures
+    happens before the command changes anything, so running it again is safe.
     """
     cmd = ["git", *args]
     for attempt in range(6):
         proc = subprocess.run(cmd, executable=executable(), cwd=cwd, input=input, capture_output=True,
                               text=True, env=env or git_env())
-        if proc.returncode == 0 or not _LOCK_CONTENTION.search(proc.stderr or ""):
+        if proc.returncode == 0 or not _TRANSIENT.search(proc.stderr or ""):
             break
         time.sleep(0.05 * (attempt + 1))
+    if proc.returncode != 0 and _HALF_WRITTEN.search(proc.stderr or "") and _mend_records(cwd):
+        proc = subprocess.run(cmd, executable=executable(), cwd=cwd, input=input, capture_output=True,
+                              text=True, env=env or git_env())
     if check and proc.returncode != 0:
         raise GitError(cmd, proc.returncode, proc.stderr or proc.stdout)
     return proc
+
+
+def _mend_records(cwd):
+    """A record still half written after the retries is not being written any more: mend it
+    (repair_worktree_records), say so on stderr, and tell `run` to try once more."""
+    try:
+        mended = repair_worktree_records(cwd)
+    except (OSError, OrchestratorError):
+        return False
+    if mended:
+        from engine.ui import warn
+
+        for line in mended:
+            warn(f"[orchestrator] {line}")
+    return bool(mended)
 
 
 def out(cwd, *args):
@@ -192,23 +219,10 @@ def checked_out_at(repo, branch, listing=None):
     return None
 
 
-# (`locked` too: `worktree add` creates it while it initializes and removes it once done)
-_HALF_WRITTEN_WORKTREE = re.compile(r"failed to read .*worktrees/[^/]+/(commondir|gitdir|locked)")
-
-
 def worktrees(repo):
-    """`git worktree list --porcelain`, parsed: [{path, head, branch, detached, locked, prunable}].
-
-    A `worktree add` running concurrently writes its admin files non-atomically, and a list at
-    that instant fails ("failed to read .../commondir: Success", ".../locked: No such file"):
-    that is retried."""
-    for attempt in range(8):
-        proc = run(repo, "worktree", "list", "--porcelain", check=False)
-        if proc.returncode == 0 or not _HALF_WRITTEN_WORKTREE.search(proc.stderr or ""):
-            break
-        time.sleep(0.02 * (attempt + 1))
-    if proc.returncode != 0:
-        raise GitError(["git", "worktree", "list", "--porcelain"], proc.returncode, proc.stderr)
+    """`git worktree list --porcelain`, parsed: [{path, head, branch, detached, locked, prunable}]
+    (a worktree being added at this instant is waited out by `run`)."""
+    proc = run(repo, "worktree", "list", "--porcelain")
     entries, current = [], None
     for line in proc.stdout.strip().splitlines() + [""]:
         if not line:
@@ -307,6 +321,65 @@ def forget_operations(path):
     if remaining:
         raise GitError(["git", *remaining], 1, f"could not end the {', '.join(remaining)} in progress in {path}")
     return found
+
+
+# A live `worktree add` writes `commondir` microseconds after creating it; a record older than
+# this with an empty one is not being written by anybody.
+RECORD_GRACE = 2.0
+
+
+def broken_worktree_records(repo, grace=RECORD_GRACE):
+    """[(admin dir, finished)] for the worktree records under `<common dir>/worktrees/` whose
+    `commondir` is there but empty, untouched for `grace` seconds. Git dies on such a record
+    in every command that looks at all worktrees, and `worktree prune` keeps it while its
+    `locked` says "initializing", so one wedges the repository: a `worktree add` killed between
+    creating that file and writing it, or a crash that lost the file's unsynced contents.
+    `finished`: the rest of the record is whole (a real HEAD and a gitdir)."""
+    root = os.path.join(common_dir(repo), "worktrees")
+    try:
+        names = sorted(os.listdir(root))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    found = []
+    for name in names:
+        admin = os.path.join(root, name)
+        try:
+            st = os.stat(os.path.join(admin, "commondir"), follow_symlinks=False)
+        except OSError:
+            continue
+        if st.st_size or time.time() - st.st_mtime < grace or os.path.islink(admin):
+            continue
+        finished = _record_file(admin, "HEAD").strip("0\n") != "" and _record_file(admin, "gitdir").strip() != ""
+        found.append((admin, finished))
+    return found
+
+
+def _record_file(admin, name):
+    try:
+        with open(os.path.join(admin, name), errors="replace") as fh:
+            return fh.read(4096)
+    except OSError:
+        return ""
+
+
+def repair_worktree_records(repo, grace=RECORD_GRACE):
+    """Mend what broken_worktree_records finds as git would have left it: a finished record gets
+    its `commondir` back ("../..", what `worktree add` writes), the record of an add that never
+    finished is removed, as git removes it when an add fails (the directory the add was
+    creating stays on disk, untouched). One line per record mended."""
+    return [mend_worktree_record(admin, finished) for admin, finished in broken_worktree_records(repo, grace)]
+
+
+def mend_worktree_record(admin, finished):
+    """Mend one record found by broken_worktree_records; returns what was done, in a line."""
+    name = os.path.basename(admin)
+    if finished:
+        store.atomic_write(os.path.join(admin, "commondir"), "../..\n", keep_last_good=False)
+        return f"git's record of worktree '{name}' had an empty commondir: restored"
+    import shutil
+
+    shutil.rmtree(admin, ignore_errors=True)
+    return f"git's record of worktree '{name}' was left half written by an interrupted `git worktree add`: removed"
 
 
 def worktree_lock(repo):
@@ -457,8 +530,6 @@ def diff_text(repo, old, new):
     """`git diff --stat --patch OLD NEW` as text, without external diff or textconv drivers."""
     return run(repo, "--no-optional-locks", "diff", "--patch-with-stat", "--no-color", "--no-ext-diff",
                "--no-textconv", "-M", "--end-of-options", old, new, "--").stdout
-
-
 
 
 def discard_changes(path, branch=None):

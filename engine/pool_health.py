@@ -58,6 +58,13 @@ def find_issues(pool):
 
         return [Issue("state-unparseable", pool.state_path, exc.message, fix_corrupt)]
 
+    broken = git.broken_worktree_records(repo)
+    if broken:  # git lists no worktree until these are mended: they come first, alone
+        return [Issue("worktree-record-broken", admin,
+                      f"git's record of worktree '{os.path.basename(admin)}' has an empty commondir (an interrupted "
+                      "`git worktree add`, or a crash): every git command that looks at all worktrees fails",
+                      lambda admin=admin, finished=finished: git.mend_worktree_record(admin, finished))
+                for admin, finished in broken]
     listing = git.worktrees(repo)
     by_path = {os.path.realpath(e["path"]): e for e in listing}
     slot_ids = set()
@@ -209,4 +216,3 @@ def health(pool, repair=False, passes=3):
 def pool_worktree_count(pool):
     real_dir = os.path.realpath(pool.dir)
     return sum(1 for e in git.worktrees(pool.repo) if os.path.dirname(os.path.realpath(e["path"])) == real_dir)
-
