@@ -226,7 +226,10 @@ def test_a_conflicted_task_whose_new_branch_has_no_work_yet_is_not_merged_empty(
     first = orchestrator(repo, "run", "--all-groups", plan, env=dict(env, ORCH_CRASHPOINT="set-aside"))
     assert first.returncode == -9
     conflicted = [t for t, v in progress(repo)["tasks"].items() if v["status"] == "conflicted"]
-    set_aside = [t for t in conflicted if git(repo, "for-each-ref", f"refs/orchestrator/attempts/{t}")]
+    # set aside whole: work kept under the attempt ref, branch dropped (another worker may have
+    # been killed half way through its own set-aside, its branch still there)
+    set_aside = [t for t in conflicted if git(repo, "for-each-ref", f"refs/orchestrator/attempts/{t}")
+                 and not git(repo, "for-each-ref", f"refs/heads/auto/{t}")]
     assert set_aside, progress(repo)["tasks"]
     task = set_aside[0]
     git(repo, "branch", f"auto/{task}", "main")  # what the killed run's fresh lease had created
