@@ -167,6 +167,7 @@ class RayBackend:
         self.repo = repo
         self._client = None
         self._lock = threading.Lock()
+        self._remote_lock = threading.Lock()  # one exchange with the remote at a time (_remote)
         self._active = {}  # submission id -> task id, for stop()
         self._stopped = set()  # submission ids we stopped (their result is `interrupted`)
         self._nodes = {}  # node id -> name shown in status
@@ -426,12 +427,15 @@ class RayBackend:
     @contextlib.contextmanager
     def _remote(self, what):
         """A git failure against the remote is the cluster set-up's problem: one clear line (a
-        resume re-attaches to the finished job and tries again)."""
-        try:
-            yield
-        except git.GitError as exc:
-            raise RayExecutorError(f"executor ray: cannot {what} the remote {self.config.remote}: "
-                                   f"{exc.detail}") from None
+        resume re-attaches to the finished job and tries again). Exchanges go one at a time:
+        git does not support concurrent fetches into one repository (three attempts collected
+        at once after a resume failed once with "did not send all necessary objects")."""
+        with self._remote_lock:
+            try:
+                yield
+            except git.GitError as exc:
+                raise RayExecutorError(f"executor ray: cannot {what} the remote {self.config.remote}: "
+                                       f"{exc.detail}") from None
 
     def _collect(self, attempt, start, result_ref):
         """`auto/TASK` := the attempt's pushed result (or its start, when nothing was pushed)."""

@@ -176,7 +176,8 @@ def run(args):
     """The attempt; returns the worker's exit status."""
     workdir = node_workdir()
     cache = cache_repo(workdir, args.remote)
-    commit = git.fetch_ref(cache, args.remote, args.start_ref)
+    with store.file_lock(os.path.join(cache, "orchestrator-fetch")):  # attempts on this node share the cache
+        commit = git.fetch_ref(cache, args.remote, args.start_ref)
     if commit != args.start_commit:
         say(f"the remote's {args.start_ref} is {commit}, expected {args.start_commit}")
         return 2

@@ -81,3 +81,31 @@ def test_without_ray_installed_the_backend_says_how_to_get_it():
             "except RayExecutorError as exc:\n    print(exc.line)\n")
     proc = subprocess.run([PYTHON, "-c", code], env=python_env(), capture_output=True, text=True)
     assert proc.stdout.strip() == "ERROR: executor ray needs Ray: pip install 'parallel-orchestrator[ray]'", proc.stderr
+
+
+def test_the_backend_talks_to_the_remote_one_exchange_at_a_time(tmp_path):
+    """Git does not support concurrent fetches into one repository; collecting three attempts
+    at once after a resume failed once in CI ("remote.git did not send all necessary
+    objects"). The backend's exchanges with the remote (push a start, fetch a start, collect a
+    result) now run one at a time; the node's worker fetches into its shared cache under a lock."""
+    import threading
+    import time
+
+    from engine.ray_executor import RayBackend
+
+    backend = RayBackend(RayConfig(address="http://127.0.0.1:9", remote="r"), str(tmp_path))
+    inside, overlaps = [], []
+
+    def exchange():
+        with backend._remote("test"):
+            overlaps.extend(inside)
+            inside.append(threading.current_thread().name)
+            time.sleep(0.05)
+            inside.pop()
+
+    threads = [threading.Thread(target=exchange) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlaps == []
