@@ -10,6 +10,7 @@ git 2.39 races on parallel `worktree add` and can leave a branch without its wor
 
 import os
 import re
+import stat
 import subprocess
 import time
 
@@ -52,16 +53,15 @@ def executable():
     return _executable
 
 
+# A `git worktree add` running right now has written its record (.git/worktrees/X/) only in
+# part, non-atomically, and every command that looks at all worktrees dies on it:
+# `worktree list/add/remove`, `branch -D`, a checkout of an existing branch, a rebase naming
+# its branch ("failed to read .../commondir: Success", ".../locked: No such file").
 _HALF_WRITTEN = re.compile(r"failed to read .*worktrees/[^/]+/(commondir|gitdir|locked)")
 # Failures that another git process causes for an instant, retried: one of git's own lock
-# files held (shared refs, packed-refs, config), or a `git worktree add` running right now
-# whose admin files are half written (git writes them non-atomically, and every command that
-# looks at all worktrees dies on them: `worktree list/add/remove`, `branch -D`, a checkout of
-# an existing branch, a rebase naming its branch; "failed to read .../commondir: Success",
-# ".../locked: No such file").
+# files held (shared refs, packed-refs, config), or a half-written worktree record.
 _TRANSIENT = re.compile(r"Unable to create '[^']*\.lock': File exists|cannot lock ref|"
-                        r"could not lock config file|"
-                        r"failed to read .*worktrees/[^/]+/(commondir|gitdir|locked)")
+                        r"could not lock config file|" + _HALF_WRITTEN.pattern)
 
 
 def run(cwd, *args, check=True, input=None, env=None):
@@ -347,7 +347,8 @@ def broken_worktree_records(repo, grace=RECORD_GRACE):
             st = os.stat(os.path.join(admin, "commondir"), follow_symlinks=False)
         except OSError:
             continue
-        if st.st_size or time.time() - st.st_mtime < grace or os.path.islink(admin):
+        if (not stat.S_ISREG(st.st_mode) or st.st_size or time.time() - st.st_mtime < grace
+                or os.path.islink(admin)):
             continue
         finished = _record_file(admin, "HEAD").strip("0\n") != "" and _record_file(admin, "gitdir").strip() != ""
         found.append((admin, finished))
@@ -355,11 +356,16 @@ def broken_worktree_records(repo, grace=RECORD_GRACE):
 
 
 def _record_file(admin, name):
+    """The start of one file of a worktree record; "" unless it is a plain file (never follows
+    a link, never waits on a fifo an agent put there)."""
     try:
-        with open(os.path.join(admin, name), errors="replace") as fh:
-            return fh.read(4096)
+        fd = os.open(os.path.join(admin, name), os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except OSError:
         return ""
+    try:
+        return os.read(fd, 4096).decode(errors="replace") if stat.S_ISREG(os.fstat(fd).st_mode) else ""
+    finally:
+        os.close(fd)
 
 
 def repair_worktree_records(repo, grace=RECORD_GRACE):

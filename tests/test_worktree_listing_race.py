@@ -139,3 +139,24 @@ def test_a_record_being_written_right_now_is_never_mended(repo):
     assert git.broken_worktree_records(str(repo)) == [] and git.repair_worktree_records(str(repo)) == []
     age(os.path.join(admin, "commondir"))
     assert git.broken_worktree_records(str(repo)) == [(admin, False)]
+
+
+def test_a_fifo_or_a_link_in_a_record_neither_blocks_nor_is_followed(repo, tmp_path):
+    """An agent can write under .git/worktrees: a fifo named HEAD must not hang the mend, a
+    fifo named commondir is not a half-written file, and a link is never followed."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine\n")
+    admin = half_written_worktree(repo, "fifo-head")
+    os.unlink(os.path.join(admin, "HEAD"))
+    os.mkfifo(os.path.join(admin, "HEAD"))
+    age(os.path.join(admin, "commondir"))
+    other = os.path.join(str(repo), ".git", "worktrees", "fifo-commondir")
+    os.makedirs(other)
+    os.mkfifo(os.path.join(other, "commondir"))
+    age(os.path.join(other, "commondir"))
+    os.symlink(str(outside), os.path.join(str(repo), ".git", "worktrees", "linked"))
+    assert git.broken_worktree_records(str(repo)) == [(admin, False)]
+    git.repair_worktree_records(str(repo))
+    assert not os.path.exists(admin) and os.path.exists(other)
+    assert (outside / "keep.txt").read_text() == "mine\n"
