@@ -57,7 +57,7 @@ def executable():
 # part, non-atomically, and every command that looks at all worktrees dies on it:
 # `worktree list/add/remove`, `branch -D`, a checkout of an existing branch, a rebase naming
 # its branch ("failed to read .../commondir: Success", ".../locked: No such file").
-_HALF_WRITTEN = re.compile(r"failed to read .*worktrees/[^/]+/(commondir|gitdir|locked)")
+_HALF_WRITTEN = re.compile(r"failed to read (.*worktrees)/[^/]+/(commondir|gitdir|locked)")
 # Failures that another git process causes for an instant, retried: one of git's own lock
 # files held (shared refs, packed-refs, config), or a half-written worktree record.
 _TRANSIENT = re.compile(r"Unable to create '[^']*\.lock': File exists|cannot lock ref|"
@@ -78,7 +78,9 @@ def run(cwd, *args, check=True, input=None, env=None):
         if proc.returncode == 0 or not _TRANSIENT.search(proc.stderr or ""):
             break
         time.sleep(0.05 * (attempt + 1))
-    if proc.returncode != 0 and _HALF_WRITTEN.search(proc.stderr or "") and _mend_records(cwd):
+    half_written = _HALF_WRITTEN.search(proc.stderr or "") if proc.returncode != 0 else None
+    if half_written:
+        _mend_records(os.path.join(cwd, half_written.group(1)))
         proc = subprocess.run(cmd, executable=executable(), cwd=cwd, input=input, capture_output=True,
                               text=True, env=env or git_env())
     if check and proc.returncode != 0:
@@ -86,19 +88,26 @@ def run(cwd, *args, check=True, input=None, env=None):
     return proc
 
 
-def _mend_records(cwd):
-    """A record still half written after the retries is not being written any more: mend it
-    (repair_worktree_records), say so on stderr, and tell `run` to try once more."""
+def _mend_records(root):
+    """A record still half written after the retries: wait until it is RECORD_GRACE old (a
+    live add fills it well before; another caller may mend it first), mend it and say so on
+    stderr; `run` then tries once more whatever happened here. ROOT, the records' directory, comes
+    from git's message, never from git: asked from inside the worktree whose record is broken,
+    git would fail the same way."""
+    deadline = time.monotonic() + RECORD_GRACE + 0.5
     try:
-        mended = repair_worktree_records(cwd)
+        while True:
+            mended = [mend_worktree_record(admin, finished) for admin, finished in _broken_records(root)]
+            if mended or not _broken_records(root, grace=0) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
     except (OSError, OrchestratorError):
-        return False
+        return
     if mended:
         from engine.ui import warn
 
         for line in mended:
             warn(f"[orchestrator] {line}")
-    return bool(mended)
 
 
 def out(cwd, *args):
@@ -330,12 +339,16 @@ RECORD_GRACE = 2.0
 
 def broken_worktree_records(repo, grace=RECORD_GRACE):
     """[(admin dir, finished)] for the worktree records under `<common dir>/worktrees/` whose
-    `commondir` is there but empty, untouched for `grace` seconds. Git dies on such a record
+    `commondir` is there but empty (or holds only NULs: a crash that kept the size and lost
+    the data), untouched for `grace` seconds. Git dies on such a record
     in every command that looks at all worktrees, and `worktree prune` keeps it while its
     `locked` says "initializing", so one wedges the repository: a `worktree add` killed between
     creating that file and writing it, or a crash that lost the file's unsynced contents.
     `finished`: the rest of the record is whole (a real HEAD and a gitdir)."""
-    root = os.path.join(common_dir(repo), "worktrees")
+    return _broken_records(os.path.join(common_dir(repo), "worktrees"), grace)
+
+
+def _broken_records(root, grace=RECORD_GRACE):
     try:
         names = sorted(os.listdir(root))
     except (FileNotFoundError, NotADirectoryError):
@@ -347,12 +360,20 @@ def broken_worktree_records(repo, grace=RECORD_GRACE):
             st = os.stat(os.path.join(admin, "commondir"), follow_symlinks=False)
         except OSError:
             continue
-        if (not stat.S_ISREG(st.st_mode) or st.st_size or time.time() - st.st_mtime < grace
-                or os.path.islink(admin)):
+        if (not stat.S_ISREG(st.st_mode) or st.st_size > 64 or time.time() - st.st_mtime < grace
+                or os.path.islink(admin) or _record_file(admin, "commondir").strip("\0 \n")):
             continue
-        finished = _record_file(admin, "HEAD").strip("0\n") != "" and _record_file(admin, "gitdir").strip() != ""
-        found.append((admin, finished))
+        found.append((admin, _record_finished(admin)))
     return found
+
+
+def _record_finished(admin):
+    """The record's add got to its end: it let go of its `locked` ("initializing"), or it has
+    a HEAD (a ref, a commit, or a link under core.preferSymlinkRefs), which an add writes last."""
+    head = os.path.join(admin, "HEAD")
+    if os.path.islink(head):
+        return bool(os.readlink(head))
+    return not os.path.lexists(os.path.join(admin, "locked")) or _record_file(admin, "HEAD").strip("0\n") != ""
 
 
 def _record_file(admin, name):
