@@ -72,17 +72,20 @@ def run(cwd, *args, check=True, input=None, env=None):
     happens before the command changes anything, so running it again is safe.
     """
     cmd = ["git", *args]
-    for attempt in range(6):
-        proc = subprocess.run(cmd, executable=executable(), cwd=cwd, input=input, capture_output=True,
+
+    def once():
+        return subprocess.run(cmd, executable=executable(), cwd=cwd, input=input, capture_output=True,
                               text=True, env=env or git_env())
+
+    for attempt in range(6):
+        proc = once()
         if proc.returncode == 0 or not _TRANSIENT.search(proc.stderr or ""):
             break
         time.sleep(0.05 * (attempt + 1))
     half_written = _HALF_WRITTEN.search(proc.stderr or "") if proc.returncode != 0 else None
     if half_written:
         _mend_records(os.path.join(cwd, half_written.group(1)))
-        proc = subprocess.run(cmd, executable=executable(), cwd=cwd, input=input, capture_output=True,
-                              text=True, env=env or git_env())
+        proc = once()
     if check and proc.returncode != 0:
         raise GitError(cmd, proc.returncode, proc.stderr or proc.stdout)
     return proc
@@ -97,7 +100,7 @@ def _mend_records(root):
     deadline = time.monotonic() + RECORD_GRACE + 0.5
     try:
         while True:
-            mended = [mend_worktree_record(admin, finished) for admin, finished in _broken_records(root)]
+            mended = _repair_records(root)
             if mended or not _broken_records(root, grace=0) or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
@@ -344,8 +347,8 @@ def broken_worktree_records(repo, grace=RECORD_GRACE):
     in every command that looks at all worktrees, and `worktree prune` keeps it while its
     `locked` says "initializing", so one wedges the repository: a `worktree add` killed between
     creating that file and writing it, or a crash that lost the file's unsynced contents.
-    `finished`: the rest of the record is whole (a real HEAD and a gitdir)."""
-    return _broken_records(os.path.join(common_dir(repo), "worktrees"), grace)
+    `finished`: the add got to its end (_record_finished)."""
+    return _broken_records(_records_root(repo), grace)
 
 
 def _broken_records(root, grace=RECORD_GRACE):
@@ -394,7 +397,15 @@ def repair_worktree_records(repo, grace=RECORD_GRACE):
     its `commondir` back ("../..", what `worktree add` writes), the record of an add that never
     finished is removed, as git removes it when an add fails (the directory the add was
     creating stays on disk, untouched). One line per record mended."""
-    return [mend_worktree_record(admin, finished) for admin, finished in broken_worktree_records(repo, grace)]
+    return _repair_records(_records_root(repo), grace)
+
+
+def _records_root(repo):
+    return os.path.join(common_dir(repo), "worktrees")
+
+
+def _repair_records(root, grace=RECORD_GRACE):
+    return [mend_worktree_record(admin, finished) for admin, finished in _broken_records(root, grace)]
 
 
 def mend_worktree_record(admin, finished):

@@ -9,27 +9,15 @@ import threading
 import time
 
 from tests.conftest import PYTHON, git as git_cli, python_env
+from tests.test_worktree_listing_race import age, half_written_worktree
 
 
-def _ghost(repo, name="ghost", aged=True):
+def _ghost(repo, aged=True):
     """The record a `git worktree add` killed between creating and writing commondir leaves."""
-    admin = os.path.join(str(repo), ".git", "worktrees", name)
-    os.makedirs(admin)
-    with open(os.path.join(admin, "HEAD"), "w") as fh:
-        fh.write("0" * 40 + "\n")
-    with open(os.path.join(admin, "locked"), "w") as fh:
-        fh.write("initializing")
-    with open(os.path.join(admin, "gitdir"), "w") as fh:
-        fh.write(os.path.join(os.path.dirname(str(repo)), name, ".git") + "\n")
-    open(os.path.join(admin, "commondir"), "w").close()
+    admin = half_written_worktree(repo)
     if aged:
-        _age(os.path.join(admin, "commondir"))
+        age(os.path.join(admin, "commondir"))
     return admin
-
-
-def _age(path, seconds=10):
-    then = time.time() - seconds
-    os.utime(path, (then, then))
 
 
 def test_a_command_run_inside_the_worktree_whose_own_record_is_broken_does_not_recurse(repo, tmp_path):
@@ -41,7 +29,7 @@ def test_a_command_run_inside_the_worktree_whose_own_record_is_broken_does_not_r
     git_cli(str(repo), "worktree", "add", "-q", "-b", "task", slot)
     commondir = os.path.join(str(repo), ".git", "worktrees", "slot", "commondir")
     open(commondir, "w").close()
-    _age(commondir)
+    age(commondir)
     code = ("import sys; from engine import git\n"
             "p = git.run(sys.argv[1], 'status', '--porcelain', check=False)\n"
             "print(p.returncode)\n")
@@ -94,7 +82,7 @@ def test_a_finished_slot_with_a_symlinked_head_is_restored_not_removed(repo, pm)
         fh.write("the agent's work\n")
     commondir = os.path.join(admin, "commondir")
     open(commondir, "w").close()
-    _age(commondir)
+    age(commondir)
     from engine import git
 
     assert git.broken_worktree_records(str(repo)) == [(admin, True)]
@@ -132,7 +120,7 @@ def test_a_slot_whose_commondir_a_crash_zero_filled_keeps_the_agents_work(repo, 
     commondir = os.path.join(str(repo), ".git", "worktrees", os.path.basename(path), "commondir")
     with open(commondir, "wb") as fh:
         fh.write(b"\0" * 6)
-    _age(commondir)
+    age(commondir)
     repaired = pm("health", "--repair")
     assert repaired.code == 0, repaired
     assert os.path.exists(os.path.join(path, "work.txt")), repaired
