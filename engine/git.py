@@ -493,7 +493,11 @@ def fetch_ref(cwd, remote, ref, dst=None):
     """Fetch `ref` from `remote` into the local ref `dst` (default: the same name); the commit,
     or None when the remote has no such ref."""
     dst = dst or ref
-    proc = run(cwd, "fetch", "-q", "--no-tags", "--no-write-fetch-head", remote, f"+{ref}:{dst}", check=False)
+    for attempt in range(3):  # "did not send all necessary objects": seen twice in CI's Ray runs, cause not found
+        proc = run(cwd, "fetch", "-q", "--no-tags", "--no-write-fetch-head", remote, f"+{ref}:{dst}", check=False)
+        if proc.returncode == 0 or "did not send all necessary objects" not in (proc.stderr or ""):
+            break
+        time.sleep(0.2 * (attempt + 1))
     if proc.returncode != 0:
         if "couldn't find remote ref" in (proc.stderr or ""):
             return None
