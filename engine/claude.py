@@ -24,6 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from engine.agent_kinds import Stagger  # noqa: F401  (kept importable from here)
 from engine.errors import OrchestratorError
 
 PRESET = "claude"
@@ -31,6 +32,9 @@ PINNED_CLI_VERSION = "2.1.332"  # the Makefile installs this one; tests check ou
 # `--permission-mode` choices in the pinned CLI's --help
 PERMISSION_MODES = ("acceptEdits", "auto", "bypassPermissions", "manual", "dontAsk", "plan")
 DEFAULT_TOOLS = ("Read", "Edit", "Write", "Glob", "Grep", "Bash(git *)")
+# directories the CLI never lets its file tools write into without a person (measured for .claude;
+# its documentation names the others): no agent's checkout may lie under one of them
+PROTECTED_DIRS = (".claude", ".git", ".vscode", ".idea")
 SPEC_ENV = "ORCH_CLAUDE_SPEC"  # path of the attempt's argv file (JSON), written before the start
 STREAM_ENV = "ORCH_CLAUDE_STREAM"
 
@@ -102,6 +106,9 @@ def options_from(agent, where="agent"):
     if mode is not None:
         if mode not in PERMISSION_MODES:
             raise PresetError(f"ERROR: {where}: `permission_mode` must be one of {', '.join(PERMISSION_MODES)}")
+        refused = refused_mode(mode)
+        if refused:
+            raise PresetError(f"ERROR: {where}: `permission_mode: {mode}` {refused}")
         opts["permission_mode"] = mode
     tools = agent.get("allowed_tools")
     if tools is not None:
@@ -111,6 +118,20 @@ def options_from(agent, where="agent"):
             raise PresetError(f"ERROR: {where}: `allowed_tools` must be a list of tool rules (e.g. Edit, \"Bash(npm test)\")")
         opts["allowed_tools"] = tuple(dict.fromkeys(list(DEFAULT_TOOLS) + tools))
     return ClaudeOptions(**opts)
+
+
+def refused_mode(mode, environ=None, uid=None):
+    """Why the pinned CLI would refuse MODE here (it exits 1 before doing anything), or None.
+
+    Claude Code refuses `bypassPermissions` as root unless IS_SANDBOX=1 or its bubblewrap
+    sandbox is on (read from the 2.1.332 binary's check, and measured)."""
+    environ = os.environ if environ is None else environ
+    uid = os.getuid() if uid is None else uid
+    if mode == "bypassPermissions" and uid == 0 and environ.get("IS_SANDBOX") != "1" \
+            and not environ.get("CLAUDE_CODE_BUBBLEWRAP"):
+        return ("is refused by Claude Code when running as root (\"--dangerously-skip-permissions cannot be used "
+                "with root/sudo privileges\"): use dontAsk with `allowed_tools`, or set IS_SANDBOX=1 inside a sandbox")
+    return None
 
 
 # --------------------------------------------------------------------------- argv
@@ -138,24 +159,33 @@ def system_prompt(task_id, workdir, verify, branch=None, extra=None):
     return text
 
 
-def print_argv(options, *, session_id, prompt, tools, system, resume_session=None):
+def spend_cap(options, budget_usd=None):
+    """`--max-budget-usd` of one attempt: the preset's per-attempt cap, lowered to what the run
+    and the task may still spend (the CLI stops the session once it is crossed)."""
+    caps = [c for c in (options.max_budget_usd, budget_usd) if c is not None]
+    return max(min(caps), 0.0001) if caps else None
+
+
+def print_argv(options, *, session_id, prompt, tools, system, resume_session=None, budget_usd=None):
     """Print mode with the stream on stdout, a fixed session id, nothing that waits for a person;
     the prompt last, after `--` (so one that starts with `-` is not taken for a flag, and the
     variadic `--allowedTools` cannot swallow it)."""
+    cap_usd = spend_cap(options, budget_usd)
     argv = [options.bin, "-p", "--output-format", "stream-json", "--verbose", "--session-id", session_id]
     if resume_session:
         argv += ["--resume", resume_session, "--fork-session"]
     argv += ["--permission-mode", options.permission_mode, "--permission-prompts", "none", "--allowedTools", *tools]
     if options.model:
         argv += ["--model", options.model]
-    if options.max_budget_usd:
-        argv += ["--max-budget-usd", f"{options.max_budget_usd:g}"]
+    if cap_usd:
+        argv += ["--max-budget-usd", f"{cap_usd:.4f}".rstrip("0").rstrip(".")]
     if system:
         argv += ["--append-system-prompt", system]
     return argv + ["--", prompt]
 
 
-def build_argv(options, task, attempt, *, session_id, resume_session=None, feedback=None, workdir, verify):
+def build_argv(options, task, attempt, *, session_id, resume_session=None, feedback=None, workdir, verify,
+               budget_usd=None):
     """The argv of one task attempt (a list: nothing here is ever parsed by a shell).
 
     `task` has `id` and `description` (a plan Task); `resume_session` is the previous attempt's
@@ -169,7 +199,7 @@ def build_argv(options, task, attempt, *, session_id, resume_session=None, feedb
         prompt = task.description or f"Do task {task.id}."
     system = system_prompt(task.id, workdir, verify, getattr(task, "branch", None), options.append_system_prompt)
     return print_argv(options, session_id=session_id, prompt=prompt, tools=allowed_tools(options, verify),
-                      system=system, resume_session=resume_session)
+                      system=system, resume_session=resume_session, budget_usd=budget_usd)
 
 
 def command():
@@ -235,26 +265,6 @@ def main(environ=None):
         return 127
 
 
-class Stagger:
-    """Spaces out agent start-ups within one orchestrator: `wait()` returns no sooner than
-    `seconds` after the previous caller's return."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._last = None
-
-    def wait(self, seconds, cancel=None):
-        with self._lock:
-            if self._last is not None and seconds > 0:
-                delay = self._last + seconds - time.monotonic()
-                if delay > 0:
-                    if cancel is not None:
-                        cancel.wait(delay)
-                    else:
-                        time.sleep(delay)
-            self._last = time.monotonic()
-
-
 # --------------------------------------------------------------------------- the stream
 def empty_summary():
     return {"session_id": None, "model": None, "turns": 0, "tokens_in": 0, "tokens_out": 0, "cost_usd": None,
@@ -270,6 +280,22 @@ def _usage_tokens(usage):
         return value if isinstance(value, int) and not isinstance(value, bool) else 0
     tokens_in = n("input_tokens") + n("cache_creation_input_tokens") + n("cache_read_input_tokens")
     return tokens_in, n("output_tokens")
+
+
+def _model_usage_tokens(per_model):
+    """(tokens in, tokens out) summed over a result's `modelUsage` ({model: {inputTokens,
+    outputTokens, cacheReadInputTokens, cacheCreationInputTokens, costUSD}})."""
+    if not isinstance(per_model, dict):
+        return 0, 0
+    def n(usage, key):
+        value = usage.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    tokens_in = tokens_out = 0
+    for usage in per_model.values():
+        if isinstance(usage, dict):
+            tokens_in += n(usage, "inputTokens") + n(usage, "cacheCreationInputTokens") + n(usage, "cacheReadInputTokens")
+            tokens_out += n(usage, "outputTokens")
+    return tokens_in, tokens_out
 
 
 class StreamParser:
@@ -324,14 +350,18 @@ class StreamParser:
             cost = event.get("total_cost_usd")
             if isinstance(cost, (int, float)) and not isinstance(cost, bool):
                 s["cost_usd"] = round(float(cost), 6)
-            if isinstance(event.get("usage"), dict):
-                s["tokens_in"], s["tokens_out"] = _usage_tokens(event["usage"])
+            totals = _usage_tokens(event.get("usage"))
+            if not any(totals):  # an error result's `usage` is all zeros: its counts are per model
+                totals = _model_usage_tokens(event.get("modelUsage"))
+            if any(totals):  # (none at all: the running counts of the messages stand)
+                s["tokens_in"], s["tokens_out"] = totals
             usage_models = event.get("modelUsage")
             if not s["model"] and isinstance(usage_models, dict) and usage_models:
                 s["model"] = next(iter(usage_models))
             denials = event.get("permission_denials") or []
             s["permission_denials"] = list(dict.fromkeys(
-                d.get("tool_name") for d in denials if isinstance(d, dict) and d.get("tool_name")))
+                denial_rule(d.get("tool_name"), d.get("tool_input")) for d in denials
+                if isinstance(d, dict) and isinstance(d.get("tool_name"), str) and d.get("tool_name")))
             if isinstance(event.get("result"), str):
                 s["result"] = event["result"]
             errors = event.get("errors")
@@ -340,6 +370,43 @@ class StreamParser:
         else:
             return False
         return True
+
+
+DENIAL_INPUT_MAX = 160  # characters of a refused command or path kept in a denial
+
+
+def _shorten(text, limit=DENIAL_INPUT_MAX):
+    text = " ".join(str(text).split())  # one line: a multi-line command reads as one
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def denial_rule(tool, tool_input):
+    """A refused tool use as the `allowed_tools` rule that would allow it, with its input
+    shortened: `Bash(rm -rf build)`, `Write(//abs/path/file)` (`//` anchors a path rule at
+    the filesystem root in Claude Code's rule syntax), or the bare tool name."""
+    tool = _shorten(tool, 60)
+    if not isinstance(tool_input, dict):
+        return tool
+    if isinstance(tool_input.get("command"), str):
+        return f"{tool}({_shorten(tool_input['command'])})"
+    for key in ("file_path", "notebook_path", "path"):
+        value = tool_input.get(key)
+        if isinstance(value, str) and value:
+            return f"{tool}({'/' if value.startswith('/') else ''}{_shorten(value)})"
+    for key in ("url", "pattern", "query"):
+        if isinstance(tool_input.get(key), str):
+            return f"{tool}({_shorten(tool_input[key])})"
+    return tool
+
+
+def denial_hint(denied, task_id):
+    """What a person does about DENIED rules (from denial_rule) of TASK_ID, in one line."""
+    protected = [d for d in denied if any(f"/{name}/" in d for name in PROTECTED_DIRS) and not d.startswith("Bash(")]
+    if protected:
+        return (f"Claude Code refuses file edits under {', '.join(PROTECTED_DIRS)} in print mode whatever the "
+                f"allow-list says ({protected[0]}); have the task write elsewhere, then `orchestrator retry {task_id}`")
+    rules = ", ".join(f'"{d}"' for d in denied)
+    return f"add {rules} to the agent's `allowed_tools`, then `orchestrator retry {task_id}`"
 
 
 def read_summary(path):
@@ -450,7 +517,7 @@ def _changed(cwd, base_commit):
     return None if not base_commit else commit != base_commit
 
 
-def run_attempt(backend, attempt, options, task, stagger=None, cancel=None):
+def run_attempt(backend, attempt, options, task, stagger=None, cancel=None, budget_usd=None):
     """Run one attempt of `task` with this preset through `backend` (anything with
     `run_attempt(attempt) -> AgentResult`), and return that AgentResult with `denied`, `reason`
     and `details` filled from the stream.
@@ -467,9 +534,11 @@ def run_attempt(backend, attempt, options, task, stagger=None, cancel=None):
     resume = previous_session(logs, task.id, attempt.n)
     session_id = new_session_id()
     feedback = (attempt.entry or {}).get("qa_feedback") or None
-    attempt.record(session_id=session_id, **({"model": options.model} if options.model else {}))
+    logs_root = getattr(getattr(attempt, "layout", None), "root", None)
+    attempt.record(session_id=session_id, stream=os.path.relpath(stream, logs_root) if logs_root else stream,
+                   **({"model": options.model} if options.model else {}))
     argv = build_argv(options, task, attempt.n, session_id=session_id, resume_session=resume, feedback=feedback,
-                      workdir=attempt.cwd or ".", verify=getattr(task, "verify", None))
+                      workdir=attempt.cwd or ".", verify=getattr(task, "verify", None), budget_usd=budget_usd)
     attempt.command = command()
     attempt.env = dict(attempt.env or {}, **attempt_env(argv, stream))
     if stagger is not None:
@@ -511,10 +580,31 @@ def annotate(result, summary, changed=None):
     details["permission_denials"] = list(summary.get("permission_denials") or [])
     result.details = dict(getattr(result, "details", None) or {}, **{k: v for k, v in details.items() if v is not None})
     result.denied = tuple(verdict.denied) if verdict.status == "blocked_permission" else ()
+    if result.denied:
+        result.hint = denial_hint(result.denied, result.task_id)
     result.reason = verdict.reason if verdict.status != "success" else None
     if verdict.status != "success" and result.exit_code == 0:
         result.exit_code = 1  # the CLI exits 0 after a blocked run; for us the attempt did not succeed
     return result
+
+
+class ClaudeAgent:
+    """The `claude` agent kind (engine.agent_kinds): this module's attempt, recovery and checks."""
+
+    name = PRESET
+
+    def __init__(self, setting):
+        self.options = options_from(setting)
+
+    @staticmethod
+    def validate(setting, where):
+        return options_from(setting, where)
+
+    def run(self, backend, attempt, task, limits):
+        return run_attempt(backend, attempt, self.options, task, limits.stagger, limits.cancel, limits.budget_usd)
+
+    def recover(self, backend, attempt, task):
+        return recover_attempt(backend, attempt, task)
 
 
 if __name__ == "__main__":

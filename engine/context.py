@@ -24,7 +24,7 @@ from engine.tasks import TERMINAL, TaskBook, status_of
 
 class Options:
     def __init__(self, all_groups=False, agent=None, quiet=False, executor=None, goal=None, adopt_plan=False,
-                 planner=None):
+                 planner=None, max_budget_usd=None):
         self.all_groups = all_groups
         self.agent = agent
         self.quiet = quiet
@@ -32,6 +32,7 @@ class Options:
         self.goal = goal  # `run --goal`: DECOMPOSE plans it first
         self.adopt_plan = adopt_plan  # `resume --adopt-plan`: take a changed plan file
         self.planner = planner  # the planner agent for a goal (default: the `claude` preset)
+        self.max_budget_usd = max_budget_usd  # `run --max-budget-usd`: wins over the plan's
 
 
 class RunContext:
@@ -158,11 +159,19 @@ class RunContext:
         return self._part("backend", build)
 
     @property
-    def claude_stagger(self):
-        """One start-up spacing for every `claude` agent of this run (its config file races)."""
-        from engine.claude import Stagger
+    def agent_stagger(self):
+        """One start-up spacing shared by the run's agents (a kind that needs it, like `claude`,
+        whose concurrent first starts race on its config file, waits on it)."""
+        from engine.agent_kinds import Stagger
 
-        return self._part("claude_stagger", Stagger)
+        return self._part("agent_stagger", Stagger)
+
+    def run_budget(self):
+        """The run's `max_budget_usd`: `run --max-budget-usd`, else the plan's; None: no budget."""
+        given = self.progress.get("max_budget_usd")
+        if isinstance(given, (int, float)) and not isinstance(given, bool):
+            return float(given)
+        return self.plan.max_budget_usd
 
     @property
     def checks(self):

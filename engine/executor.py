@@ -40,6 +40,7 @@ class AgentResult:
     interrupted: bool = False  # we stopped it (Ctrl-C, abort, cancel): not the agent's failure
     denied: tuple = ()  # tools a `claude` agent was denied (the task becomes blocked_permission)
     reason: str = None  # one line: why it failed, when more is known than the exit code
+    hint: str = None  # one line: what a person does about it (e.g. the allow rule a denial needs)
     details: dict = None  # merged into the task's attempt record (session_id, cost_usd, node, ...)
 
 

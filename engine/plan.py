@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from engine import git, store
+from engine import agent_kinds, git, store
 from engine.errors import OrchestratorError
 
 COMPLEXITIES = ("S", "M", "L", "XL")
@@ -37,6 +37,7 @@ class Task:
     complexity: str = None
     timeout: float = None
     allow_empty: bool = False  # an agent that commits nothing is a success, not "no changes"
+    max_budget_usd: float = None  # no attempt of this task starts once its attempts cost this much
     implicit_deps: list = field(default_factory=list)
 
     @property
@@ -153,16 +154,14 @@ def _kind(value):
 
 def agent_field(value, where):
     """The agent of a plan or a task: a shell command string, a preset (`claude`, or a mapping
-    `{preset: claude, model: ..., ...}` checked by engine.claude), or None when not given.
+    `{preset: claude, model: ..., ...}` checked by its kind, engine.agent_kinds), or None.
 
     Kept in one function so another form of the field changes only this."""
     if value is None:
         return None
-    if isinstance(value, dict):
-        from engine import claude
-
+    if isinstance(value, dict) or (isinstance(value, str) and value.strip() in agent_kinds.PRESETS):
         try:
-            claude.options_from(value, f"{where}: `agent`")
+            agent_kinds.validate(value, f"{where}: `agent`")
         except OrchestratorError as exc:
             raise PlanError(exc.message) from None
         return value
@@ -229,12 +228,12 @@ def _flag(entry, key, where):
     return value
 
 
-def _budget(data):
+def _budget(data, where="plan"):
     value = data.get("max_budget_usd")
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise PlanError(f"plan `max_budget_usd` must be a positive number of dollars, not {value!r}")
+        raise PlanError(f"{where} `max_budget_usd` must be a positive number of dollars, not {value!r}")
     return float(value)
 
 
@@ -261,6 +260,7 @@ def build(data, raw_tasks, source, max_agents):
             complexity=_opt_str(entry, "complexity", task_id),
             timeout=_timeout(entry, task_id),
             allow_empty=_flag(entry, "allow_empty", f"task {task_id}"),
+            max_budget_usd=_budget(entry, f"task {task_id}:"),
         )
         order.append(task_id)
     for task in tasks.values():

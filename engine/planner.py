@@ -109,8 +109,10 @@ class Planner:
     beside its log) is collected, not asked again; one still running is waited for. Each
     attempt's session id and pid are in `state.json` before or as it starts."""
 
-    def __init__(self, root, agent=None, retries=DEFAULT_RETRIES, max_agents=5, reporter=None, timeout=1800):
+    def __init__(self, root, agent=None, retries=DEFAULT_RETRIES, max_agents=5, reporter=None, timeout=1800,
+                 budget_usd=None):
         self.root = root
+        self.budget_usd = budget_usd  # what every round together may spend (checked before each)
         self.agent = agent or claude.PRESET
         self.preset = claude.options_from(self.agent, "planner") if claude.is_preset(self.agent) else None
         if self.preset is None and not (isinstance(self.agent, str) and self.agent.strip()):
@@ -139,6 +141,7 @@ class Planner:
         for n in range(1, attempts + 1):
             collected = self._collect(n)
             if collected is None:
+                self._check_budget()
                 self.say(f"planner: attempt {n}/{attempts}")
                 self._ask(n, goal, first_prompt, error, session)
                 collected = self._collect(n)
@@ -157,6 +160,19 @@ class Planner:
                 self.say(f"planner: answer {n} refused: {error}")
         raise PlannerGaveUp(f"ERROR: the planner gave no valid plan in {attempts} attempts; last problem: {error} "
                             f"(answers in {os.path.relpath(self.logs, self.root)}/)")
+
+    def _spent(self):
+        return round(sum(float(a.get("cost_usd") or 0) for a in self.state.get("attempts", {}).values()
+                         if isinstance(a, dict)), 6)
+
+    def _remaining(self):
+        return None if self.budget_usd is None else self.budget_usd - self._spent()
+
+    def _check_budget(self):
+        remaining = self._remaining()
+        if remaining is not None and remaining <= 0:
+            raise PlannerGaveUp(f"ERROR: the planning budget of ${self.budget_usd:.2f} is spent "
+                                f"(${self._spent():.2f}); no more planner rounds (raise --max-budget-usd)")
 
     # ------------------------------------------------------------------ state
     def _open(self, goal, resume):
@@ -199,6 +215,9 @@ class Planner:
                                 f"{os.path.relpath(os.path.join(self.logs, 'planner.log'), self.root)})")
         if self.preset is not None:
             summary = claude.read_summary(paths["jsonl"])
+            if summary.get("cost_usd") is not None and entry.get("cost_usd") != summary["cost_usd"]:
+                self._record(n, cost_usd=summary["cost_usd"], tokens_in=summary["tokens_in"],
+                             tokens_out=summary["tokens_out"])
             return summary.get("result") or "", claude.resumable(summary)
         for key in ("yaml", "out"):
             if os.path.exists(paths[key]) and os.path.getsize(paths[key]):
@@ -225,7 +244,8 @@ class Planner:
             text = retry_prompt(error) if resume else (
                 first_prompt + (f"\nAn earlier answer was refused: {error}\n" if error else ""))
             argv = claude.print_argv(self.preset, session_id=sid, resume_session=resume, prompt=text,
-                                     tools=list(READ_ONLY_TOOLS), system=self.preset.append_system_prompt)
+                                     tools=list(READ_ONLY_TOOLS), system=self.preset.append_system_prompt,
+                                     budget_usd=self._remaining())
             command, env = claude.command(), claude.attempt_env(argv, paths["jsonl"])
         else:
             self._record(n)
@@ -246,7 +266,21 @@ def write(path, text, goal):
     store.atomic_write(path, header(goal) + text, keep_last_good=False)
 
 
-def plan_once(root, goal, output, agent=None, retries=DEFAULT_RETRIES, max_agents=5, reporter=None):
+def spent(root):
+    """What the last planning job's rounds cost (0 when none recorded a cost)."""
+    path = os.path.join(Layout(root).planner_logs, "state.json")
+    try:
+        state = store.load_json(path) if os.path.exists(path) else None
+    except OrchestratorError:
+        return 0.0
+    attempts = state.get("attempts") if isinstance(state, dict) else None
+    if not isinstance(attempts, dict):
+        return 0.0
+    return round(sum(float(a.get("cost_usd") or 0) for a in attempts.values() if isinstance(a, dict)
+                     and isinstance(a.get("cost_usd"), (int, float))), 6)
+
+
+def plan_once(root, goal, output, agent=None, retries=DEFAULT_RETRIES, max_agents=5, reporter=None, budget_usd=None):
     """DECOMPOSE for `run --goal`: the plan file for `goal` at `output`, planned at most once.
 
     A plan already written there for this goal is kept; a planning job cut short by a crash is
@@ -255,7 +289,7 @@ def plan_once(root, goal, output, agent=None, retries=DEFAULT_RETRIES, max_agent
         with open(output, encoding="utf-8", errors="replace") as fh:
             if fh.read().startswith(header(goal)):
                 return output
-    text = Planner(root, agent, retries, max_agents, reporter).run(goal, resume=True)
+    text = Planner(root, agent, retries, max_agents, reporter, budget_usd=budget_usd).run(goal, resume=True)
     write(output, text, goal)
     return output
 

@@ -58,7 +58,8 @@ def start(plan_path, options=None, layout=None):
     agent = options.agent or plan.agent
     executor = _executor(layout, plan_path, options)
     return _start(layout, options, dict(plan_file=plan_path, plan_digest=plan_digest(plan_path), base=base,
-                                        work_type=plan.work_type or "", agent=agent, executor=executor))
+                                        work_type=plan.work_type or "", agent=agent, executor=executor,
+                                        **_budget(options)))
 
 
 def start_goal(goal, options=None, layout=None):
@@ -68,8 +69,27 @@ def start_goal(goal, options=None, layout=None):
     if not goal or not goal.strip():
         raise OrchestratorError("the goal is empty")
     git.toplevel(layout.root)  # a repository, before anything is written
+    agent = options.agent or _planned_tasks_agent(options.planner)
     return _start(layout, options, dict(goal=goal, goal_digest=_digest(goal.encode("utf-8")),
-                                        agent=options.agent, executor=options.executor or "local"))
+                                        agent=agent, executor=options.executor or "local", **_budget(options),
+                                        **({"planner": options.planner} if options.planner else {})))
+
+
+def _planned_tasks_agent(planner):
+    """The agent of the tasks a planner writes (its rules forbid an `agent` key): the planner's
+    own preset (`claude`, or its mapping: same model and options); a shell-command planner
+    names no agent for them, so `--agent` is then required, said before anything runs."""
+    from engine import agent_kinds
+
+    planner = planner or "claude"
+    if agent_kinds.preset_name(planner) is not None:
+        return planner
+    raise OrchestratorError("run --goal with a shell-command --planner: pass --agent for the planned tasks "
+                            "(a shell command, or `claude`)")
+
+
+def _budget(options):
+    return {"max_budget_usd": options.max_budget_usd} if options.max_budget_usd is not None else {}
 
 
 def _start(layout, options, record):

@@ -40,6 +40,10 @@ class TaskFailure(OrchestratorError):
     """A problem that fails one task, never the run (raised inside a worker)."""
 
 
+class BudgetHeld(OrchestratorError):
+    """The run's budget is spent: the worker stops before the attempt; the task keeps its status."""
+
+
 class Scheduler:
     def __init__(self, ctx, task_ids, concurrency):
         self.ctx = ctx
@@ -247,7 +251,7 @@ class Scheduler:
 
     def may_start(self):
         """(allowed, reason): no new attempt once the run's agents have spent its budget."""
-        budget = self.plan.max_budget_usd
+        budget = self.ctx.run_budget()
         if budget is None:
             return True, ""
         spent = float(self.ctx.progress.get("cost_usd") or 0)
@@ -256,6 +260,28 @@ class Scheduler:
         self.budget_spent = (f"run budget of ${budget:.2f} spent (${spent:.2f}): no new attempts; raise "
                              "`max_budget_usd` in the plan and `orchestrator resume --adopt-plan`")
         return False, self.budget_spent
+
+    def attempt_budget(self, task_id):
+        """What the next attempt of TASK_ID may spend (None: no cap), asked before EVERY attempt
+        (first ones, retries, conflict re-runs). Raises BudgetHeld when the run's budget is
+        spent (the task keeps its status; `resume` after raising it goes on) and TaskFailure
+        when the task's own `max_budget_usd` is."""
+        allowed, why = self.may_start()
+        if not allowed:
+            raise BudgetHeld(why)
+        caps = []
+        run_budget = self.ctx.run_budget()
+        if run_budget is not None:
+            caps.append(run_budget - float(self.ctx.progress.get("cost_usd") or 0))
+        task_budget = self.plan.tasks[task_id].max_budget_usd
+        if task_budget is not None:
+            spent = float(self.ctx.tasks.entry(task_id).get("cost_usd") or 0)
+            if spent >= task_budget:
+                raise TaskFailure(f"task budget of ${task_budget:.2f} spent (${spent:.2f}): raise the task's "
+                                  "`max_budget_usd` (`orchestrator resume --adopt-plan`), then "
+                                  f"`orchestrator retry {task_id}`")
+            caps.append(task_budget - spent)
+        return min(caps) if caps else None
 
     def _announce(self, task_id, statuses):
         deps = self._deps(task_id)
@@ -309,6 +335,8 @@ class Scheduler:
             # one task's bad data (a value the kernel refuses) or broken checkout: that task only
             ctx.tasks.fail(task_id, exc.message, pid=None)
             ctx.reporter.task(task_id, f"failed: {exc.message}")
+        except BudgetHeld as exc:
+            ctx.reporter.task(task_id, f"held ({ctx.tasks.status(task_id).value}): {exc.message}")
         finally:
             self._launch_begun(task_id)
             status = ctx.tasks.status(task_id)
@@ -351,22 +379,20 @@ class Scheduler:
     def _agent(self, task_id):
         return self.plan.tasks[task_id].agent or self.ctx.options.agent or self.ctx.progress.get("agent")
 
-    def _launch(self, task_id, attempt):
-        """Run ATTEMPT on the backend; the `claude` preset wraps it (session, stream, costs)."""
-        agent = self._agent(task_id)
-        if _is_claude(agent):
-            from engine import claude
+    def _kind(self, task_id):
+        from engine import agent_kinds
 
-            return claude.run_attempt(self.ctx.backend, attempt, claude.options_from(agent), self.plan.tasks[task_id],
-                                      self.ctx.claude_stagger, self.ctx.cancel)
-        return self.ctx.backend.run_attempt(attempt)
+        return agent_kinds.kind_of(self._agent(task_id))
+
+    def _launch(self, task_id, attempt, budget_usd):
+        """Run ATTEMPT on the backend through its agent kind (engine.agent_kinds)."""
+        from engine.agent_kinds import AttemptLimits
+
+        limits = AttemptLimits(budget_usd=budget_usd, stagger=self.ctx.agent_stagger, cancel=self.ctx.cancel)
+        return self._kind(task_id).run(self.ctx.backend, attempt, self.plan.tasks[task_id], limits)
 
     def _recover(self, task_id, attempt):
-        if _is_claude(self._agent(task_id)):
-            from engine import claude
-
-            return claude.recover_attempt(self.ctx.backend, attempt, self.plan.tasks[task_id])
-        return self.ctx.backend.recover(attempt)
+        return self._kind(task_id).recover(self.ctx.backend, attempt, self.plan.tasks[task_id])
 
     def _attempt(self, task_id, status):
         """One agent attempt (or the collection of one that outlived a killed orchestrator)."""
@@ -384,6 +410,7 @@ class Scheduler:
             ctx.journal.append("agent-collected", task=task_id, attempt=n, code=result.exit_code)
             ctx.reporter.task(task_id, f"collected attempt {n} (exit {result.exit_code}) from before the restart")
         else:
+            budget_usd = self.attempt_budget(task_id)  # before every attempt, retries included
             n += 1
             feedback = entry.get("qa_feedback") if status in (S.REJECTED, S.CONFLICTED) else None
             slot, path = ctx.slots.hold(task_id, discard_edits=True, record=False) if backend.needs_checkout \
@@ -396,7 +423,7 @@ class Scheduler:
             ctx.reporter.task(task_id, f"running in {slot or 'the backend'} (attempt {n})")
             attempt = self._attempt_for(task_id, n, path, feedback)
             self._launch_begun(task_id)
-            result = self._launch(task_id, attempt)
+            result = self._launch(task_id, attempt, budget_usd)
         self._settle_attempt(task_id, n, path, result)
 
     def _settle_attempt(self, task_id, n, path, result):
@@ -410,11 +437,11 @@ class Scheduler:
                            attempt=dict(done, n=n, outcome="interrupted"))
             return
         if result.denied:
-            ctx.tasks.fire(task_id, "deny", pid=None, elapsed=elapsed,
-                           failure=f"blocked on permission: the agent was denied {', '.join(result.denied)}",
+            hint = result.hint or f"allow it, then `orchestrator retry {task_id}`"
+            ctx.tasks.fire(task_id, "deny", pid=None, elapsed=elapsed, hint=hint,
+                           failure=f"blocked on permission: the agent was denied {', '.join(result.denied)}; {hint}",
                            attempt=dict(done, n=n, outcome="blocked_permission"))
-            ctx.reporter.task(task_id, f"blocked on permission ({', '.join(result.denied)}): allow it and "
-                              f"`orchestrator retry {task_id}`")
+            ctx.reporter.task(task_id, f"blocked on permission: denied {', '.join(result.denied)}; {hint}")
             return
         if result.exit_code == 0 and not result.timed_out:
             problem, tip = self._check_work(task_id, path)
@@ -564,7 +591,3 @@ def run_scope(ctx):
         return scheduler.budget_spent
     return None
 
-
-def _is_claude(agent):
-    """The `claude` preset (a string or a `{preset: claude}` mapping), told apart cheaply."""
-    return agent == "claude" or (isinstance(agent, dict) and agent.get("preset") == "claude")

@@ -239,7 +239,8 @@ def _record(data, task_id, fields):
         if any(key in a for a in attempts):
             entry[key] = _total(a.get(key) for a in attempts)
     if any("cost_usd" in t for t in data["tasks"].values() if isinstance(t, dict)):
-        data["cost_usd"] = _total(t.get("cost_usd") for t in data["tasks"].values() if isinstance(t, dict))
+        data["cost_usd"] = _total([data.get("planner_cost_usd")] +
+                                  [t.get("cost_usd") for t in data["tasks"].values() if isinstance(t, dict)])
 
 
 SUMMED = ("cost_usd", "tokens_in", "tokens_out", "turns")  # per attempt; the task shows the sum

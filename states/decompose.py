@@ -45,12 +45,19 @@ def _plan_the_goal(ctx, data):
     from engine.plan import check_for_run, digest
 
     output = ctx.layout.plan
-    path = planner.plan_once(ctx.layout.root, data["goal"], output, agent=ctx.options.planner,
-                             max_agents=ctx.settings.max_agents, reporter=ctx.reporter)
+    path = planner.plan_once(ctx.layout.root, data["goal"], output, agent=ctx.options.planner or data.get("planner"),
+                             max_agents=ctx.settings.max_agents, reporter=ctx.reporter, budget_usd=data.get("max_budget_usd"))
     agent = data.get("agent")
     plan, _, base = check_for_run(path, ctx.layout, agent)
-    ctx.progress.update(lambda d: d.update(plan_file=path, plan_digest=digest(path), base=base,
-                                           work_type=plan.work_type or "", agent=agent or plan.agent))
+    spent = planner.spent(ctx.layout.root)
+
+    def record(d):
+        d.update(plan_file=path, plan_digest=digest(path), base=base, work_type=plan.work_type or "",
+                 agent=agent or plan.agent)
+        if spent:  # the planning is part of the run's cost (and of its budget)
+            d["planner_cost_usd"] = spent
+            d["cost_usd"] = round(float(d.get("cost_usd") or 0) + spent, 6)
+    ctx.progress.update(record)
     ctx.journal.append("planned", goal_digest=data.get("goal_digest"), plan=path)
     ctx.reporter.line(f"planned the goal into {ctx.layout.rel(path)}")
     ctx.forget("settings", "plan", "tasks")

@@ -171,10 +171,10 @@ def test_retry_resumes_the_previous_session_with_feedback(repo, fake):
 def test_permission_denial_blocks_naming_the_tool(repo, fake, monkeypatch):
     monkeypatch.setenv("FAKE_CLAUDE_DENY", "Bash")
     result, summary, _ = attempt(repo, Task(id="t1", description="x"), 1, claude.new_session_id())
-    assert result.exit_code == 0 and summary["permission_denials"] == ["Bash"]
+    assert result.exit_code == 0 and summary["permission_denials"] == ["Bash(npm test)"]
     verdict = claude.outcome(summary, result.exit_code, changed=False)
-    assert (verdict.status, verdict.denied, verdict.reason) == ("blocked_permission", ["Bash"],
-                                                                "permission denied: Bash")
+    assert (verdict.status, verdict.denied, verdict.reason) == ("blocked_permission", ["Bash(npm test)"],
+                                                                "permission denied: Bash(npm test)")
     # a denial on the way to a clean, productive finish is left to QA
     assert claude.outcome(summary, 0, changed=True).status == "success"
 
@@ -318,7 +318,8 @@ def test_run_attempt_records_the_session_first_then_live_fields_then_details(rep
     backend, a1 = RunAgentBackend(), FakeAttempt(repo, "t1", 1)
     r1 = claude.run_attempt(backend, a1, claude.ClaudeOptions(model="opus"), task, claude.Stagger())
     first = a1.records[0]
-    assert set(first) == {"session_id", "model", "_started"} and first["_started"] is False  # before the start
+    assert set(first) == {"session_id", "model", "stream", "_started"} and first["_started"] is False  # before the start
+    assert first["stream"].endswith("t1.attempt-1.jsonl")  # the record names its stream file
     assert any(rec.get("cost_usd") == 0.5 for rec in a1.records[1:])
     assert r1.exit_code == 0 and r1.denied == () and r1.reason is None
     assert r1.details["session_id"] == first["session_id"] and r1.details["cost_usd"] == 0.5
@@ -338,8 +339,9 @@ def test_run_attempt_denial_and_max_turns(repo, fake, monkeypatch):
     task = Task(id="t1", description="x")
     monkeypatch.setenv("FAKE_CLAUDE_DENY", "Bash")
     r = claude.run_attempt(RunAgentBackend(), FakeAttempt(repo, "t1", 1), claude.ClaudeOptions(), task)
-    assert r.denied == ("Bash",) and r.reason == "permission denied: Bash" and r.exit_code == 1
-    assert r.details["permission_denials"] == ["Bash"]
+    assert r.denied == ("Bash(npm test)",) and r.reason == "permission denied: Bash(npm test)" and r.exit_code == 1
+    assert r.details["permission_denials"] == ["Bash(npm test)"]
+    assert r.hint == 'add "Bash(npm test)" to the agent\'s `allowed_tools`, then `orchestrator retry t1`'
     monkeypatch.delenv("FAKE_CLAUDE_DENY")
     monkeypatch.setenv("FAKE_CLAUDE_MAX_TURNS", "1")
     r = claude.run_attempt(RunAgentBackend(), FakeAttempt(repo, "t1", 2), claude.ClaudeOptions(), task)

@@ -3,6 +3,7 @@
 Also mirrors the five drop-in commands as groups (`orchestrator pool acquire t1`, ...)."""
 
 import json
+import math
 import os
 import signal
 import time
@@ -67,15 +68,20 @@ def _terminate_on_sigterm():
                               "or `claude` for the Claude Code preset.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), help="Where agents run (default: the plan's or "
                                                                       "the configuration's `executor`, else local).")
+@click.option("--max-budget-usd", type=click.FloatRange(min=0, min_open=True), metavar="DOLLARS",
+              help="The run's budget (wins over the plan's `max_budget_usd`); with --goal it covers planning too.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def run_cmd(plan, goal, planner, all_groups, agent, executor, quiet):
+def run_cmd(plan, goal, planner, all_groups, agent, executor, max_budget_usd, quiet):
     """Run PLAN (YAML, JSON or the skill's markdown task list) from the start."""
     from engine import runner
 
     if bool(plan) == bool(goal):
         raise click.UsageError("give a PLAN file or --goal GOAL (one of them)")
+    if max_budget_usd is not None and not math.isfinite(max_budget_usd):
+        raise click.UsageError("--max-budget-usd must be a finite number of dollars")
     _terminate_on_sigterm()
-    options = _options(all_groups, agent, quiet, executor=executor, goal=goal, planner=planner)
+    options = _options(all_groups, agent, quiet, executor=executor, goal=goal, planner=planner,
+                       max_budget_usd=max_budget_usd)
     if goal:
         return runner.start_goal(goal, options)
     return runner.start(plan, options)

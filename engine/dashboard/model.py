@@ -570,10 +570,12 @@ def _advice_for(t, entry):
     again = f"then `orchestrator retry {t}` and `orchestrator resume`."
     if status == "blocked_permission":
         tools = entry.get("permission_denials")
-        tools = ", ".join(text(x, 60) for x in tools) if isinstance(tools, list) and tools else None
+        tools = ", ".join(text(x, 200) for x in tools) if isinstance(tools, list) and tools else None
+        hint = text(entry.get("hint"), 400)
         return ((f"the agent was denied: {tools}" if tools else failure or "the agent ended with permission denials"),
-                "Allow the tool(s) for this task's agent (the `allowed_tools` of its claude preset, or the "
-                "project's Claude permissions), " + again)
+                (hint[0].upper() + hint[1:] + " (and `orchestrator resume`)." if hint else
+                 "Allow the tool(s) for this task's agent (the `allowed_tools` of its claude preset, or the "
+                 "project's Claude permissions), " + again))
     if status == "blocked":
         return (failure or feedback or "the QA check could not run",
                 "The check itself cannot run, not the code: fix the task's verify command or its environment "
