@@ -24,6 +24,12 @@ ROOT_ENV = "ORCHESTRATOR_ROOT"
 CLAUDE_DIR = ".claude"
 PROFILE_REL = os.path.join(CLAUDE_DIR, "project-profile.yaml")
 CONTEXT_REL = os.path.join(CLAUDE_DIR, "auto-context.yaml")
+# Where the engine's own runs keep their slots when POOL_DIR is not set: outside `.claude/`,
+# because Claude Code (measured with 2.1.332) never lets its file tools write under a `.claude`
+# directory in print mode, whatever the allow-list says, so a `claude` agent could not edit a
+# file in a slot there. The drop-in `pool-manager` keeps the contract's `.claude/worktree-pool`
+# for a pool it creates; a pool records its directory, and every command uses the recorded one.
+ENGINE_POOL_REL = os.path.join(".orchestrator", "worktree-pool")
 
 
 def _main_tree_of(git_entry):
@@ -109,10 +115,12 @@ class Layout:
         self.checkpoints = os.path.join(claude, "checkpoints")
         self.pool_journal = os.path.join(claude, "pool-journal.jsonl")
         self.pool_dir, self.pool_state = self.pool_paths(env)
+        self.engine_pool_dir = os.path.join(self.root, ENGINE_POOL_REL)
 
     def pool_paths(self, env=None):
         """(pool directory, pool state file): POOL_DIR / POOL_STATE_FILE (relative to the root)
-        or `.claude/worktree-pool` and `.claude/pool-state.json`."""
+        or `.claude/worktree-pool` and `.claude/pool-state.json` -- the directory a NEW pool
+        gets; an existing pool's own directory is recorded in its state file (engine.pool)."""
         env = os.environ if env is None else env
         pool_dir = env.get("POOL_DIR") or os.path.join(self.claude, "worktree-pool")
         state = env.get("POOL_STATE_FILE") or os.path.join(self.claude, "pool-state.json")

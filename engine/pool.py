@@ -24,6 +24,7 @@ Paths: `POOL_DIR` and `POOL_STATE_FILE` relative values resolve against the proj
 prints the absolute path so an agent can `cd` from anywhere.
 """
 
+import contextlib
 import datetime
 import os
 import re
@@ -113,15 +114,50 @@ def idle_slot(slot_id, rel_path):
 class Pool:
     """One pool: its state file, its directory, its repository."""
 
-    def __init__(self, layout=None, env=None):
+    def __init__(self, layout=None, env=None, home=None):
+        """HOME: where a new pool's slots go when POOL_DIR is not set (the engine passes its
+        own, Layout.engine_pool_dir; the drop-in commands keep the contract's default)."""
         env = os.environ if env is None else env
         self.layout = layout or Layout()
         self.root = self.layout.root
-        self.dir, self.state_path = self.layout.pool_paths(env)
+        self.chosen_dir = bool(env.get("POOL_DIR"))
+        self._default_dir, self.state_path = self.layout.pool_paths(env)
+        self.home = home
+        self._dir = None
         self.default_size = env.get("POOL_SIZE")
         self.lease_pid = env.get("POOL_OWNER_PID")
         self.journal = store.Journal(self.layout.pool_journal)
         self._repo = None
+
+    @property
+    def dir(self):
+        """The slots' directory: POOL_DIR if set, else the existing pool's own (recorded in its
+        state file), else HOME or the contract's `.claude/worktree-pool` for a new pool."""
+        if self._dir is None:
+            self._dir = self._default_dir if self.chosen_dir else (
+                self.recorded_dir() or self.home or self._default_dir)
+        return self._dir
+
+    def recorded_dir(self):
+        """The directory an existing pool keeps its slots in: its `pool_dir`, or (a pool written
+        by an earlier version) its slots' paths. Only the two places we make pools in are taken
+        from the file; a pool elsewhere is found through POOL_DIR, as it was made."""
+        try:
+            data = store.load_json(self.state_path)
+        except OrchestratorError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        slots = data.get("worktrees") if isinstance(data.get("worktrees"), list) else []
+        recorded = data.get("pool_dir")
+        if not isinstance(recorded, str):
+            first = next((s.get("path") for s in slots if isinstance(s, dict) and isinstance(s.get("path"), str)), None)
+            recorded = os.path.dirname(first) if first else None
+        if not recorded:
+            return None
+        path = os.path.normpath(os.path.join(self.root, recorded))
+        known = {os.path.normpath(self._default_dir), os.path.normpath(self.layout.engine_pool_dir)}
+        return path if path in known else None
 
     # ------------------------------------------------------------------ basics
     @property
@@ -184,7 +220,7 @@ class Pool:
         self._remove_slot_worktrees(keep=lambda n: n <= size)
         store.makedirs(self.dir)
         worktree.exclude_from_status(repo, os.path.relpath(self.dir, repo))
-        data = {"version": "1.0", "pool_size": size, "created_at": local_timestamp(),
+        data = {"version": "1.0", "pool_size": size, "created_at": local_timestamp(), "pool_dir": self.rel(self.dir),
                 "worktrees": [idle_slot(f"wt-{n}", self.rel(os.path.join(self.dir, f"wt-{n}")))
                               for n in range(1, size + 1)]}
         with self.lock():
@@ -485,6 +521,46 @@ class Pool:
             if adopted:
                 self.save(data)
         return adopted
+
+    # ------------------------------------------------------------------ moving the pool
+    def relocate(self, new_dir):
+        """Move every slot to NEW_DIR with `git worktree move` (a slot's checkout goes whole:
+        a leased task's commits and uncommitted files included) and record it. Returns None
+        when done, or why nothing moved: a live process other than this lease owner holds a
+        slot, or a slot is mid-operation (`health --repair` finishes that first)."""
+        repo = self.repo
+        new_dir = os.path.normpath(new_dir)
+        with self.lock():
+            data = self.load()
+            if os.path.normpath(self.dir) == new_dir:
+                return None
+            live = self.live_leases(data)
+            if live:
+                return f"{live[0][0]['id']} is leased to task {live[0][0].get('task_id')} by {live[0][1]}"
+            odd = next((s["id"] for s in data["worktrees"] if s.get("preparing") or s.get("releasing")), None)
+            if odd:
+                return f"{odd} was left mid-operation (`pool-manager health --repair` finishes it)"
+            store.makedirs(new_dir)
+            worktree.exclude_from_status(repo, os.path.relpath(new_dir, repo))
+            old_dir = self.dir
+            with git.worktree_lock(repo):
+                listed = {os.path.realpath(e["path"]) for e in git.worktrees(repo)}
+                for slot in data["worktrees"]:
+                    src, dest = os.path.join(old_dir, slot["id"]), os.path.join(new_dir, slot["id"])
+                    if os.path.realpath(src) in listed and not os.path.lexists(dest):
+                        git.run(repo, "worktree", "move", src, dest)
+                    elif os.path.isdir(src) and not os.path.lexists(dest):
+                        shutil.rmtree(src, ignore_errors=True)  # not a worktree git knows: no work in it
+                    slot["path"] = self.rel(dest)
+                    self.save(data)  # each slot's record follows its move (a kill between: the next run goes on)
+                    crashpoint("slot-moved")
+            data["pool_dir"] = self.rel(new_dir)
+            self._dir = new_dir
+            self.save(data)
+        with contextlib.suppress(OSError):
+            os.rmdir(old_dir)  # (only if empty: anything else in it stays)
+        self.journal.append("pool-moved", src=self.rel(old_dir), dest=self.rel(new_dir))
+        return None
 
     # ------------------------------------------------------------------ status
     def status(self):

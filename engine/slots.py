@@ -34,7 +34,7 @@ class Slots:
                 from engine.pool import Pool
 
                 env = dict(os.environ, POOL_OWNER_PID=str(os.getpid()))
-                self._pool = Pool(self.ctx.layout, env=env)
+                self._pool = Pool(self.ctx.layout, env=env, home=self.ctx.layout.engine_pool_dir)
             return self._pool
 
     def exists(self):
@@ -49,8 +49,25 @@ class Slots:
         except NotInitialized:
             self.pool.init(size)
             return
+        self._move_home()
         if status["pool_size"] < size and status["busy"] == 0:
             self.pool.init(size, force=True)
+
+    def _move_home(self):
+        """A pool made by an earlier version or by `pool-manager init` lives in
+        `.claude/worktree-pool`, where a `claude` agent cannot edit a file: its slots move, work
+        and all, to the engine's place (unless POOL_DIR chose the place). If a live process holds
+        one of them, they stay for now and a warning says why."""
+        pool = self.pool
+        home = self.ctx.layout.engine_pool_dir
+        if pool.chosen_dir or os.path.normpath(pool.dir) == os.path.normpath(home):
+            return
+        why = pool.relocate(home)
+        if why:
+            self.ctx.reporter.line(f"[WARN] the pool stays in {pool.rel(pool.dir)} for now ({why}); a `claude` "
+                                   "agent cannot edit files there")
+        else:
+            self.ctx.reporter.line(f"pool moved to {pool.rel(home)} (Claude Code refuses edits under .claude/)")
 
     def leases(self):
         """{task id: slot id} for every busy slot."""

@@ -98,8 +98,10 @@ def never_copied(root, rel, never=()):
 
 
 def pool_paths(root):
-    """The pool's directory and state file for this root (wherever POOL_DIR/POOL_STATE_FILE put them)."""
-    return Layout(root).pool_paths()
+    """The pool's possible directories and its state file for this root (wherever
+    POOL_DIR/POOL_STATE_FILE put them, and the engine's own place)."""
+    layout = Layout(root)
+    return (*layout.pool_paths(), layout.engine_pool_dir)
 
 
 def include_matches(root, never=()):
