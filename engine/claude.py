@@ -139,9 +139,17 @@ def new_session_id():
     return str(uuid.uuid4())
 
 
-def allowed_tools(options, verify):
-    """The allow-list: the preset's, plus the task's verify command (exactly, and with more arguments)."""
-    rules = list(options.allowed_tools)
+FILE_TOOLS = ("Edit", "Write")
+
+
+def allowed_tools(options, verify, workdir=None):
+    """The allow-list: the preset's, plus the task's verify command (exactly, and with more
+    arguments). A bare Edit or Write is confined to WORKDIR (`Edit(//abs/path/**)`, `//` anchors
+    at the filesystem root): in dontAsk mode a bare Write lets the agent write anywhere, the main
+    checkout included (measured with 2.1.332); a write elsewhere is then a denial, reported."""
+    scoped = workdir and os.path.isabs(workdir) and not any(c in workdir for c in "()\n*?[]")
+    rules = [f"{rule}(/{os.path.normpath(workdir)}/**)" if scoped and rule in FILE_TOOLS else rule
+             for rule in options.allowed_tools]
     if verify and verify.strip() and "\n" not in verify:
         rules += [f"Bash({verify.strip()})", f"Bash({verify.strip()} *)"]
     return list(dict.fromkeys(rules))
@@ -198,7 +206,7 @@ def build_argv(options, task, attempt, *, session_id, resume_session=None, feedb
     else:
         prompt = task.description or f"Do task {task.id}."
     system = system_prompt(task.id, workdir, verify, getattr(task, "branch", None), options.append_system_prompt)
-    return print_argv(options, session_id=session_id, prompt=prompt, tools=allowed_tools(options, verify),
+    return print_argv(options, session_id=session_id, prompt=prompt, tools=allowed_tools(options, verify, workdir),
                       system=system, resume_session=resume_session, budget_usd=budget_usd)
 
 
@@ -268,6 +276,7 @@ def main(environ=None):
 # --------------------------------------------------------------------------- the stream
 def empty_summary():
     return {"session_id": None, "model": None, "turns": 0, "tokens_in": 0, "tokens_out": 0, "cost_usd": None,
+            "session_cost_usd": None, "model_tokens": None,
             "result_subtype": None, "permission_denials": [], "is_error": None, "result": None, "errors": [],
             "last_tool": None, "started": False}
 
@@ -301,9 +310,15 @@ def _model_usage_tokens(per_model):
 class StreamParser:
     """Folds stream-json events into the summary. Unknown event types and fields are ignored,
     missing ones tolerated; per-message usage is counted once per message id until the
-    `result` event, whose totals replace the running ones."""
+    `result` event, whose totals replace the running ones.
 
-    def __init__(self):
+    A session resumed with `--fork-session` reports a `total_cost_usd` (and a `modelUsage`)
+    that includes the session it continues (measured with 2.1.332); its `usage` is its own.
+    BASELINE, the summary of the attempt it resumed, is subtracted, so each attempt records
+    what it cost itself and the task's sum counts every dollar once."""
+
+    def __init__(self, baseline=None):
+        self.baseline = baseline or {}
         self.summary = empty_summary()
         self._messages = {}
         self.events = 0
@@ -349,10 +364,13 @@ class StreamParser:
                 s["turns"] = event["num_turns"]
             cost = event.get("total_cost_usd")
             if isinstance(cost, (int, float)) and not isinstance(cost, bool):
-                s["cost_usd"] = round(float(cost), 6)
+                s["session_cost_usd"] = round(float(cost), 6)  # the CLI's figure, a resumed session's included
+                s["cost_usd"] = round(max(float(cost) - float(self.baseline.get("session_cost_usd") or 0), 0.0), 6)
+            s["model_tokens"] = list(_model_usage_tokens(event.get("modelUsage")))
             totals = _usage_tokens(event.get("usage"))
-            if not any(totals):  # an error result's `usage` is all zeros: its counts are per model
-                totals = _model_usage_tokens(event.get("modelUsage"))
+            if not any(totals):  # an error result's `usage` is all zeros: its counts are per model (cumulative)
+                before = self.baseline.get("model_tokens") or (0, 0)
+                totals = tuple(max(now - was, 0) for now, was in zip(s["model_tokens"], before))
             if any(totals):  # (none at all: the running counts of the messages stand)
                 s["tokens_in"], s["tokens_out"] = totals
             usage_models = event.get("modelUsage")
@@ -409,9 +427,10 @@ def denial_hint(denied, task_id):
     return f"add {rules} to the agent's `allowed_tools`, then `orchestrator retry {task_id}`"
 
 
-def read_summary(path):
-    """The summary of a whole stream file (a torn last line is ignored); empty if there is none."""
-    parser = StreamParser()
+def read_summary(path, baseline=None):
+    """The summary of a whole stream file (a torn last line is ignored); empty if there is none.
+    BASELINE: the summary of the session it resumed (see StreamParser)."""
+    parser = StreamParser(baseline)
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
             for line in fh:
@@ -422,10 +441,10 @@ def read_summary(path):
     return parser.summary
 
 
-def follow(path, done, on_update, interval=0.2):
+def follow(path, done, on_update, interval=0.2, baseline=None):
     """Tail `path` while the attempt runs: call `on_update(summary)` whenever complete lines
     change it, until `done` (a threading.Event) is set; returns the final summary."""
-    parser = StreamParser()
+    parser = StreamParser(baseline)
     offset, pending = 0, ""
     while True:
         finished = done.is_set()
@@ -495,12 +514,38 @@ def stream_path(logs_dir, task_id, n):
     return os.path.join(logs_dir, f"{task_id}.attempt-{n}.jsonl")
 
 
-def previous_session(logs_dir, task_id, n):
-    """The newest earlier attempt's session that the CLI really started (so `--resume` finds it)."""
+def previous_attempt(logs_dir, task_id, n):
+    """The summary of the newest earlier attempt whose session the CLI really started (so
+    `--resume` finds it; its `session_cost_usd`, the CLI's own figure, is the baseline of a
+    fork of it), or None."""
     for k in range(n - 1, 0, -1):
         summary = read_summary(stream_path(logs_dir, task_id, k))
         if resumable(summary):
-            return summary["session_id"]
+            return summary
+    return None
+
+
+def previous_session(logs_dir, task_id, n):
+    """The session id a retry of attempt N resumes (see previous_attempt), or None."""
+    summary = previous_attempt(logs_dir, task_id, n)
+    return summary["session_id"] if summary else None
+
+
+def _resumed(logs_dir, task_id, n):
+    """The summary of the attempt that attempt N resumed (its argv file names the session), or None."""
+    spec, _ = spec_paths(stream_path(logs_dir, task_id, n))
+    try:
+        with open(spec, encoding="utf-8") as fh:
+            argv = json.load(fh).get("argv") or []
+    except (OSError, ValueError, AttributeError):
+        return None
+    if "--resume" not in argv or argv.index("--resume") + 1 >= len(argv):
+        return None
+    session = argv[argv.index("--resume") + 1]
+    for k in range(n - 1, 0, -1):
+        summary = read_summary(stream_path(logs_dir, task_id, k))
+        if summary.get("session_id") == session:
+            return summary
     return None
 
 
@@ -531,7 +576,8 @@ def run_attempt(backend, attempt, options, task, stagger=None, cancel=None, budg
         from engine import store
 
         store.replace(stream, stream + f".{int(time.time())}.old")
-    resume = previous_session(logs, task.id, attempt.n)
+    parent = previous_attempt(logs, task.id, attempt.n)
+    resume = parent["session_id"] if parent else None
     session_id = new_session_id()
     feedback = (attempt.entry or {}).get("qa_feedback") or None
     logs_root = getattr(getattr(attempt, "layout", None), "root", None)
@@ -552,14 +598,15 @@ def run_attempt(backend, attempt, options, task, stagger=None, cancel=None, budg
             seen.update(fields)
             attempt.record(**fields)
 
-    watcher = threading.Thread(target=follow, args=(stream, done, live), daemon=True, name=f"stream-{task.id}")
+    watcher = threading.Thread(target=follow, args=(stream, done, live), kwargs={"baseline": parent}, daemon=True,
+                               name=f"stream-{task.id}")
     watcher.start()
     try:
         result = backend.run_attempt(attempt)
     finally:
         done.set()
         watcher.join()
-    summary = read_summary(stream)
+    summary = read_summary(stream, parent)
     return annotate(result, summary, _changed(attempt.cwd, getattr(attempt, "base_commit", None)))
 
 
@@ -569,7 +616,8 @@ def recover_attempt(backend, attempt, task):
     result = backend.recover(attempt)
     if result is None:
         return None
-    summary = read_summary(stream_path(os.path.dirname(attempt.log_path), task.id, attempt.n))
+    logs = os.path.dirname(attempt.log_path)
+    summary = read_summary(stream_path(logs, task.id, attempt.n), _resumed(logs, task.id, attempt.n))
     return annotate(result, summary, _changed(attempt.cwd, getattr(attempt, "base_commit", None)))
 
 

@@ -214,7 +214,9 @@ class Planner:
                                 "ERROR: cannot run the planner command (not found; see "
                                 f"{os.path.relpath(os.path.join(self.logs, 'planner.log'), self.root)})")
         if self.preset is not None:
-            summary = claude.read_summary(paths["jsonl"])
+            resumed = next((claude.read_summary(self._paths(int(k))["jsonl"]) for k, a in self.state["attempts"].items()
+                            if entry.get("resume") and a.get("session_id") == entry["resume"]), None)
+            summary = claude.read_summary(paths["jsonl"], resumed)  # (a fork's cost includes what it resumed)
             if summary.get("cost_usd") is not None and entry.get("cost_usd") != summary["cost_usd"]:
                 self._record(n, cost_usd=summary["cost_usd"], tokens_in=summary["tokens_in"],
                              tokens_out=summary["tokens_out"])

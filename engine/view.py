@@ -153,10 +153,27 @@ def status_rows(data):
 
 def _why(t):
     """One short reason for a task that needs a person, else its branch."""
-    text = t.get("failure") or ""
+    denied = t.get("permission_denials") if t.get("status") == "blocked_permission" else None
+    text = ("denied " + ", ".join(map(str, denied))) if isinstance(denied, list) and denied else \
+        (t.get("failure") or "")
     if text:
         return text if len(text) <= 60 else text[:59] + "…"
     return t.get("branch") or "-"
+
+
+NEEDS_YOU = ("failed", "blocked", "blocked_permission")
+
+
+def needs_you(data, width=400):
+    """One line per task that needs a person: why, in full (bounded), and what to do."""
+    lines = []
+    for task_id, t in (data.get("tasks") or {}).items():
+        if not isinstance(t, dict) or t.get("status") not in NEEDS_YOU:
+            continue
+        line = f"{task_id} ({t['status']}): {t.get('failure') or t.get('qa_feedback') or 'no reason recorded'}"
+        line = " ".join(line.split())
+        lines.append(line if len(line) <= width else line[:width - 1] + "…")
+    return (["", "Needs you:"] + [f"  {line}" for line in lines]) if lines else []
 
 
 def status_table(data):

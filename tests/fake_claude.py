@@ -12,7 +12,8 @@ Knobs (environment):
   FAKE_CLAUDE_DENY     a tool name: the agent tries it, is refused, does no work, reports the denial
   FAKE_CLAUDE_MAX_TURNS  any value: ends with `error_max_turns` (exit 1)
   FAKE_CLAUDE_CRASH    N: SIGKILL itself after printing N events
-  FAKE_CLAUDE_COST     total_cost_usd of each call (default 0.01)
+  FAKE_CLAUDE_COST     what each call costs (default 0.01); a resumed session's total_cost_usd adds
+                       the session it continues, as the real CLI's does
   FAKE_CLAUDE_SLEEP    seconds between events (default 0)
   FAKE_CLAUDE_FLAKY    a task id whose first attempt is wrong (right once the prompt carries QA feedback)
   FAKE_CLAUDE_RESULTS  a directory of result texts `1`, `2`, ...: call n answers with file n (or the last)
@@ -174,7 +175,13 @@ def main(argv):
     os.makedirs(os.path.dirname(transcript(session_id)), exist_ok=True)
     if resume:
         with open(transcript(resume)) as src, open(transcript(session_id), "w") as dst:
-            dst.write(src.read())
+            earlier = src.read()
+            dst.write(earlier)
+        # as the real CLI (2.1.332, measured): a resumed session's total_cost_usd includes the
+        # session it continues; its `usage` is its own
+        totals = [json.loads(line).get("total_cost_usd") for line in earlier.splitlines()
+                  if '"type": "result"' in line]
+        cost += float(next((c for c in reversed(totals) if isinstance(c, (int, float))), 0) or 0)
     model = opts.get("--model") or "claude-fake-1"
     out = Out(session_id)
     out.emit({"type": "system", "subtype": "init", "cwd": os.getcwd(), "model": model, "tools": ["Bash", "Edit"],

@@ -51,7 +51,7 @@ def plugin_copy(tmp_path):
     """The plugin as Claude Code installs it: the repository's files, no .venv."""
     dest = tmp_path / "plugin"
     os.makedirs(dest)
-    for item in ("bin", "hooks", ".claude-plugin", "engine", "states", "setup.py", "setup.cfg", "README.md"):
+    for item in ("bin", "hooks", ".claude-plugin", "skills", "engine", "states", "setup.py", "setup.cfg", "README.md"):
         src = os.path.join(ROOT, item)
         (shutil.copytree(src, dest / item, ignore=shutil.ignore_patterns("__pycache__"))
          if os.path.isdir(src) else shutil.copy(src, dest / item))

@@ -131,7 +131,7 @@ def status_cmd(as_json, watch):
     from engine import statefile
     from engine.paths import Layout
     from engine.progress import Progress
-    from engine.view import status_counts, status_header, status_table
+    from engine.view import needs_you, status_counts, status_header, status_table
 
     layout = Layout()
     while True:
@@ -144,7 +144,7 @@ def status_cmd(as_json, watch):
         if not data.get("tasks"):
             click.echo("NO_SESSION")
             return 1
-        text = status_header(state, data) + "\n" + status_table(data)
+        text = "\n".join([status_header(state, data), status_table(data), *needs_you(data)])
         if not watch:
             click.echo(text)
             return 0

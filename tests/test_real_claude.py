@@ -1,0 +1,328 @@
+"""The REAL pinned Claude Code CLI through our commands, its model calls answered by the scripted
+stand-in of the Messages API (tests/standin_api.py). What the fake `claude` models is shown here
+with the real thing: its permission rules (not ours) decide what an agent may write, its stream
+is what we parse, its sessions are what a retry resumes and forks, its cost is what the budget
+counts. Runs under `make plugin-check` (the CLI installed into .tools/; CLAUDE_BIN), which
+`.ci/run` runs; skipped when the CLI is not installed.
+
+Each agent's script is picked by the marker "task is `ID`" of the system prompt the orchestrator
+gives it; its Write calls name a file in its own worktree, read from that prompt."""
+
+import json
+import os
+import re
+import subprocess
+
+import pytest
+import yaml
+
+from engine.paths import ENGINE_POOL_REL
+from tests.conftest import git, invoke
+from tests.standin_api import StandIn, Turn, cli_env, system_text, text, tool
+from tests.test_claude_cli import CLI
+
+pytestmark = pytest.mark.skipif(CLI is None, reason="the real Claude Code CLI is not installed "
+                                "(`make plugin-check` installs it into .tools/)")
+
+WORKDIR = re.compile(r"Work only inside (\S+) \(a git worktree")
+OPUS = {"in": 4.0, "out": 20.0}  # $/Mtok the pinned CLI charges for its default model (measured)
+
+
+def orch(*args):
+    from engine.cli.orchestrator import cli
+
+    return invoke(cli, "orchestrator", *args)
+
+
+@pytest.fixture
+def api(tmp_path, monkeypatch):
+    """The stand-in, and this process's environment pointed at it (the orchestrator's agents
+    inherit it): a throwaway HOME, the real CLI first on PATH as `claude`."""
+    with StandIn() as server:
+        env = cli_env(tmp_path / "home", server.url)
+        for key in set(os.environ) - set(env):
+            monkeypatch.delenv(key)
+        for key, value in env.items():
+            if os.environ.get(key) != value:
+                monkeypatch.setenv(key, value)
+        bindir = tmp_path / "clibin"
+        bindir.mkdir()
+        os.symlink(CLI, bindir / "claude")
+        monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+        yield server
+
+
+@pytest.fixture
+def project(repo):
+    """A repository with one commit on main, as the cwd (conftest's `repo`)."""
+    return repo
+
+
+def write_plan(path, tasks, **top):
+    data = dict(top, agent=top.get("agent", "claude"), tasks=tasks)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
+def in_worktree(name, content):
+    """A Write of NAME in the agent's own worktree (named in its system prompt)."""
+    def blocks(body):
+        workdir = WORKDIR.search(system_text(body)).group(1)
+        return [tool("Write", {"file_path": os.path.join(workdir, name), "content": content})]
+    return blocks
+
+
+def commit(message):
+    return [tool("Bash", {"command": f"git add -A && git commit -qm '{message}'"})]
+
+
+def work_script(task_id, name=None, usage=((1000, 100), (2000, 200), (3000, 50))):
+    """Write a file, commit it, say done: three turns with the given (input, output) usage."""
+    name = name or f"{task_id}.txt"
+    (u0, u1, u2) = ({"input_tokens": i, "output_tokens": o} for i, o in usage)
+    return [Turn(in_worktree(name, f"{task_id}\n"), u0), Turn(commit(f"{task_id}: add {name}"), u1),
+            Turn([text(f"{task_id} done")], u2)]
+
+
+def progress():
+    with open(os.path.join(".claude", "auto-progress.yaml")) as fh:
+        return yaml.safe_load(fh)
+
+
+def result_event(path):
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if '"type":"result"' in line.replace(" ", "")][-1]
+
+
+def requests_for(api, task_id):
+    return [r for r in api.requests if r["marker"] == f"task is `{task_id}`"]
+
+
+# --------------------------------------------------------------------------- the main path
+def test_default_configuration_merges_every_task_with_the_agents_commits(api, project, tmp_path):
+    """`agent: claude` and nothing else: three tasks, one depending on another; every agent writes
+    with the Write tool in its slot and commits with git; all merged; each attempt record holds
+    exactly the tokens the stand-in sent and the cost the CLI computed from them."""
+    usage = {"a": ((1000, 100), (2000, 200), (3000, 50)), "b": ((1500, 10), (500, 20), (700, 30)),
+             "c": ((4000, 400), (100, 10), (100, 10))}
+    for t in usage:
+        api.script(f"task is `{t}`", work_script(t, usage=usage[t]))
+    plan = write_plan(tmp_path / "plan.yaml", [
+        {"id": "a", "description": "Add a.txt", "verify": "test -f a.txt"},
+        {"id": "b", "description": "Add b.txt", "depends_on": ["a"], "verify": "test -f a.txt && test -f b.txt"},
+        {"id": "c", "description": "Add c.txt", "verify": "test -f c.txt"}])
+    r = orch("run", "--all-groups", plan)
+    assert r.code == 0, r
+    data = progress()
+    assert {t: e["status"] for t, e in data["tasks"].items()} == {"a": "merged", "b": "merged", "c": "merged"}
+    log = git(project, "log", "main", "--format=%s")
+    for t in usage:
+        assert f"{t}: add {t}.txt" in log  # the agent's own commit reached main
+        assert (project / f"{t}.txt").read_text() == f"{t}\n"
+        (attempt,) = data["tasks"][t]["attempts"]
+        sent_in, sent_out = (sum(u[0] for u in usage[t]), sum(u[1] for u in usage[t]))
+        assert (attempt["tokens_in"], attempt["tokens_out"], attempt["turns"]) == (sent_in, sent_out, 3)
+        event = result_event(os.path.join(project, attempt["stream"]))
+        assert attempt["cost_usd"] == pytest.approx(event["total_cost_usd"])
+        assert attempt["cost_usd"] == pytest.approx((sent_in * OPUS["in"] + sent_out * OPUS["out"]) / 1e6)
+        assert attempt["result_subtype"] == "success" and attempt["session_id"] == event["session_id"]
+        # it ran in a slot outside .claude/, where the CLI lets it write
+        assert f"/{ENGINE_POOL_REL}/wt-" in WORKDIR.search(system_text(requests_for(api, t)[0]["body"])).group(1)
+    assert data["cost_usd"] == pytest.approx(sum(data["tasks"][t]["cost_usd"] for t in usage))
+
+
+def test_a_rejected_attempt_is_resumed_and_forked_with_the_qa_feedback(api, project, tmp_path):
+    api.script("task is `r`", work_script("r", name="wrong.txt"))
+    api.script("task is `r`", work_script("r", name="fixed.txt", usage=((700, 70), (800, 80), (900, 90))),
+               on_prompt="QA feedback")
+    plan = write_plan(tmp_path / "plan.yaml", [
+        {"id": "r", "description": "Add fixed.txt", "verify": "test -f fixed.txt || { echo 'fixed.txt is missing'; exit 1; }"}])
+    r = orch("run", "--all-groups", plan)
+    assert r.code == 0, r
+    entry = progress()["tasks"]["r"]
+    assert entry["status"] == "merged" and [a["n"] for a in entry["attempts"]] == [1, 2]
+    first, second = entry["attempts"]
+    forked = [q for q in requests_for(api, "r") if q["turn"] == 0 and len(q["body"]["messages"]) > 3]
+    assert len(forked) == 1, [len(q["body"]["messages"]) for q in requests_for(api, "r")]
+    request = forked[0]
+    headers = {k.lower(): v for k, v in request["headers"].items()}
+    assert headers["x-claude-code-session-id"] == second["session_id"] != first["session_id"]
+    prompt = request["body"]["messages"][-1]["content"]
+    prompt = prompt if isinstance(prompt, str) else " ".join(b.get("text", "") for b in prompt)
+    assert "QA feedback" in prompt and "fixed.txt is missing" in prompt
+    # the first session's conversation is carried: its Write of wrong.txt is in the fork's messages
+    assert "wrong.txt" in json.dumps(request["body"]["messages"][:-1])
+    # the fork's own numbers: the CLI's total for a fork includes its parent; we record each once
+    assert (second["tokens_in"], second["tokens_out"]) == (2400, 240)
+    assert second["cost_usd"] == pytest.approx((2400 * OPUS["in"] + 240 * OPUS["out"]) / 1e6)
+    assert result_event(os.path.join(project, second["stream"]))["total_cost_usd"] == pytest.approx(
+        first["cost_usd"] + second["cost_usd"])
+    assert entry["cost_usd"] == pytest.approx(first["cost_usd"] + second["cost_usd"])
+    assert (project / "fixed.txt").exists()
+
+
+def test_a_denied_tool_blocks_its_task_with_tool_input_and_hint_while_the_others_merge(api, project, tmp_path):
+    api.script("task is `d`", [Turn([tool("Bash", {"command": "rm -rf build"})]), Turn([text("I could not.")])])
+
+    def escape(body):  # a write into the main checkout, outside its worktree
+        return [tool("Write", {"file_path": str(project / "escape.txt"), "content": "x"})]
+    api.script("task is `w`", [Turn(escape), Turn([text("I could not.")])])
+    api.script("task is `ok`", work_script("ok"))
+    plan = write_plan(tmp_path / "plan.yaml", [
+        {"id": "d", "description": "Clean", "verify": "true"},
+        {"id": "w", "description": "Escape", "verify": "true"},
+        {"id": "ok", "description": "Add ok.txt", "verify": "test -f ok.txt"}])
+    r = orch("run", "--all-groups", plan)
+    tasks = progress()["tasks"]
+    assert tasks["ok"]["status"] == "merged"
+    assert tasks["d"]["status"] == "blocked_permission" and tasks["d"]["permission_denials"] == ["Bash(rm -rf build)"]
+    assert tasks["d"]["hint"] == 'add "Bash(rm -rf build)" to the agent\'s `allowed_tools`, then `orchestrator retry d`'
+    escaped = f"Write(/{project}/escape.txt)"
+    assert tasks["w"]["status"] == "blocked_permission" and tasks["w"]["permission_denials"] == [escaped]
+    assert not (project / "escape.txt").exists()  # the agent's writes are confined to its worktree
+    assert len(tasks["d"]["attempts"]) == 1 and r.code == 1
+    status = orch("status")
+    assert "Bash(rm -rf build)" in status.out and escaped in status.out
+    as_json = json.loads(orch("status", "--json").out)
+    assert as_json["tasks"]["d"]["hint"] == tasks["d"]["hint"]
+
+
+def test_the_run_budget_stops_retries_and_the_attempt_in_flight_is_capped(api, project, tmp_path):
+    """`max_budget_usd: 1`, one agent at a time: the first attempt is started with
+    `--max-budget-usd 1` (what is left), the CLI stops it past that; no retry, no next task."""
+    (project / ".claude").mkdir(exist_ok=True)
+    (project / ".claude" / "auto-context.yaml").write_text("parallelization:\n  max_agents: 1\n")
+    api.script("task is `big`", [Turn(in_worktree("big.txt", "x"), {"input_tokens": 300_000, "output_tokens": 10})]
+               + work_script("big")[1:])
+    api.script("task is `next`", work_script("next"))
+    plan = write_plan(tmp_path / "plan.yaml", [
+        {"id": "big", "description": "Big", "verify": "true"},
+        {"id": "next", "description": "Next", "verify": "true"}], max_budget_usd=1)
+    r = orch("run", "--all-groups", plan)
+    data = progress()
+    big = data["tasks"]["big"]
+    assert len(big["attempts"]) == 1 and big["attempts"][0]["result_subtype"] == "error_max_budget_usd"
+    assert big["status"] == "pending" and "attempts" not in data["tasks"]["next"]
+    # the error result's `usage` is all zeros: the tokens come from its modelUsage
+    assert (big["attempts"][0]["tokens_in"], big["attempts"][0]["tokens_out"]) == (300_000, 10)
+    assert big["attempts"][0]["cost_usd"] == pytest.approx(1.2002)
+    assert len(requests_for(api, "big")) == 1 and not requests_for(api, "next")
+    argv = json.load(open(os.path.join(project, big["attempts"][0]["stream"]).replace(".jsonl", ".argv.json")))
+    assert argv["argv"][argv["argv"].index("--max-budget-usd") + 1] == "1"
+    assert r.code == 0 and "run budget of $1.00 spent ($1.20)" in r.out + r.err
+
+
+def test_a_task_budget_fails_that_task_only(api, project, tmp_path):
+    api.script("task is `big`", [Turn(in_worktree("big.txt", "x"), {"input_tokens": 300_000, "output_tokens": 10})])
+    api.script("task is `small`", work_script("small"))
+    plan = write_plan(tmp_path / "plan.yaml", [
+        {"id": "big", "description": "Big", "verify": "true", "max_budget_usd": 0.5},
+        {"id": "small", "description": "Small", "verify": "test -f small.txt"}])
+    orch("run", "--all-groups", plan)
+    tasks = progress()["tasks"]
+    assert tasks["small"]["status"] == "merged"
+    assert tasks["big"]["status"] == "failed" and tasks["big"]["failure"].startswith("task budget of $0.50 spent")
+    assert len(tasks["big"]["attempts"]) == 1 and len(requests_for(api, "big")) == 1
+    argv = json.load(open(os.path.join(project, tasks["big"]["attempts"][0]["stream"]).replace(".jsonl", ".argv.json")))
+    assert argv["argv"][argv["argv"].index("--max-budget-usd") + 1] == "0.5"
+
+
+# --------------------------------------------------------------------------- planning from a goal
+PLANNER = "You are the planner of parallel-orchestrator"
+
+
+def test_run_goal_as_the_readme_shows_plans_then_merges_with_the_planners_agent(api, project):
+    plan_text = ("```yaml\ntasks:\n  - id: health\n    description: Add health.txt\n    files: [health.txt]\n"
+                 "    verify: test -f health.txt\n  - id: version\n    description: Add version.txt\n"
+                 "    files: [version.txt]\n    verify: test -f version.txt\n```")
+    api.script(PLANNER, [Turn([text(plan_text)], {"input_tokens": 5000, "output_tokens": 500})])
+    api.script("task is `health`", work_script("health"))
+    api.script("task is `version`", work_script("version"))
+    r = orch("run", "--all-groups", "--goal", "Add /health and /version endpoints, each with tests")
+    assert r.code == 0, r
+    data = progress()
+    assert {t: e["status"] for t, e in data["tasks"].items()} == {"health": "merged", "version": "merged"}
+    assert data["agent"] == "claude" and data["planner_cost_usd"] == pytest.approx((5000 * 4 + 500 * 20) / 1e6)
+    assert data["cost_usd"] == pytest.approx(data["planner_cost_usd"] + sum(
+        e["cost_usd"] for e in data["tasks"].values()))
+    assert len([q for q in api.requests if q["marker"] == PLANNER]) == 1
+    planner_argv = json.load(open(os.path.join(".claude", "auto-logs", "planner", "attempt-1.argv.json")))["argv"]
+    allowed = planner_argv[planner_argv.index("--allowedTools") + 1:]
+    assert "Read" in allowed and not {"Write", "Edit"} & {rule.split("(")[0] for rule in allowed}  # read-only
+
+
+def test_the_planner_round_is_refused_once_the_budget_is_spent(api, project):
+    api.script(PLANNER, [Turn([text("not a plan")], {"input_tokens": 300_000, "output_tokens": 10})])
+    r = orch("run", "--goal", "Something big", "--max-budget-usd", "1")
+    assert r.code != 0 and "planning budget of $1.00 is spent" in r.err
+    assert len([q for q in api.requests if q["marker"] == PLANNER]) == 1
+
+
+# --------------------------------------------------------------------------- the plugin
+CHECK = "PLUGIN-CHECK"
+
+
+def session(plugin_dir=None, cwd=None, prompt=CHECK):
+    """One `claude -p` session (the plugin loaded with --plugin-dir, or as installed)."""
+    argv = [CLI, "-p", "--output-format", "stream-json", "--verbose", "--permission-mode", "dontAsk",
+            "--allowedTools", "Bash(orchestrator *)", "Bash(state-transition *)"]
+    if plugin_dir:
+        argv[1:1] = ["--plugin-dir", str(plugin_dir)]
+    proc = subprocess.run(argv + ["--", prompt], cwd=cwd, capture_output=True, text=True, timeout=600)
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return proc, events
+
+
+def tool_results(events):
+    """{command: tool_result text} of the session's Bash calls, from its stream."""
+    calls = {b["id"]: b["input"].get("command") for e in events if e.get("type") == "assistant"
+             for b in e["message"]["content"] if b.get("type") == "tool_use"}
+    results = {}
+    for e in events:
+        if e.get("type") != "user":
+            continue
+        for b in e["message"]["content"]:
+            if isinstance(b, dict) and b.get("type") == "tool_result":
+                content = b.get("content")
+                content = content if isinstance(content, str) else " ".join(c.get("text", "") for c in content or [])
+                results[calls.get(b["tool_use_id"])] = (content, b.get("is_error"))
+    return results
+
+
+def check_session(api, proc, events, data_dir):
+    """The hook built the venv (first session) or stayed silent; the skill is offered; both
+    commands ran from the Bash tool with the plugin's engine."""
+    assert proc.returncode == 0, proc.stderr
+    venv_stamp = data_dir / "venv" / ".plugin-version"
+    assert venv_stamp.exists(), list(data_dir.parent.iterdir()) if data_dir.parent.exists() else "no data dir"
+    results = tool_results(events)
+    help_text, help_error = results["orchestrator --help"]
+    assert not help_error and "Usage: orchestrator" in help_text and "run" in help_text, help_text
+    state, state_error = results["state-transition state"]
+    assert not state_error and state.strip() == "IDLE", state
+    body = [q for q in api.requests if q["marker"] == CHECK][0]["body"]
+    assert "parallel-orchestrator:parallel-orchestrator" in json.dumps(body)  # the skill is offered
+    return venv_stamp.stat().st_mtime_ns
+
+
+def test_the_plugin_with_plugin_dir_and_installed_from_a_local_marketplace(api, project, tmp_path):
+    from tests.test_plugin import plugin_copy
+
+    api.script(CHECK, [Turn([tool("Bash", {"command": "orchestrator --help"})]),
+                       Turn([tool("Bash", {"command": "state-transition state"})]), Turn([text("checked")])])
+    plugin = plugin_copy(tmp_path)  # as Claude Code gets it: no .venv (the hook builds one)
+    data = tmp_path / "home" / ".claude" / "plugins" / "data"
+
+    proc, events = session(plugin_dir=plugin, cwd=project)
+    built = check_session(api, proc, events, data / "parallel-orchestrator-inline")
+    api.requests.clear()
+    proc, events = session(plugin_dir=plugin, cwd=project)
+    assert check_session(api, proc, events, data / "parallel-orchestrator-inline") == built  # once
+
+    for step in (["plugin", "marketplace", "add", str(plugin)],
+                 ["plugin", "install", "parallel-orchestrator@parallel-orchestrator"]):
+        r = subprocess.run([CLI, *step], cwd=project, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, (step, r.stdout, r.stderr)
+    api.requests.clear()
+    proc, events = session(cwd=project)
+    check_session(api, proc, events, data / "parallel-orchestrator-parallel-orchestrator")
