@@ -139,16 +139,27 @@ def new_session_id():
     return str(uuid.uuid4())
 
 
-FILE_TOOLS = ("Edit", "Write")
+FILE_TOOLS = ("Edit", "Write")  # bare in the allow-list: confined to the worktree (allowed_tools)
+EDITING_TOOLS = ("Edit", "Write", "MultiEdit", "NotebookEdit")  # an `Edit(path)` rule covers them all
+READING_TOOLS = ("Read", "Glob", "Grep")  # a `Read(path)` rule covers them
+
+
+def path_rule(tool, path):
+    """The allow rule for TOOL on PATH: Claude Code's path rules exist only as `Edit(...)` (for
+    every file-editing tool) and `Read(...)`; `Write(path)` matches nothing (measured with
+    2.1.332: `Edit(plan.yaml)` lets Write create plan.yaml, `Write(plan.yaml)` does not). `//`
+    anchors an absolute path at the filesystem root."""
+    kind = "Edit" if tool in EDITING_TOOLS else "Read" if tool in READING_TOOLS else tool
+    return f"{kind}({'/' if path.startswith('/') else ''}{path})"
 
 
 def allowed_tools(options, verify, workdir=None):
     """The allow-list: the preset's, plus the task's verify command (exactly, and with more
-    arguments). A bare Edit or Write is confined to WORKDIR (`Edit(//abs/path/**)`, `//` anchors
-    at the filesystem root): in dontAsk mode a bare Write lets the agent write anywhere, the main
-    checkout included (measured with 2.1.332); a write elsewhere is then a denial, reported."""
+    arguments). A bare Edit or Write becomes `Edit(//WORKDIR/**)`: in dontAsk mode a bare Write
+    lets the agent write anywhere, the main checkout included (measured with 2.1.332); a write
+    elsewhere is then a denial, reported."""
     scoped = workdir and os.path.isabs(workdir) and not any(c in workdir for c in "()\n*?[]")
-    rules = [f"{rule}(/{os.path.normpath(workdir)}/**)" if scoped and rule in FILE_TOOLS else rule
+    rules = [path_rule("Edit", f"{os.path.normpath(workdir)}/**") if scoped and rule in FILE_TOOLS else rule
              for rule in options.allowed_tools]
     if verify and verify.strip() and "\n" not in verify:
         rules += [f"Bash({verify.strip()})", f"Bash({verify.strip()} *)"]
@@ -277,7 +288,7 @@ def main(environ=None):
 def empty_summary():
     return {"session_id": None, "model": None, "turns": 0, "tokens_in": 0, "tokens_out": 0, "cost_usd": None,
             "session_cost_usd": None, "model_tokens": None,
-            "result_subtype": None, "permission_denials": [], "is_error": None, "result": None, "errors": [],
+            "result_subtype": None, "permission_denials": [], "allow_rules": [], "is_error": None, "result": None, "errors": [],
             "last_tool": None, "started": False}
 
 
@@ -376,10 +387,11 @@ class StreamParser:
             usage_models = event.get("modelUsage")
             if not s["model"] and isinstance(usage_models, dict) and usage_models:
                 s["model"] = next(iter(usage_models))
-            denials = event.get("permission_denials") or []
-            s["permission_denials"] = list(dict.fromkeys(
-                denial_rule(d.get("tool_name"), d.get("tool_input")) for d in denials
-                if isinstance(d, dict) and isinstance(d.get("tool_name"), str) and d.get("tool_name")))
+            denials = [d for d in event.get("permission_denials") or []
+                       if isinstance(d, dict) and isinstance(d.get("tool_name"), str) and d.get("tool_name")]
+            s["permission_denials"] = list(dict.fromkeys(denial_text(d["tool_name"], d.get("tool_input"))
+                                                         for d in denials))
+            s["allow_rules"] = list(dict.fromkeys(allow_rule(d["tool_name"], d.get("tool_input")) for d in denials))
             if isinstance(event.get("result"), str):
                 s["result"] = event["result"]
             errors = event.get("errors")
@@ -398,33 +410,46 @@ def _shorten(text, limit=DENIAL_INPUT_MAX):
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def denial_rule(tool, tool_input):
-    """A refused tool use as the `allowed_tools` rule that would allow it, with its input
-    shortened: `Bash(rm -rf build)`, `Write(//abs/path/file)` (`//` anchors a path rule at
-    the filesystem root in Claude Code's rule syntax), or the bare tool name."""
-    tool = _shorten(tool, 60)
+def _input_of(tool_input):
+    """(kind, value) of a tool input worth naming: ("command", ...), ("path", ...), ("other", ...)."""
     if not isinstance(tool_input, dict):
-        return tool
+        return None, None
     if isinstance(tool_input.get("command"), str):
-        return f"{tool}({_shorten(tool_input['command'])})"
+        return "command", tool_input["command"]
     for key in ("file_path", "notebook_path", "path"):
-        value = tool_input.get(key)
-        if isinstance(value, str) and value:
-            return f"{tool}({'/' if value.startswith('/') else ''}{_shorten(value)})"
-    for key in ("url", "pattern", "query"):
+        if isinstance(tool_input.get(key), str) and tool_input[key]:
+            return "path", tool_input[key]
+    for key in ("url", "pattern", "query", "skill"):
         if isinstance(tool_input.get(key), str):
-            return f"{tool}({_shorten(tool_input[key])})"
-    return tool
+            return "other", tool_input[key]
+    return None, None
 
 
-def denial_hint(denied, task_id):
-    """What a person does about DENIED rules (from denial_rule) of TASK_ID, in one line."""
-    protected = [d for d in denied if any(f"/{name}/" in d for name in PROTECTED_DIRS) and not d.startswith("Bash(")]
+def denial_text(tool, tool_input):
+    """What was refused, in one short line: `Bash: rm -rf build`, `Write: /abs/file`, `WebFetch`."""
+    tool = _shorten(tool, 60)
+    _, value = _input_of(tool_input)
+    return f"{tool}: {_shorten(value)}" if value else tool
+
+
+def allow_rule(tool, tool_input):
+    """The `allowed_tools` entry that would allow that use: `Bash(rm -rf build)` (the exact
+    command), `Edit(//abs/file)` for any file-editing tool, `Read(//abs)`, or the tool name."""
+    tool = _shorten(tool, 60)
+    kind, value = _input_of(tool_input)
+    if kind == "path":
+        return path_rule(tool, _shorten(value))
+    return f"{tool}({_shorten(value)})" if value else tool
+
+
+def denial_hint(rules, task_id):
+    """What a person does about the denied uses whose allow RULES (allow_rule) are given, in one line."""
+    protected = [r for r in rules if r.startswith(("Edit(", "Read(")) and any(f"/{name}/" in r for name in PROTECTED_DIRS)]
     if protected:
         return (f"Claude Code refuses file edits under {', '.join(PROTECTED_DIRS)} in print mode whatever the "
                 f"allow-list says ({protected[0]}); have the task write elsewhere, then `orchestrator retry {task_id}`")
-    rules = ", ".join(f'"{d}"' for d in denied)
-    return f"add {rules} to the agent's `allowed_tools`, then `orchestrator retry {task_id}`"
+    listed = ", ".join(f'"{r}"' for r in rules)
+    return f"add {listed} to the agent's `allowed_tools`, then `orchestrator retry {task_id}`"
 
 
 def read_summary(path, baseline=None):
@@ -629,7 +654,7 @@ def annotate(result, summary, changed=None):
     result.details = dict(getattr(result, "details", None) or {}, **{k: v for k, v in details.items() if v is not None})
     result.denied = tuple(verdict.denied) if verdict.status == "blocked_permission" else ()
     if result.denied:
-        result.hint = denial_hint(result.denied, result.task_id)
+        result.hint = denial_hint(summary.get("allow_rules") or list(result.denied), result.task_id)
     result.reason = verdict.reason if verdict.status != "success" else None
     if verdict.status != "success" and result.exit_code == 0:
         result.exit_code = 1  # the CLI exits 0 after a blocked run; for us the attempt did not succeed

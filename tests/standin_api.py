@@ -22,7 +22,8 @@ old conversation followed by a user message holding only P's text block):
     and wins over plain scripts; otherwise the first registered wins; no match -> `api.default`.
   * turn: the number of assistant messages after the last user message that carries a prompt,
     i.e. a text block not starting with <system-reminder> (tool_result and reminder blocks alone
-    are no prompt). A session resumed or forked with a new prompt so starts again at turn 0.
+    are no prompt, nor is the text a tool adds after its tool_result, like a skill's body).
+    A session resumed or forked with a new prompt so starts again at turn 0.
     Past the end of a script: the last turn's text blocks (or "done"), stop_reason end_turn.
   * usage: message_start carries the turn's input/cache counts (output_tokens 1), message_delta
     the whole usage; the CLI's result event then totals exactly what was scripted.
@@ -116,11 +117,26 @@ def _system_text(body):
     return "\n".join(parts)
 
 
+def _has_tool_result(message):
+    content = message.get("content")
+    return isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
+
+
+def _is_prompt(messages, i):
+    """Whether messages[i] is a prompt: a user message with text that is no reminder, and not
+    what a tool put in the conversation (a skill's text follows its tool_result as a user
+    message of its own, measured with 2.1.332: it answers a tool call, it starts no turn)."""
+    message = messages[i]
+    if message.get("role") != "user" or not _prompt_texts(message) or _has_tool_result(message):
+        return False
+    return not (i > 0 and messages[i - 1].get("role") == "user" and _has_tool_result(messages[i - 1]))
+
+
 def _turn_index(messages):
     """Assistant messages after the last user message that carries a prompt."""
     turn = 0
-    for message in messages:
-        if message.get("role") == "user" and _prompt_texts(message):
+    for i, message in enumerate(messages):
+        if _is_prompt(messages, i):
             turn = 0
         elif message.get("role") == "assistant":
             turn += 1
@@ -128,9 +144,9 @@ def _turn_index(messages):
 
 
 def _latest_prompt(messages):
-    for message in reversed(messages):
-        if message.get("role") == "user" and _prompt_texts(message):
-            return "\n".join(_prompt_texts(message))
+    for i in range(len(messages) - 1, -1, -1):
+        if _is_prompt(messages, i):
+            return "\n".join(_prompt_texts(messages[i]))
     return ""
 
 
@@ -160,8 +176,14 @@ class StandIn:
         self._server.shutdown()
         self._server.server_close()
 
+    MAX_REQUESTS = 400  # a script that loops (a misread turn) ends the session instead of the machine
+
     def answer(self, path, headers, body):
         """The message (a dict) answering one request, after logging the request."""
+        if len(self.requests) >= self.MAX_REQUESTS:
+            return {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
+                    "model": body.get("model", "claude-standin"), "content": [text("stand-in: request limit reached")],
+                    "stop_reason": "end_turn", "stop_sequence": None, "usage": dict(DEFAULT_USAGE)}
         messages = body.get("messages") or []
         first_user = next((m for m in messages if m.get("role") == "user"), {})
         haystack = _system_text(body) + "\n" + "\n".join(_texts(first_user.get("content")))

@@ -171,10 +171,10 @@ def test_retry_resumes_the_previous_session_with_feedback(repo, fake):
 def test_permission_denial_blocks_naming_the_tool(repo, fake, monkeypatch):
     monkeypatch.setenv("FAKE_CLAUDE_DENY", "Bash")
     result, summary, _ = attempt(repo, Task(id="t1", description="x"), 1, claude.new_session_id())
-    assert result.exit_code == 0 and summary["permission_denials"] == ["Bash(npm test)"]
+    assert result.exit_code == 0 and summary["permission_denials"] == ["Bash: npm test"]
     verdict = claude.outcome(summary, result.exit_code, changed=False)
-    assert (verdict.status, verdict.denied, verdict.reason) == ("blocked_permission", ["Bash(npm test)"],
-                                                                "permission denied: Bash(npm test)")
+    assert (verdict.status, verdict.denied, verdict.reason) == ("blocked_permission", ["Bash: npm test"],
+                                                                "permission denied: Bash: npm test")
     # a denial on the way to a clean, productive finish is left to QA
     assert claude.outcome(summary, 0, changed=True).status == "success"
 
@@ -339,8 +339,8 @@ def test_run_attempt_denial_and_max_turns(repo, fake, monkeypatch):
     task = Task(id="t1", description="x")
     monkeypatch.setenv("FAKE_CLAUDE_DENY", "Bash")
     r = claude.run_attempt(RunAgentBackend(), FakeAttempt(repo, "t1", 1), claude.ClaudeOptions(), task)
-    assert r.denied == ("Bash(npm test)",) and r.reason == "permission denied: Bash(npm test)" and r.exit_code == 1
-    assert r.details["permission_denials"] == ["Bash(npm test)"]
+    assert r.denied == ("Bash: npm test",) and r.reason == "permission denied: Bash: npm test" and r.exit_code == 1
+    assert r.details["permission_denials"] == ["Bash: npm test"]
     assert r.hint == 'add "Bash(npm test)" to the agent\'s `allowed_tools`, then `orchestrator retry t1`'
     monkeypatch.delenv("FAKE_CLAUDE_DENY")
     monkeypatch.setenv("FAKE_CLAUDE_MAX_TURNS", "1")

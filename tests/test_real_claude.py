@@ -175,14 +175,15 @@ def test_a_denied_tool_blocks_its_task_with_tool_input_and_hint_while_the_others
     r = orch("run", "--all-groups", plan)
     tasks = progress()["tasks"]
     assert tasks["ok"]["status"] == "merged"
-    assert tasks["d"]["status"] == "blocked_permission" and tasks["d"]["permission_denials"] == ["Bash(rm -rf build)"]
+    assert tasks["d"]["status"] == "blocked_permission" and tasks["d"]["permission_denials"] == ["Bash: rm -rf build"]
     assert tasks["d"]["hint"] == 'add "Bash(rm -rf build)" to the agent\'s `allowed_tools`, then `orchestrator retry d`'
-    escaped = f"Write(/{project}/escape.txt)"
+    escaped = f"Write: {project}/escape.txt"
     assert tasks["w"]["status"] == "blocked_permission" and tasks["w"]["permission_denials"] == [escaped]
+    assert tasks["w"]["hint"] == f'add "Edit(/{project}/escape.txt)" to the agent\'s `allowed_tools`, then `orchestrator retry w`'
     assert not (project / "escape.txt").exists()  # the agent's writes are confined to its worktree
     assert len(tasks["d"]["attempts"]) == 1 and r.code == 1
     status = orch("status")
-    assert "Bash(rm -rf build)" in status.out and escaped in status.out
+    assert "Bash: rm -rf build" in status.out and escaped in status.out and tasks["d"]["hint"] in status.out
     as_json = json.loads(orch("status", "--json").out)
     assert as_json["tasks"]["d"]["hint"] == tasks["d"]["hint"]
 
@@ -326,3 +327,49 @@ def test_the_plugin_with_plugin_dir_and_installed_from_a_local_marketplace(api, 
     api.requests.clear()
     proc, events = session(cwd=project)
     check_session(api, proc, events, data / "parallel-orchestrator-parallel-orchestrator")
+
+
+# --------------------------------------------------------------------------- the README, verbatim
+README_PROMPT = "Use parallel-orchestrator to add a /health endpoint and a /version endpoint, each with tests."
+README_RUN = "orchestrator validate plan.yaml && orchestrator run plan.yaml && orchestrator status"
+
+
+def test_the_readme_use_from_claude_code_walkthrough(api, project, tmp_path):
+    """README "Use from Claude Code", as written: the marketplace and install steps (their CLI
+    form), the first prompt, the skill, and the terminal line the skill runs; the agents the run
+    starts are the real CLI too. Nothing here but the model's answers is scripted. In print mode
+    nobody approves the Skill tool, so the session allows it (the README says so); the skill's
+    own `allowed-tools` then allow its commands and its plan file."""
+    from tests.test_plugin import plugin_copy
+
+    plugin = plugin_copy(tmp_path)
+    for step in (["plugin", "marketplace", "add", str(plugin)],
+                 ["plugin", "install", "parallel-orchestrator@parallel-orchestrator"]):
+        r = subprocess.run([CLI, *step], cwd=project, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, (step, r.stdout, r.stderr)
+    plan = yaml.safe_dump({"agent": "claude", "tasks": [
+        {"id": "health", "description": "Add health.txt", "files": ["health.txt"], "verify": "test -f health.txt"},
+        {"id": "version", "description": "Add version.txt", "files": ["version.txt"], "verify": "test -f version.txt"},
+        {"id": "docs", "description": "Add docs.txt", "depends_on": ["health", "version"], "files": ["docs.txt"],
+         "verify": "test -f docs.txt"}]}, sort_keys=False)
+    api.script("Use parallel-orchestrator", [
+        Turn([tool("Skill", {"skill": "parallel-orchestrator:parallel-orchestrator"})]),
+        Turn([tool("Write", {"file_path": str(project / "plan.yaml"), "content": plan})]),
+        Turn([tool("Bash", {"command": README_RUN, "timeout": 600000})]),
+        Turn([tool("Bash", {"command": "orchestrator resume"})]),
+        Turn([tool("Bash", {"command": "orchestrator status --json"})]),
+        Turn([text("All three tasks are merged.")])])
+    for t in ("health", "version", "docs"):
+        api.script(f"task is `{t}`", work_script(t))
+    proc = subprocess.run([CLI, "-p", "--output-format", "stream-json", "--verbose", "--allowedTools",
+                           "Skill(parallel-orchestrator:parallel-orchestrator)", "--", README_PROMPT],
+                          cwd=project, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    results = tool_results(events)
+    assert not any(error for _, error in results.values()), results
+    status = json.loads(results["orchestrator status --json"][0])
+    assert {t: e["status"] for t, e in status["tasks"].items()} == {t: "merged" for t in ("health", "version", "docs")}
+    assert status["status"] == "complete"
+    for t in ("health", "version", "docs"):
+        assert (project / f"{t}.txt").exists() and f"{t}: add {t}.txt" in git(project, "log", "main", "--format=%s")

@@ -70,9 +70,9 @@ def test_a_retry_without_a_local_checkout_records_the_base_of_today_not_of_the_q
     seen = []
     launch = scheduler.Scheduler._launch
 
-    def observe(self, task_id, attempt):
+    def observe(self, task_id, attempt, *more):
         seen.append((task_id, attempt.n, attempt.base_commit, gitmod.branch_commit(repo, "main")))
-        return launch(self, task_id, attempt)
+        return launch(self, task_id, attempt, *more)
     monkeypatch.setattr(scheduler.Scheduler, "_launch", observe)
 
     runner.start(str(plan), Options(all_groups=True, quiet=True))

@@ -37,6 +37,9 @@ class _Ctx:
         self.cancel = threading.Event()
         self.reporter = _Reporter()
 
+    def run_budget(self):
+        return self.plan.max_budget_usd
+
 
 def _scheduler(tasks, statuses):
     plan = plans.from_data({"agent": "true", "tasks": tasks}, "plan.yaml", 4)
