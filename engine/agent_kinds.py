@@ -87,11 +87,11 @@ def _preset_class(name):
 def validate(setting, where):
     """Check an agent setting at plan load; one-line OrchestratorError if it is wrong."""
     name = preset_name(setting)
-    if name is None and isinstance(setting, dict):
+    if isinstance(setting, dict) and not (isinstance(name, str) and name in PRESETS):
         from engine.errors import OrchestratorError
 
-        raise OrchestratorError(f"ERROR: {where}: unknown preset {setting.get('preset')!r} "
-                                f"(known: {', '.join(sorted(PRESETS))})")
+        shown = repr(name) if isinstance(name, (str, int, float, type(None))) else "a " + type(name).__name__
+        raise OrchestratorError(f"ERROR: {where}: unknown preset {shown[:80]} (known: {', '.join(sorted(PRESETS))})")
     if name is not None:
         _preset_class(name).validate(setting, where)
     return setting

@@ -360,3 +360,76 @@ def test_crashed_attempt_then_the_next_resumes_its_session(repo, fake, monkeypat
     # an orphan's result is collected with its stream's details
     rec = claude.recover_attempt(RunAgentBackend(), FakeAttempt(repo, "t1", 2), task)
     assert rec.details["session_id"] == r2.details["session_id"] and rec.reason is None
+
+
+# --------------------------------------------------------------------------- measured with the real CLI
+def test_an_error_results_tokens_come_from_model_usage():
+    """2.1.332's `error_max_budget_usd` result: `usage` all zeros, the counts under modelUsage."""
+    parser = claude.StreamParser()
+    parser.feed({"type": "result", "subtype": "error_max_budget_usd", "is_error": True, "total_cost_usd": 8.0002,
+                 "usage": {"input_tokens": 0, "output_tokens": 0, "cache_read_input_tokens": 0},
+                 "modelUsage": {"claude-opus-5-5": {"inputTokens": 2000000, "outputTokens": 10,
+                                                    "cacheReadInputTokens": 5, "cacheCreationInputTokens": 0},
+                                "claude-haiku-5-5": {"inputTokens": 100, "outputTokens": 1}}})
+    s = parser.summary
+    assert (s["tokens_in"], s["tokens_out"], s["cost_usd"]) == (2000105, 11, 8.0002)
+
+
+def test_a_forks_cost_is_its_own_the_cli_total_includes_what_it_resumed():
+    parent = {"session_cost_usd": 0.00042, "model_tokens": [30, 15]}
+    parser = claude.StreamParser(parent)
+    parser.feed({"type": "result", "subtype": "success", "total_cost_usd": 0.01842,
+                 "usage": {"input_tokens": 3000, "output_tokens": 300},
+                 "modelUsage": {"m": {"inputTokens": 3030, "outputTokens": 315, "costUSD": 0.01842}}})
+    s = parser.summary
+    assert s["cost_usd"] == pytest.approx(0.018) and s["session_cost_usd"] == 0.01842
+    assert (s["tokens_in"], s["tokens_out"]) == (3000, 300)  # `usage` is the fork's own
+    errored = claude.StreamParser(parent)
+    errored.feed({"type": "result", "subtype": "error_max_budget_usd", "total_cost_usd": 1.00042,
+                  "usage": {"input_tokens": 0, "output_tokens": 0},
+                  "modelUsage": {"m": {"inputTokens": 250030, "outputTokens": 25}}})
+    assert (errored.summary["tokens_in"], errored.summary["tokens_out"]) == (250000, 10)
+    assert errored.summary["cost_usd"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("tool_name, tool_input, text, rule", [
+    ("Bash", {"command": "rm -rf build"}, "Bash: rm -rf build", "Bash(rm -rf build)"),
+    ("Write", {"file_path": "/w/x.txt", "content": "x"}, "Write: /w/x.txt", "Edit(//w/x.txt)"),
+    ("Edit", {"file_path": "rel.txt", "old_string": "a"}, "Edit: rel.txt", "Edit(rel.txt)"),
+    ("Read", {"file_path": "/etc/passwd"}, "Read: /etc/passwd", "Read(//etc/passwd)"),
+    ("WebFetch", {"url": "https://example.com"}, "WebFetch: https://example.com", "WebFetch(https://example.com)"),
+    ("Mystery", None, "Mystery", "Mystery"),
+    ("Bash", {"command": "echo " + "x" * 500}, "Bash: echo " + "x" * 154 + "…", "Bash(echo " + "x" * 154 + "…)"),
+])
+def test_a_denial_names_what_was_refused_and_the_rule_that_allows_it(tool_name, tool_input, text, rule):
+    assert claude.denial_text(tool_name, tool_input) == text
+    assert claude.allow_rule(tool_name, tool_input) == rule
+
+
+def test_the_hint_for_a_protected_directory_says_no_rule_helps():
+    hint = claude.denial_hint(["Edit(//r/.claude/worktree-pool/wt-1/a.txt)"], "t")
+    assert "refuses file edits under .claude" in hint and "add " not in hint
+    assert claude.denial_hint(["Bash(make)", "Edit(//w/a)"], "t") == \
+        'add "Bash(make)", "Edit(//w/a)" to the agent\'s `allowed_tools`, then `orchestrator retry t`'
+
+
+def test_the_file_tools_are_confined_to_the_worktree():
+    opts = claude.options_from({"preset": "claude", "allowed_tools": ["Bash(npm test)"]})
+    rules = claude.allowed_tools(opts, "make check", "/r/.orchestrator/worktree-pool/wt-2")
+    assert "Edit" not in rules and "Write" not in rules
+    assert rules.count("Edit(//r/.orchestrator/worktree-pool/wt-2/**)") == 1
+    assert {"Read", "Glob", "Grep", "Bash(git *)", "Bash(npm test)", "Bash(make check)", "Bash(make check *)"} <= set(rules)
+    assert "Edit" in claude.allowed_tools(opts, None, "/odd (dir)")  # a path a rule cannot name: as given
+
+
+def test_bypass_permissions_as_root_is_refused_at_plan_load(monkeypatch):
+    assert claude.refused_mode("bypassPermissions", environ={}, uid=0)
+    assert claude.refused_mode("bypassPermissions", environ={"IS_SANDBOX": "1"}, uid=0) is None
+    assert claude.refused_mode("bypassPermissions", environ={}, uid=1000) is None
+    assert claude.refused_mode("dontAsk", environ={}, uid=0) is None
+    if os.getuid() == 0 and os.environ.get("IS_SANDBOX") != "1":
+        from engine.plan import PlanError, parse
+
+        with pytest.raises(PlanError) as err:
+            parse("agent: {preset: claude, permission_mode: bypassPermissions}\ntasks: [{id: a}]\n")
+        assert "refused by Claude Code when running as root" in err.value.message
