@@ -447,9 +447,11 @@ def denial_hint(rules, task_id):
     protected = [r for r in rules if r.startswith(("Edit(", "Read(")) and any(f"/{name}/" in r for name in PROTECTED_DIRS)]
     if protected:
         return (f"Claude Code refuses file edits under {', '.join(PROTECTED_DIRS)} in print mode whatever the "
-                f"allow-list says ({protected[0]}); have the task write elsewhere, then `orchestrator retry {task_id}`")
+                f"allow-list says ({protected[0]}); have the task write elsewhere, "
+                f"then `orchestrator retry {task_id}` and `orchestrator resume --adopt-plan`")
     listed = ", ".join(f'"{r}"' for r in rules)
-    return f"add {listed} to the agent's `allowed_tools`, then `orchestrator retry {task_id}`"
+    return (f"add {listed} to the agent's `allowed_tools` in the plan, then `orchestrator retry {task_id}` and "
+            "`orchestrator resume --adopt-plan`")
 
 
 def read_summary(path, baseline=None):

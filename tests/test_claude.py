@@ -341,7 +341,7 @@ def test_run_attempt_denial_and_max_turns(repo, fake, monkeypatch):
     r = claude.run_attempt(RunAgentBackend(), FakeAttempt(repo, "t1", 1), claude.ClaudeOptions(), task)
     assert r.denied == ("Bash: npm test",) and r.reason == "permission denied: Bash: npm test" and r.exit_code == 1
     assert r.details["permission_denials"] == ["Bash: npm test"]
-    assert r.hint == 'add "Bash(npm test)" to the agent\'s `allowed_tools`, then `orchestrator retry t1`'
+    assert r.hint == 'add "Bash(npm test)" to the agent\'s `allowed_tools` in the plan, then `orchestrator retry t1` and `orchestrator resume --adopt-plan`'
     monkeypatch.delenv("FAKE_CLAUDE_DENY")
     monkeypatch.setenv("FAKE_CLAUDE_MAX_TURNS", "1")
     r = claude.run_attempt(RunAgentBackend(), FakeAttempt(repo, "t1", 2), claude.ClaudeOptions(), task)
@@ -410,7 +410,7 @@ def test_the_hint_for_a_protected_directory_says_no_rule_helps():
     hint = claude.denial_hint(["Edit(//r/.claude/worktree-pool/wt-1/a.txt)"], "t")
     assert "refuses file edits under .claude" in hint and "add " not in hint
     assert claude.denial_hint(["Bash(make)", "Edit(//w/a)"], "t") == \
-        'add "Bash(make)", "Edit(//w/a)" to the agent\'s `allowed_tools`, then `orchestrator retry t`'
+        'add "Bash(make)", "Edit(//w/a)" to the agent\'s `allowed_tools` in the plan, then `orchestrator retry t` and `orchestrator resume --adopt-plan`'
 
 
 def test_the_file_tools_are_confined_to_the_worktree():

@@ -100,7 +100,7 @@ def test_permission_denial_blocks_the_task_naming_the_tool(claude_repo, monkeypa
         entry = data["tasks"][t]
         assert entry["status"] == "blocked_permission", entry
         assert entry["permission_denials"] == ["Bash: npm test"] and "Bash: npm test" in entry["failure"]
-        assert entry["hint"] == f'add "Bash(npm test)" to the agent\'s `allowed_tools`, then `orchestrator retry {t}`'
+        assert entry["hint"] == f'add "Bash(npm test)" to the agent\'s `allowed_tools` in the plan, then `orchestrator retry {t}` and `orchestrator resume --adopt-plan`'
         assert len(entry["attempts"]) == 1  # no blind retry
     assert "Bash: npm test" in orch("status").out
 

@@ -162,30 +162,42 @@ def test_a_rejected_attempt_is_resumed_and_forked_with_the_qa_feedback(api, proj
 
 
 def test_a_denied_tool_blocks_its_task_with_tool_input_and_hint_while_the_others_merge(api, project, tmp_path):
-    api.script("task is `d`", [Turn([tool("Bash", {"command": "rm -rf build"})]), Turn([text("I could not.")])])
+    """A command outside the allow-list and a write outside the worktree: both tasks blocked,
+    naming what was refused and the rule to add; the third merges. Then the hint, followed to
+    the letter (the rule added to the plan, `retry`, `resume --adopt-plan`), lets the first finish."""
+    api.script("task is `d`", [Turn([tool("Bash", {"command": "touch cleaned.txt"})]), Turn([text("Done.")])])
 
     def escape(body):  # a write into the main checkout, outside its worktree
         return [tool("Write", {"file_path": str(project / "escape.txt"), "content": "x"})]
     api.script("task is `w`", [Turn(escape), Turn([text("I could not.")])])
     api.script("task is `ok`", work_script("ok"))
-    plan = write_plan(tmp_path / "plan.yaml", [
-        {"id": "d", "description": "Clean", "verify": "true"},
-        {"id": "w", "description": "Escape", "verify": "true"},
-        {"id": "ok", "description": "Add ok.txt", "verify": "test -f ok.txt"}])
+    tasks = [{"id": "d", "description": "Clean", "verify": "test -f cleaned.txt"},
+             {"id": "w", "description": "Escape", "verify": "true"},
+             {"id": "ok", "description": "Add ok.txt", "verify": "test -f ok.txt"}]
+    plan = write_plan(tmp_path / "plan.yaml", tasks)
     r = orch("run", "--all-groups", plan)
-    tasks = progress()["tasks"]
-    assert tasks["ok"]["status"] == "merged"
-    assert tasks["d"]["status"] == "blocked_permission" and tasks["d"]["permission_denials"] == ["Bash: rm -rf build"]
-    assert tasks["d"]["hint"] == 'add "Bash(rm -rf build)" to the agent\'s `allowed_tools`, then `orchestrator retry d`'
+    tasks_now = progress()["tasks"]
+    assert tasks_now["ok"]["status"] == "merged"
+    d = tasks_now["d"]
+    assert d["status"] == "blocked_permission" and d["permission_denials"] == ["Bash: touch cleaned.txt"]
+    assert d["hint"] == ('add "Bash(touch cleaned.txt)" to the agent\'s `allowed_tools` in the plan, then '
+                         '`orchestrator retry d` and `orchestrator resume --adopt-plan`')
     escaped = f"Write: {project}/escape.txt"
-    assert tasks["w"]["status"] == "blocked_permission" and tasks["w"]["permission_denials"] == [escaped]
-    assert tasks["w"]["hint"] == f'add "Edit(/{project}/escape.txt)" to the agent\'s `allowed_tools`, then `orchestrator retry w`'
+    assert tasks_now["w"]["status"] == "blocked_permission" and tasks_now["w"]["permission_denials"] == [escaped]
+    assert tasks_now["w"]["hint"] == f'add "Edit(/{project}/escape.txt)" to the agent\'s `allowed_tools` in the plan, then `orchestrator retry w` and `orchestrator resume --adopt-plan`'
     assert not (project / "escape.txt").exists()  # the agent's writes are confined to its worktree
-    assert len(tasks["d"]["attempts"]) == 1 and r.code == 1
+    assert len(d["attempts"]) == 1 and r.code == 1
     status = orch("status")
-    assert "Bash: rm -rf build" in status.out and escaped in status.out and tasks["d"]["hint"] in status.out
-    as_json = json.loads(orch("status", "--json").out)
-    assert as_json["tasks"]["d"]["hint"] == tasks["d"]["hint"]
+    assert "Bash: touch cleaned.txt" in status.out and escaped in status.out and d["hint"] in status.out
+    assert json.loads(orch("status", "--json").out)["tasks"]["d"]["hint"] == d["hint"]
+    # the hint, to the letter
+    tasks[0]["agent"] = {"preset": "claude", "allowed_tools": ["Bash(touch cleaned.txt)"]}
+    write_plan(tmp_path / "plan.yaml", tasks)
+    assert orch("retry", "d").code == 0
+    r = orch("resume", "--adopt-plan", "--all-groups")
+    d = progress()["tasks"]["d"]
+    assert d["status"] == "merged" and len(d["attempts"]) == 2, (r, d)
+    assert (project / "cleaned.txt").exists()
 
 
 def test_the_run_budget_stops_retries_and_the_attempt_in_flight_is_capped(api, project, tmp_path):
