@@ -24,7 +24,7 @@ from engine.tasks import TERMINAL, TaskBook, status_of
 
 class Options:
     def __init__(self, all_groups=False, agent=None, quiet=False, executor=None, goal=None, adopt_plan=False,
-                 planner=None, max_budget_usd=None):
+                 planner=None, max_budget_usd=None, again=False):
         self.all_groups = all_groups
         self.agent = agent
         self.quiet = quiet
@@ -33,6 +33,7 @@ class Options:
         self.adopt_plan = adopt_plan  # `resume --adopt-plan`: take a changed plan file
         self.planner = planner  # the planner agent for a goal (default: the `claude` preset)
         self.max_budget_usd = max_budget_usd  # `run --max-budget-usd`: wins over the plan's
+        self.again = again  # `run --again`: a plan whose last run completed runs afresh
 
 
 class RunContext:

@@ -112,6 +112,7 @@ class Layout:
         self.logs = os.path.join(claude, "auto-logs")
         self.planner_logs = os.path.join(self.logs, "planner")
         self.run_lock = os.path.join(claude, "orchestrator.lock")
+        self.detached_log = os.path.join(self.logs, "orchestrator.log")  # a detached run's own output
         self.checkpoints = os.path.join(claude, "checkpoints")
         self.pool_journal = os.path.join(claude, "pool-journal.jsonl")
         self.pool_dir, self.pool_state = self.pool_paths(env)

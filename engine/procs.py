@@ -31,12 +31,18 @@ from dataclasses import dataclass
 from engine.errors import OrchestratorError, one_line
 
 
-def process_start_time(pid):
+def _stat_fields(pid):
+    """The fields of /proc/PID/stat after the command name, or None."""
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[19]
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+def process_start_time(pid):
+    fields = _stat_fields(pid)
+    return fields[19] if fields and len(fields) > 19 else None
 
 
 PID_LIMIT = 2 ** 22  # Linux's largest pid_max: a recorded pid beyond it is not a process
@@ -53,7 +59,10 @@ def alive(pid, start=None):
         return False
     except PermissionError:
         return True
-    return start is None or process_start_time(pid) == start
+    fields = _stat_fields(pid)
+    if fields and fields[0] in ("Z", "X"):
+        return False  # it has exited; only its parent has not collected it yet
+    return start is None or (fields[19] if fields and len(fields) > 19 else None) == start
 
 
 def stop_group(pid, start=None, grace=2.0):

@@ -28,6 +28,10 @@ __all__ = ["Options", "RunContext", "start", "start_goal", "resume", "loop"]
 
 
 # ---------------------------------------------------------------------- starting and resuming
+class RunBusy(OrchestratorError):
+    """Another orchestrator holds the project's run lock."""
+
+
 class RunLock:
     def __init__(self, layout):
         self.path = layout.run_lock
@@ -39,8 +43,8 @@ class RunLock:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self.fd)
-            raise OrchestratorError("another orchestrator is running in this project "
-                                    "(see `orchestrator status`; `orchestrator abort` stops it)") from None
+            raise RunBusy("another orchestrator is running in this project "
+                          "(see `orchestrator status`; `orchestrator abort` stops it)") from None
         return self
 
     def __exit__(self, *exc):
@@ -93,10 +97,29 @@ def _budget(options):
 
 
 def _start(layout, options, record):
+    """Begin a run of RECORD's plan (or goal). Idempotent, as agents repeat commands: the same
+    plan already complete is said in one line and nothing starts (`--again` runs it afresh);
+    the same plan's run still live is named in one line; another plan's unfinished run refuses."""
     run = RunContext(layout, options)
-    with RunLock(layout):
+    key = "plan_digest" if "plan_digest" in record else "goal_digest"
+    try:
+        lock = RunLock(layout).__enter__()
+    except RunBusy:
         previous = run.progress.load()
-        key = "plan_digest" if "plan_digest" in record else "goal_digest"
+        if previous.get(key) == record[key]:
+            run.reporter.line(f"run {previous.get('run_id')} of this plan is already running (pid "
+                              f"{previous.get('orchestrator_pid')}): `orchestrator wait --timeout 540` follows it")
+            return 0
+        raise
+    try:
+        previous = run.progress.load()
+        if previous.get(key) == record[key] and previous.get("status") == "complete" and not options.again:
+            merged = sum(1 for t in (previous.get("tasks") or {}).values()
+                         if isinstance(t, dict) and t.get("status") == "merged")
+            run.reporter.line(f"already complete: run {previous.get('run_id')} of this plan merged {merged} "
+                              f"task(s) at {previous.get('completed_at')}; nothing started "
+                              "(`orchestrator run --again` runs it afresh)")
+            return 0
         if previous.get("status") in ("running", "stopped") and previous.get(key) != record[key]:
             raise OrchestratorError("another run is in progress; `orchestrator resume` it or "
                                     "`orchestrator abort` it first")
@@ -105,7 +128,18 @@ def _start(layout, options, record):
         if fresh or state not in PIPELINE:
             statefile.transition("DECOMPOSE", force=state not in ("IDLE", "COMPLETE", "FAILED", "PLAN"),
                                  layout=layout)
+        _announce(run)
         return loop(run)
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _announce(run):
+    """A detached run (engine.detach) that has its lock and its record tells its caller so."""
+    from engine import detach
+
+    data = run.progress.load()
+    detach.started(data.get("run_id"), f"=== {store.utc_now()} run {data.get('run_id')}: pid {os.getpid()}")
 
 
 def _executor(layout, plan_path, options):
@@ -145,8 +179,13 @@ def _digest(raw):
 
 
 def _owner():
-    """The orchestrator's pid with its start time, so nobody signals a recycled pid."""
-    return {"orchestrator_pid": os.getpid(), "orchestrator_pid_start": process_start_time(os.getpid())}
+    """The orchestrator's pid with its start time, so nobody signals a recycled pid; whether it
+    runs detached, and where its output goes then."""
+    from engine import detach
+
+    log = os.environ.get(detach.LOG_ENV)
+    return {"orchestrator_pid": os.getpid(), "orchestrator_pid_start": process_start_time(os.getpid()),
+            "detached": bool(log), **({"log": log} if log else {})}
 
 
 def resume(options=None, layout=None):
@@ -167,6 +206,7 @@ def resume(options=None, layout=None):
             # killed before DECOMPOSE wrote the task table (or the state file): decompose first
             statefile.transition("PARALLELIZE" if data.get("tasks") else "DECOMPOSE", force=True, layout=layout)
         run.progress.update(lambda d: d.update(status="running", **_owner()))
+        _announce(run)
         return loop(run)
 
 

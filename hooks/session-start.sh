@@ -11,6 +11,14 @@ data="${CLAUDE_PLUGIN_DATA:-}"
 [ -n "${CLAUDE_ENV_FILE:-}" ] && printf 'export PARALLEL_ORCHESTRATOR_DATA=%q\n' "$data" >> "$CLAUDE_ENV_FILE"
 
 say() { printf 'parallel-orchestrator: %s\n' "$1"; }
+# An unfinished run in this project: one or two lines (its state, counts, whether its process
+# lives, the command to run next); nothing when there is none. Never fails the session.
+project="${CLAUDE_PROJECT_DIR:-$PWD}"
+note_run() {
+    [ -f "$project/.claude/auto-progress.yaml" ] || return 0
+    (cd "$project" && CLAUDE_PLUGIN_DATA="$data" timeout 20 "$root/bin/orchestrator" status --brief 2>/dev/null) || true
+}
+trap note_run EXIT
 command -v python3 >/dev/null 2>&1 || { say "python3 not found; install Python 3.9+ to use orchestrator"; exit 0; }
 command -v git >/dev/null 2>&1 || { say "git not found; install git 2.38+ to use orchestrator"; exit 0; }
 

@@ -25,6 +25,9 @@ def echo_lines(lines):
         click.echo(line)
 
 
+INVOKED = []  # the arguments of the command being run (a detached run starts itself again with them)
+
+
 def run(group, default_prog, args=None):
     """Invoke a click group and return the process exit code; never raises (but see ORCH_DEBUG).
 
@@ -33,6 +36,7 @@ def run(group, default_prog, args=None):
     anything else is internal (ExitCode.INTERNAL), one line, the traceback with ORCH_DEBUG=1.
     """
     argv = sys.argv[1:] if args is None else list(args)
+    INVOKED[:] = argv
     prefix = prefix_for(default_prog, argv)
     try:
         result = group.main(args=args, prog_name=prog_name(default_prog), standalone_mode=False)

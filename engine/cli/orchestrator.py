@@ -70,8 +70,11 @@ def _terminate_on_sigterm():
                                                                       "the configuration's `executor`, else local).")
 @click.option("--max-budget-usd", type=click.FloatRange(min=0, min_open=True), metavar="DOLLARS",
               help="The run's budget (wins over the plan's `max_budget_usd`); with --goal it covers planning too.")
+@click.option("--again", is_flag=True, help="Run the plan afresh even if this plan's last run completed.")
+@click.option("--detach", is_flag=True, help="Run in a process of its own that outlives this command, its "
+                                             "terminal and its Claude Code session; print one line and return.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def run_cmd(plan, goal, planner, all_groups, agent, executor, max_budget_usd, quiet):
+def run_cmd(plan, goal, planner, all_groups, agent, executor, max_budget_usd, again, detach, quiet):
     """Run PLAN (YAML, JSON or the skill's markdown task list) from the start."""
     from engine import runner
 
@@ -79,9 +82,11 @@ def run_cmd(plan, goal, planner, all_groups, agent, executor, max_budget_usd, qu
         raise click.UsageError("give a PLAN file or --goal GOAL (one of them)")
     if max_budget_usd is not None and not math.isfinite(max_budget_usd):
         raise click.UsageError("--max-budget-usd must be a finite number of dollars")
+    if detach:
+        return _detached()
     _terminate_on_sigterm()
     options = _options(all_groups, agent, quiet, executor=executor, goal=goal, planner=planner,
-                       max_budget_usd=max_budget_usd)
+                       max_budget_usd=max_budget_usd, again=again)
     if goal:
         return runner.start_goal(goal, options)
     return runner.start(plan, options)
@@ -91,13 +96,38 @@ def run_cmd(plan, goal, planner, all_groups, agent, executor, max_budget_usd, qu
 @click.option("--all-groups", is_flag=True, help="Do not stop at session boundaries.")
 @click.option("--adopt-plan", is_flag=True, help="The plan file changed since `run`: validate it and go on with "
                                                  "it (merged tasks stay merged).")
+@click.option("--detach", is_flag=True, help="Go on in a process of its own (see `run --detach`).")
 @click.option("--quiet", is_flag=True)
-def resume_cmd(all_groups, adopt_plan, quiet):
+def resume_cmd(all_groups, adopt_plan, detach, quiet):
     """Continue the run exactly where it stopped (boundary, Ctrl-C, SIGKILL, reboot)."""
     from engine import runner
 
+    if detach:
+        return _detached()
     _terminate_on_sigterm()
     return runner.resume(_options(all_groups, quiet=quiet, adopt_plan=adopt_plan))
+
+
+def _detached():
+    """This very command, without --detach, in a process of its own (engine.detach): what it
+    says before the run has started (a refusal, "already complete") is relayed as it is."""
+    from engine import detach
+    from engine.paths import Layout
+
+    from engine.cli.common import INVOKED
+
+    args = [a for a in INVOKED if a != "--detach"]
+    layout = Layout()
+    code, out, err, started = detach.spawn(args, layout.detached_log)
+    if out:
+        click.echo(out, nl=False)
+    if err:
+        click.echo(err, nl=False, err=True)
+    if started:
+        run_id, pid = started
+        click.echo(f"Detached: run {run_id}, pid {pid}, log {layout.rel(layout.detached_log)} "
+                   f"(`orchestrator wait --timeout 540` follows it)")
+    return code
 
 
 @cli.command("retry")
@@ -126,9 +156,11 @@ def retry_cmd(task):
 @cli.command("status")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--watch", is_flag=True, help="Refresh every second until Ctrl-C.")
-def status_cmd(as_json, watch):
-    """Where every task stands."""
-    from engine import statefile
+@click.option("--brief", is_flag=True, help="One or two lines about an unfinished run (what the plugin's "
+                                            "SessionStart hook says), nothing when there is none.")
+def status_cmd(as_json, watch, brief):
+    """Where every task stands, and whether the run's process is alive."""
+    from engine import run_status, statefile
     from engine.paths import Layout
     from engine.progress import Progress
     from engine.view import needs_you, status_counts, status_header, status_table
@@ -137,20 +169,86 @@ def status_cmd(as_json, watch):
     while True:
         data = Progress(layout).load()
         state = statefile.get_state(layout)
-        if as_json:
-            click.echo(json.dumps({"state": state, "counts": status_counts(data), **data}, ensure_ascii=False,
-                                  default=str))
+        run = run_status.view(data, state)
+        if brief:
+            for line in _brief(run, data):
+                click.echo(line)
             return 0
+        if as_json:
+            click.echo(json.dumps({"state": state, "counts": status_counts(data), **data,
+                                   "status": run.status if run else "none", "run": run.as_dict() if run else None},
+                                  ensure_ascii=False, default=str))
+            return 0 if run else 1
         if not data.get("tasks"):
             click.echo("NO_SESSION")
             return 1
-        text = "\n".join([status_header(state, data), status_table(data), *needs_you(data)])
+        text = "\n".join([status_header(state, data), run.line(), status_table(data), *needs_you(data)])
         if not watch:
             click.echo(text)
             return 0
         click.clear()
         click.echo(text)
         time.sleep(1)
+
+
+def _brief(run, data):
+    """The SessionStart lines: nothing without an unfinished run; else the run in one line, and a
+    second naming the first task that needs a person, when one does."""
+    if run is None or (run.status == "complete" and not run.needs_you):
+        return []
+    lines = [f"parallel-orchestrator: {run.line()}"]
+    if run.needs_you and run.status == "running":
+        first = run.needs_you[0]
+        entry = (data.get("tasks") or {}).get(first) or {}
+        why = " ".join(str(entry.get("failure") or entry.get("status") or "").split())
+        lines.append(f"parallel-orchestrator: {first} needs you ({why[:300]}): `orchestrator retry {first}` once "
+                     "that is dealt with")
+    return lines
+
+
+WAIT_CODES = {"complete": 0, "timeout": 2, "needs-you": 3, "boundary": 4, "stopped": 5}
+
+
+@cli.command("wait")
+@click.option("--timeout", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Give up after this long (exit 2, the run goes on); default: no limit.")
+@click.option("--until-stopped", is_flag=True, help="Do not return for a task that needs a person while the "
+                                                    "run goes on; wait until the run itself stops.")
+def wait_cmd(timeout, until_stopped):
+    """Block until the run completes (exit 0), a task needs a person (3), it stops at a session
+    boundary (4) or stops otherwise -- its process gone, aborted (5) -- or the timeout passes (2).
+    Prints one line saying which. Poll it from a Claude Code session under its Bash tool's limits."""
+    from engine import run_status
+    from engine.paths import Layout
+
+    if timeout is not None and not math.isfinite(timeout):
+        raise click.UsageError("--timeout must be a finite number of seconds")
+    layout = Layout()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        run = run_status.current(layout)
+        if run is None:
+            click.echo("NO_SESSION")
+            return 1
+        outcome = _wait_outcome(run, until_stopped)
+        if outcome is None and deadline is not None and time.monotonic() >= deadline:
+            outcome = "timeout"
+        if outcome is not None:
+            click.echo(f"{outcome}: {run.line()}")
+            return WAIT_CODES[outcome]
+        time.sleep(0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic())))
+
+
+def _wait_outcome(run, until_stopped):
+    if run.status == "complete":
+        return "needs-you" if run.needs_you else "complete"
+    if run.needs_you and (not until_stopped or run.status != "running"):
+        return "needs-you"
+    if run.status == "stopped":
+        return "boundary" if run.recorded == "stopped" else "stopped"
+    if run.status == "aborted":
+        return "stopped"
+    return None
 
 
 @cli.command("validate")
@@ -255,6 +353,11 @@ def abort_cmd():
         click.echo("NO_SESSION")
         return 1
     pid, start = data.get("orchestrator_pid"), data.get("orchestrator_pid_start")
+    if not _anything_live(data):  # complete, aborted, at a boundary, or its process gone: nothing changes
+        from engine import run_status
+
+        click.echo(f"Nothing to abort: {run_status.view(data, statefile.get_state(layout)).line()}")
+        return 0
     # the pid is only signalled when it is still the same process (its start time matches)
     if isinstance(pid, int) and pid != os.getpid() and start and alive(pid, start):
         os.kill(pid, signal.SIGTERM)  # it unwinds like Ctrl-C: its attempts stop, uncounted
@@ -288,6 +391,16 @@ def abort_cmd():
     click.echo(f"Aborted: {len(stopped)} agent(s) stopped, {len(released)} slot(s) released; "
                "branches and journal kept (`orchestrator resume` continues)")
     return 0
+
+
+def _anything_live(data):
+    """Whether the run's orchestrator or any task's recorded agent is still a live process."""
+    from engine.procs import alive
+
+    tasks = data.get("tasks") if isinstance(data.get("tasks"), dict) else {}
+    pids = [(data.get("orchestrator_pid"), data.get("orchestrator_pid_start"))] + \
+        [(t.get("pid"), t.get("pid_start")) for t in tasks.values() if isinstance(t, dict)]
+    return any(isinstance(pid, int) and alive(pid, start) for pid, start in pids)
 
 
 @cli.command("dashboard")

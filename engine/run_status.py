@@ -1,0 +1,97 @@
+"""What a run is doing now, told from its files and from whether its process lives.
+
+The progress file says what the orchestrator last wrote (`running`, `stopped` at a session
+boundary, `complete`, `aborted`); only the process can say whether it is still at work. A run
+recorded `running` whose orchestrator is gone (a SIGKILL, a closed session, a reboot) is
+reported `stopped`, with what `resume` will do about it. `status`, `status --json`,
+`status --brief` (the plugin's SessionStart line) and `wait` all read this one view.
+"""
+
+from dataclasses import dataclass, field
+
+from engine.procs import alive
+
+NEEDS_YOU = ("failed", "blocked", "blocked_permission")
+IN_FLIGHT = ("running", "executed", "verifying", "approved", "merging", "conflicted", "rejected")
+WAIT_HINT = "orchestrator wait --timeout 540"  # under the Bash tool's 10-minute foreground limit
+
+
+@dataclass
+class RunView:
+    run_id: str
+    state: str
+    recorded: str  # the progress file's `status`
+    status: str  # what is true now: running, stopped, complete, aborted
+    pid: int = None
+    alive: bool = False
+    counts: dict = field(default_factory=dict)  # {task status: n}
+    needs_you: list = field(default_factory=list)  # task ids
+    in_flight: int = 0
+    why: str = ""  # why it is stopped, when it is
+    log: str = None  # a detached run's output
+
+    @property
+    def next_command(self):
+        """The one command a person or a session runs next (None: nothing to do)."""
+        if self.status == "running":
+            return WAIT_HINT
+        if self.needs_you:
+            return f"orchestrator retry {self.needs_you[0]}"
+        if self.status in ("stopped", "aborted"):
+            return "orchestrator resume --detach"
+        return None
+
+    def as_dict(self):
+        return {"run_id": self.run_id, "status": self.status, "recorded_status": self.recorded, "state": self.state,
+                "process": {"pid": self.pid, "alive": self.alive}, "why": self.why or None,
+                "needs_you": self.needs_you, "next": self.next_command, "log": self.log}
+
+    def line(self):
+        """One line: state, counts, process, what to run next."""
+        tally = ", ".join(f"{n} {s}" for s, n in self.counts.items()) or "no tasks yet"
+        proc = (f"its process is alive (pid {self.pid})" if self.alive else
+                f"its process is gone{f' (pid {self.pid})' if self.pid else ''}")
+        text = f"run {self.run_id} is {self.status} in {self.state} ({tally})"
+        if self.status != "complete" or self.alive:
+            text += f"; {proc}"
+        if self.why:
+            text += f"; {self.why}"
+        return text + (f". Next: `{self.next_command}`" if self.next_command else ".")
+
+
+def view(data, state):
+    """The RunView of a progress mapping DATA and the run machine's STATE; None when no run."""
+    if not isinstance(data, dict) or not (data.get("tasks") or data.get("plan_file") or data.get("goal")):
+        return None
+    from engine.view import status_counts
+
+    tasks = data.get("tasks") if isinstance(data.get("tasks"), dict) else {}
+    statuses = {t: (e.get("status") if isinstance(e, dict) else None) or "pending" for t, e in tasks.items()}
+    pid = data.get("orchestrator_pid")
+    live = alive(pid, data.get("orchestrator_pid_start")) if isinstance(pid, int) else False
+    recorded = str(data.get("status") or "running")
+    in_flight = sum(1 for s in statuses.values() if s in IN_FLIGHT)
+    pending = sum(1 for s in statuses.values() if s == "pending")
+    status, why = recorded, ""
+    if recorded == "running" and not live:
+        status = "stopped"
+        why = ("its orchestrator stopped without finishing (killed, or its session ended); `resume` "
+               + (f"collects or re-runs the {in_flight} task(s) it left in flight" if in_flight else "goes on")
+               + (f" and starts the {pending} pending" if pending else ""))
+    elif recorded == "stopped":
+        why = "at a session boundary" + (f"; `resume` starts the next {pending} pending task(s)" if pending else "")
+    elif recorded == "running":
+        status = "running"
+    needs = [t for t, s in statuses.items() if s in NEEDS_YOU]
+    return RunView(run_id=str(data.get("run_id") or "-"), state=state, recorded=recorded, status=status,
+                   pid=pid if isinstance(pid, int) else None, alive=live, counts=status_counts(data),
+                   needs_you=needs, in_flight=in_flight, why=why,
+                   log=data.get("log") if isinstance(data.get("log"), str) else None)
+
+
+def current(layout):
+    """The RunView of the project's run (None when there is none)."""
+    from engine import statefile
+    from engine.progress import Progress
+
+    return view(Progress(layout).load(), statefile.get_state(layout))
