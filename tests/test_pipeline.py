@@ -247,13 +247,17 @@ def test_a_new_plan_while_a_run_is_stopped_is_refused_then_allowed_after_abort(o
     assert all(v["status"] == "merged" for v in data["tasks"].values())
 
 
-def test_run_again_after_completion_starts_afresh(orch, demo_repo):
+def test_run_of_a_completed_plan_starts_nothing_unless_again(orch, demo_repo):
     repo, plan = demo_repo
     assert orch("run", "--all-groups", plan).code == 0
     first = progress()["run_id"]
-    # The same plan again is a new run; its agents find their work already in main and
-    # commit nothing, which is a "no changes" failure (allow_empty is not set).
-    assert orch("run", "--all-groups", plan).code == 1
+    before = open(".claude/auto-progress.yaml").read()
+    again = orch("run", "--all-groups", plan)  # agents repeat commands: nothing starts
+    assert again.code == 0 and "already complete" in again.out and len(again.out.splitlines()) == 1
+    assert open(".claude/auto-progress.yaml").read() == before
+    # `--again`: a new run; its agents find their work already in main and commit nothing,
+    # which is a "no changes" failure (allow_empty is not set).
+    assert orch("run", "--again", "--all-groups", plan).code == 1
     data = progress()
     assert data["status"] == "complete" and data["run_id"] >= first
     assert "no changes" in data["tasks"]["models"]["failure"]

@@ -12,6 +12,8 @@ import json
 import os
 import re
 import subprocess
+import sys
+import time
 
 import pytest
 import yaml
@@ -275,10 +277,13 @@ def test_the_planner_round_is_refused_once_the_budget_is_spent(api, project):
 CHECK = "PLUGIN-CHECK"
 
 
-def session(plugin_dir=None, cwd=None, prompt=CHECK):
-    """One `claude -p` session (the plugin loaded with --plugin-dir, or as installed)."""
-    argv = [CLI, "-p", "--output-format", "stream-json", "--verbose", "--permission-mode", "dontAsk",
-            "--allowedTools", "Bash(orchestrator *)", "Bash(state-transition *)"]
+def session(plugin_dir=None, cwd=None, prompt=CHECK, skill_allowed=False):
+    """One `claude -p` session (the plugin loaded with --plugin-dir, or as installed); with
+    SKILL_ALLOWED, in the default mode with only the skill allowed, as the README says for print
+    mode (its own allowed-tools do the rest); else dontAsk with the two commands allowed."""
+    argv = [CLI, "-p", "--output-format", "stream-json", "--verbose"] + (
+        ["--allowedTools", "Skill(parallel-orchestrator:parallel-orchestrator)"] if skill_allowed else
+        ["--permission-mode", "dontAsk", "--allowedTools", "Bash(orchestrator *)", "Bash(state-transition *)"])
     if plugin_dir:
         argv[1:1] = ["--plugin-dir", str(plugin_dir)]
     proc = subprocess.run(argv + ["--", prompt], cwd=cwd, capture_output=True, text=True, timeout=600)
@@ -343,7 +348,7 @@ def test_the_plugin_with_plugin_dir_and_installed_from_a_local_marketplace(api, 
 
 # --------------------------------------------------------------------------- the README, verbatim
 README_PROMPT = "Use parallel-orchestrator to add a /health endpoint and a /version endpoint, each with tests."
-README_RUN = "orchestrator validate plan.yaml && orchestrator run plan.yaml && orchestrator status"
+README_RUN = "orchestrator validate plan.yaml && orchestrator run plan.yaml && orchestrator status"  # by hand
 
 
 def test_the_readme_use_from_claude_code_walkthrough(api, project, tmp_path):
@@ -364,11 +369,12 @@ def test_the_readme_use_from_claude_code_walkthrough(api, project, tmp_path):
         {"id": "version", "description": "Add version.txt", "files": ["version.txt"], "verify": "test -f version.txt"},
         {"id": "docs", "description": "Add docs.txt", "depends_on": ["health", "version"], "files": ["docs.txt"],
          "verify": "test -f docs.txt"}]}, sort_keys=False)
-    api.script("Use parallel-orchestrator", [
+    api.script("Use parallel-orchestrator", [  # what the skill says to do, step by step
         Turn([tool("Skill", {"skill": "parallel-orchestrator:parallel-orchestrator"})]),
         Turn([tool("Write", {"file_path": str(project / "plan.yaml"), "content": plan})]),
-        Turn([tool("Bash", {"command": README_RUN, "timeout": 600000})]),
-        Turn([tool("Bash", {"command": "orchestrator resume"})]),
+        Turn([tool("Bash", {"command": "orchestrator validate plan.yaml"})]),
+        Turn([tool("Bash", {"command": "orchestrator run --detach --all-groups plan.yaml"})]),
+        Turn([tool("Bash", {"command": "orchestrator wait --timeout 540"})]),
         Turn([tool("Bash", {"command": "orchestrator status --json"})]),
         Turn([text("All three tasks are merged.")])])
     for t in ("health", "version", "docs"):
@@ -380,8 +386,73 @@ def test_the_readme_use_from_claude_code_walkthrough(api, project, tmp_path):
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     results = tool_results(events)
     assert not any(error for _, error in results.values()), results
+    assert results["orchestrator validate plan.yaml"][0].startswith("Plan OK: 3 tasks")
+    assert results["orchestrator run --detach --all-groups plan.yaml"][0].startswith("Detached: run ")
+    assert results["orchestrator wait --timeout 540"][0].startswith("complete: ")
     status = json.loads(results["orchestrator status --json"][0])
     assert {t: e["status"] for t, e in status["tasks"].items()} == {t: "merged" for t in ("health", "version", "docs")}
     assert status["status"] == "complete"
     for t in ("health", "version", "docs"):
         assert (project / f"{t}.txt").exists() and f"{t}: add {t}.txt" in git(project, "log", "main", "--format=%s")
+    # and the README's terminal line, by hand, in a fresh clone of the result
+    clone = tmp_path / "by-hand"
+    git(tmp_path, "clone", "-q", str(project), str(clone))
+    for t in ("health", "version", "docs"):
+        api.script(f"task is `{t}`", work_script(t, name=f"{t}-2.txt"))
+    (clone / "plan.yaml").write_text(plan.replace(".txt", "-2.txt"))
+    r = subprocess.run(["bash", "-c", README_RUN], cwd=clone, capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"))
+    assert r.returncode == 0 and "Plan OK" in r.stdout and "State: " in r.stdout, r.stderr
+
+
+# --------------------------------------------------------------------------- a run outlives its session
+def test_a_detached_run_outlives_session_one_and_session_two_picks_it_up(api, project, tmp_path):
+    """Session 1 starts a detached run whose agents take longer than its Bash tool's timeout,
+    waits a little, and ends; the agents go on; session 2 hears of the run from the plugin's
+    SessionStart hook, waits, and the run completes with every task merged once."""
+    from tests.test_plugin import plugin_copy
+
+    plugin = plugin_copy(tmp_path)
+    agent = "sleep 15 && echo $TASK_ID > $TASK_ID.txt && git add -A && git commit -qm $TASK_ID"
+    (project / "plan.yaml").write_text(yaml.safe_dump({"agent": agent, "tasks": [
+        {"id": t, "files": [f"{t}.txt"]} for t in ("a", "b", "c")]}, sort_keys=False))
+    git(project, "add", "plan.yaml")
+    git(project, "commit", "-qm", "plan")
+    skill = Turn([tool("Skill", {"skill": "parallel-orchestrator:parallel-orchestrator"})])
+    api.script("SESSION-ONE", [skill,
+                               Turn([tool("Bash", {"command": "orchestrator run --detach --all-groups plan.yaml",
+                                                   "timeout": 8000})]),
+                               Turn([tool("Bash", {"command": "orchestrator wait --timeout 3", "timeout": 8000})]),
+                               Turn([text("The run goes on in the background.")])])
+    api.script("SESSION-TWO", [skill,
+                               Turn([tool("Bash", {"command": "orchestrator wait --timeout 540"})]),
+                               Turn([tool("Bash", {"command": "orchestrator status --json"})]),
+                               Turn([text("All three tasks are merged.")])])
+    started = time.monotonic()
+    one, events = session(plugin_dir=plugin, cwd=project, prompt="SESSION-ONE", skill_allowed=True)
+    assert one.returncode == 0, one.stderr
+    results = tool_results(events)
+    assert results["orchestrator run --detach --all-groups plan.yaml"][0].startswith("Detached: run ")
+    waited = results["orchestrator wait --timeout 3"][0]
+    assert waited.startswith("Exit code 2\ntimeout: ") and "is running" in waited  # (the CLI adds the first line)
+    data = yaml.safe_load(open(project / ".claude" / "auto-progress.yaml"))
+    from engine.procs import alive
+
+    assert time.monotonic() - started < 15 and alive(data["orchestrator_pid"], data["orchestrator_pid_start"])
+    running = [t for t, e in data["tasks"].items() if e.get("status") == "running"]
+    assert running == ["a", "b", "c"]  # session 1 is over; its agents are not
+
+    api.requests.clear()
+    two, events = session(plugin_dir=plugin, cwd=project, prompt="SESSION-TWO", skill_allowed=True)
+    assert two.returncode == 0, two.stderr
+    first = [q for q in api.requests if q["marker"] == "SESSION-TWO"][0]["body"]
+    heard = re.search(r"parallel-orchestrator: run (run-[0-9-]+) is running in \w+ \([^)]*\); its process is alive "
+                      r"\(pid (\d+)\)\. Next: `orchestrator wait --timeout 540`", json.dumps(first))
+    assert heard and int(heard.group(2)) == data["orchestrator_pid"], "the hook's line is not in session 2's context"
+    results = tool_results(events)
+    assert results["orchestrator wait --timeout 540"][0].startswith("complete: ")
+    status = json.loads(results["orchestrator status --json"][0])
+    assert {t: e["status"] for t, e in status["tasks"].items()} == {t: "merged" for t in "abc"}
+    log = git(project, "log", "main", "--format=%s").splitlines()
+    assert all(log.count(t) == 1 for t in "abc")
+    assert all(len(e["attempts"]) == 1 for e in status["tasks"].values())  # each agent ran once
