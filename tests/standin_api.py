@@ -201,8 +201,12 @@ class StandIn:
             last = turns[-1].resolved(body) if turns else Turn([])
             current = Turn([b for b in last.blocks if b["type"] == "text"] or [text("done")], last.usage)
         usage = {"cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, **current.usage}
+        # every answer's tool calls get ids of their own: a script's turn answered again (a resumed
+        # session starts the script over) with the ids of the first time reads to the CLI as the
+        # same call repeated, which it shows as "[Tool use interrupted]" (measured with 2.1.332)
+        blocks = [dict(b, id=tool(b["name"], {})["id"]) if b.get("type") == "tool_use" else b for b in current.blocks]
         return {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
-                "model": body.get("model", "claude-standin"), "content": current.blocks,
+                "model": body.get("model", "claude-standin"), "content": blocks,
                 "stop_reason": current.stop_reason, "stop_sequence": None, "usage": usage}
 
 

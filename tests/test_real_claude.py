@@ -52,6 +52,8 @@ def api(tmp_path, monkeypatch):
         os.symlink(CLI, bindir / "claude")
         monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
         yield server
+        # a script the CLI loops on (a misread turn) must fail its test, not pass on the cap
+        assert len(server.requests) < server.MAX_REQUESTS, "the stand-in's request limit was reached"
 
 
 @pytest.fixture
