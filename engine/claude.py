@@ -31,7 +31,12 @@ PRESET = "claude"
 PINNED_CLI_VERSION = "2.1.332"  # the Makefile installs this one; tests check our flags against its --help
 # `--permission-mode` choices in the pinned CLI's --help
 PERMISSION_MODES = ("acceptEdits", "auto", "bypassPermissions", "manual", "dontAsk", "plan")
-DEFAULT_TOOLS = ("Read", "Edit", "Write", "Glob", "Grep", "Bash(git *)")
+# git by subcommand, never `git *`: that allowed `git -C <main checkout> commit ...` (an agent
+# committing onto the base in the main checkout, no denial); these all start with the subcommand,
+# so a `-C DIR`, `--git-dir` or `-c` before it is not covered
+GIT_RULES = tuple(f"Bash(git {sub}{rest})" for sub in ("add", "commit", "status", "diff", "log", "show", "rm", "mv",
+                                                       "restore", "ls-files") for rest in ("", " *"))
+DEFAULT_TOOLS = ("Read", "Edit", "Write", "Glob", "Grep", *GIT_RULES)
 # directories the CLI never lets its file tools write into without a person (measured for .claude;
 # its documentation names the others): no agent's checkout may lie under one of them
 PROTECTED_DIRS = (".claude", ".git", ".vscode", ".idea")
@@ -153,14 +158,16 @@ def path_rule(tool, path):
     return f"{kind}({'/' if path.startswith('/') else ''}{path})"
 
 
+CONFINED_EDITS = "Edit(./**)"  # relative to the CLI's cwd, the agent's worktree, whatever its path holds
+
+
 def allowed_tools(options, verify, workdir=None):
     """The allow-list: the preset's, plus the task's verify command (exactly, and with more
-    arguments). A bare Edit or Write becomes `Edit(//WORKDIR/**)`: in dontAsk mode a bare Write
-    lets the agent write anywhere, the main checkout included (measured with 2.1.332); a write
-    elsewhere is then a denial, reported."""
-    scoped = workdir and os.path.isabs(workdir) and not any(c in workdir for c in "()\n*?[]")
-    rules = [path_rule("Edit", f"{os.path.normpath(workdir)}/**") if scoped and rule in FILE_TOOLS else rule
-             for rule in options.allowed_tools]
+    arguments). A bare Edit or Write becomes `Edit(./**)`, edits below the agent's cwd (its
+    worktree): in dontAsk mode a bare Write lets the agent write anywhere, the main checkout
+    included (measured with 2.1.332); a write elsewhere is then a denial, reported. (An
+    absolute `Edit(//PATH/**)` could not name a path with `(`, `*`, `[`... in it.)"""
+    rules = [CONFINED_EDITS if rule in FILE_TOOLS else rule for rule in options.allowed_tools]
     if verify and verify.strip() and "\n" not in verify:
         rules += [f"Bash({verify.strip()})", f"Bash({verify.strip()} *)"]
     return list(dict.fromkeys(rules))
@@ -209,9 +216,17 @@ def build_argv(options, task, attempt, *, session_id, resume_session=None, feedb
 
     `task` has `id` and `description` (a plan Task); `resume_session` is the previous attempt's
     session id when that session exists, and `feedback` is QA's verdict on it."""
-    if resume_session and feedback:
+    if resume_session:
+        # a resumed session keeps its FIRST system prompt (the CLI ignores a new
+        # --append-system-prompt on --resume, measured with 2.1.332), and this attempt may run in
+        # another slot: where to work is said in the prompt itself
+        branch = getattr(task, "branch", None)
+        where = (f"This attempt runs in {workdir} (a git worktree{' on branch ' + branch if branch else ''}): "
+                 f"Work only inside {workdir} (a git worktree), whatever was said before.")
         prompt = (f"Attempt {attempt}: your previous attempt was checked and rejected. QA feedback:\n\n{feedback}\n\n"
-                  "Fix the problem, run the check again, and commit.")
+                  "Fix the problem, run the check again, and commit." if feedback else
+                  f"Attempt {attempt}: your previous attempt was stopped before it finished. {task.description or ''}"
+                  "\n\nCarry on with the task and commit.") + "\n\n" + where
     elif feedback:
         prompt = f"{task.description}\n\nAn earlier attempt was rejected. QA feedback:\n\n{feedback}"
     else:
@@ -432,26 +447,33 @@ def denial_text(tool, tool_input):
     return f"{tool}: {_shorten(value)}" if value else tool
 
 
+RULE_MAX = 1000  # a longer (or multi-line) command is allowed by a prefix rule on its first word
+
+
 def allow_rule(tool, tool_input):
-    """The `allowed_tools` entry that would allow that use: `Bash(rm -rf build)` (the exact
-    command), `Edit(//abs/file)` for any file-editing tool, `Read(//abs)`, or the tool name."""
-    tool = _shorten(tool, 60)
+    """The `allowed_tools` entry that would allow that use: `Bash(rm -rf build)` (the command
+    exactly as it was, so the rule matches it), `Bash(make *)` for a command too long or on
+    several lines, `Edit(//abs/file)` for any file-editing tool, `Read(//abs)`, or the tool name."""
     kind, value = _input_of(tool_input)
-    if kind == "path":
-        return path_rule(tool, _shorten(value))
-    return f"{tool}({_shorten(value)})" if value else tool
+    if kind == "path" and "\n" not in value and len(value) <= RULE_MAX:
+        return path_rule(tool, value)
+    if kind == "command" and value.strip():
+        if "\n" in value or len(value) > RULE_MAX or ")" in value:
+            return f"{tool}({value.split()[0][:200]} *)"
+        return f"{tool}({value})"
+    return tool if not value else f"{tool}({_shorten(value)})"
 
 
 def denial_hint(rules, task_id):
     """What a person does about the denied uses whose allow RULES (allow_rule) are given, in one line."""
-    protected = [r for r in rules if r.startswith(("Edit(", "Read(")) and any(f"/{name}/" in r for name in PROTECTED_DIRS)]
+    protected = [r for r in rules if r.startswith("Edit(") and any(f"/{name}/" in r for name in PROTECTED_DIRS)]
+    others = [r for r in rules if r not in protected]
+    steps = f"then `orchestrator retry {task_id}` and `orchestrator resume --adopt-plan`"
+    add = "add " + ", ".join(f'"{r}"' for r in others) + " to the agent's `allowed_tools` in the plan" if others else ""
     if protected:
         return (f"Claude Code refuses file edits under {', '.join(PROTECTED_DIRS)} in print mode whatever the "
-                f"allow-list says ({protected[0]}); have the task write elsewhere, "
-                f"then `orchestrator retry {task_id}` and `orchestrator resume --adopt-plan`")
-    listed = ", ".join(f'"{r}"' for r in rules)
-    return (f"add {listed} to the agent's `allowed_tools` in the plan, then `orchestrator retry {task_id}` and "
-            "`orchestrator resume --adopt-plan`")
+                f"allow-list says ({protected[0]}): have the task write elsewhere{'; ' + add if add else ''}, {steps}")
+    return f"{add}, {steps}"
 
 
 def read_summary(path, baseline=None):
@@ -559,21 +581,16 @@ def previous_session(logs_dir, task_id, n):
 
 
 def _resumed(logs_dir, task_id, n):
-    """The summary of the attempt that attempt N resumed (its argv file names the session), or None."""
+    """The baseline of attempt N when it resumed a session (its argv file says so): the chain
+    of attempts before it (previous_attempt; a stopped run of attempt N itself, when that is
+    what it resumed, never reported a cost of its own), else None."""
     spec, _ = spec_paths(stream_path(logs_dir, task_id, n))
     try:
         with open(spec, encoding="utf-8") as fh:
             argv = json.load(fh).get("argv") or []
     except (OSError, ValueError, AttributeError):
         return None
-    if "--resume" not in argv or argv.index("--resume") + 1 >= len(argv):
-        return None
-    session = argv[argv.index("--resume") + 1]
-    for k in range(n - 1, 0, -1):
-        summary = read_summary(stream_path(logs_dir, task_id, k))
-        if summary.get("session_id") == session:
-            return summary
-    return None
+    return previous_attempt(logs_dir, task_id, n) if "--resume" in argv else None
 
 
 def _changed(cwd, base_commit):
@@ -599,11 +616,16 @@ def run_attempt(backend, attempt, options, task, stagger=None, cancel=None, budg
     While it runs, the stream is tailed and cost/tokens/turns recorded as they arrive."""
     logs = os.path.dirname(attempt.log_path)
     stream = stream_path(logs, task.id, attempt.n)
-    if os.path.exists(stream):  # a re-run of attempt n (after a crash): its events start afresh
+    chain = previous_attempt(logs, task.id, attempt.n)
+    interrupted = None
+    if os.path.exists(stream):  # a re-run of attempt n (after a crash or a stop): its events start afresh
         from engine import store
 
+        interrupted = read_summary(stream)
         store.replace(stream, stream + f".{int(time.time())}.old")
-    parent = previous_attempt(logs, task.id, attempt.n)
+    # a stopped attempt's session is resumed, not started over: the agent keeps what it did, and the
+    # CLI's total then includes what that session spent (its stream ended before any result said so)
+    parent = interrupted if interrupted and resumable(interrupted) else chain
     resume = parent["session_id"] if parent else None
     session_id = new_session_id()
     feedback = (attempt.entry or {}).get("qa_feedback") or None
@@ -625,7 +647,7 @@ def run_attempt(backend, attempt, options, task, stagger=None, cancel=None, budg
             seen.update(fields)
             attempt.record(**fields)
 
-    watcher = threading.Thread(target=follow, args=(stream, done, live), kwargs={"baseline": parent}, daemon=True,
+    watcher = threading.Thread(target=follow, args=(stream, done, live), kwargs={"baseline": chain}, daemon=True,
                                name=f"stream-{task.id}")
     watcher.start()
     try:
@@ -633,7 +655,7 @@ def run_attempt(backend, attempt, options, task, stagger=None, cancel=None, budg
     finally:
         done.set()
         watcher.join()
-    summary = read_summary(stream, parent)
+    summary = read_summary(stream, chain)
     return annotate(result, summary, _changed(attempt.cwd, getattr(attempt, "base_commit", None)))
 
 

@@ -132,32 +132,50 @@ class Pool:
     @property
     def dir(self):
         """The slots' directory: POOL_DIR if set, else the existing pool's own (recorded in its
-        state file), else HOME or the contract's `.claude/worktree-pool` for a new pool."""
+        state file), else HOME or the contract's `.claude/worktree-pool` for a new pool. A move
+        of the pool that a kill cut short is finished (or rolled back) first, by whichever
+        command looks next, so no command ever sees slots on both sides."""
         if self._dir is None:
-            self._dir = self._default_dir if self.chosen_dir else (
-                self.recorded_dir() or self.home or self._default_dir)
+            if self.chosen_dir:
+                self._dir = self._default_dir
+            else:
+                recorded, moving = self._recorded()
+                self._dir = recorded or self.home or self._default_dir
+                if moving:
+                    self._finish_move()
         return self._dir
 
-    def recorded_dir(self):
-        """The directory an existing pool keeps its slots in: its `pool_dir`, or (a pool written
-        by an earlier version) its slots' paths. Only the two places we make pools in are taken
-        from the file; a pool elsewhere is found through POOL_DIR, as it was made."""
+    def _known(self, rel):
+        """RELative (or absolute) directory from the state file, if it is one of the two places
+        we make pools in; a pool elsewhere is found through POOL_DIR, as it was made."""
+        if not isinstance(rel, str) or not rel:
+            return None
+        path = os.path.normpath(os.path.join(self.root, rel))
+        known = {os.path.normpath(self._default_dir), os.path.normpath(self.layout.engine_pool_dir)}
+        return path if path in known else None
+
+    def _recorded(self):
+        """(the directory an existing pool keeps its slots in, or None; an unfinished move
+        {"from", "to"}, or None). The directory is its `pool_dir`, or (a pool written by an
+        earlier version) its slots' paths."""
         try:
             data = store.load_json(self.state_path)
         except OrchestratorError:
-            return None
+            return None, None
         if not isinstance(data, dict):
-            return None
+            return None, None
         slots = data.get("worktrees") if isinstance(data.get("worktrees"), list) else []
         recorded = data.get("pool_dir")
         if not isinstance(recorded, str):
             first = next((s.get("path") for s in slots if isinstance(s, dict) and isinstance(s.get("path"), str)), None)
             recorded = os.path.dirname(first) if first else None
-        if not recorded:
-            return None
-        path = os.path.normpath(os.path.join(self.root, recorded))
-        known = {os.path.normpath(self._default_dir), os.path.normpath(self.layout.engine_pool_dir)}
-        return path if path in known else None
+        moving = data.get("moving") if isinstance(data.get("moving"), dict) else None
+        if moving and not (self._known(moving.get("from")) and self._known(moving.get("to"))):
+            moving = None
+        return self._known(recorded), moving
+
+    def recorded_dir(self):
+        return self._recorded()[0]
 
     # ------------------------------------------------------------------ basics
     @property
@@ -187,6 +205,7 @@ class Pool:
         store.write_json(self.state_path, data)
 
     def lock(self):
+        self.dir  # (resolved first: finishing a move a kill cut short takes this lock itself)
         return store.file_lock(self.state_path)
 
     def find(self, data, slot_id):
@@ -525,10 +544,14 @@ class Pool:
     # ------------------------------------------------------------------ moving the pool
     def relocate(self, new_dir):
         """Move every slot to NEW_DIR with `git worktree move` (a slot's checkout goes whole:
-        a leased task's commits and uncommitted files included) and record it. Returns None
-        when done, or why nothing moved: a live process other than this lease owner holds a
-        slot, or a slot is mid-operation (`health --repair` finishes that first)."""
-        repo = self.repo
+        a leased task's commits and uncommitted files included). Returns None when done, or why
+        nothing moved: a live process other than this lease owner holds a slot, a slot is
+        mid-operation (`health --repair` finishes that first), something is in the way at
+        NEW_DIR, or git cannot move a slot (a submodule, a lock: the slots moved are moved back).
+
+        The intent (`moving` in the state file) is written before the first slot moves, and
+        the pool's directory changes in the same write as the last: a kill in between leaves
+        the intent, and the next command that asks where the slots are finishes the move."""
         new_dir = os.path.normpath(new_dir)
         with self.lock():
             data = self.load()
@@ -540,26 +563,61 @@ class Pool:
             odd = next((s["id"] for s in data["worktrees"] if s.get("preparing") or s.get("releasing")), None)
             if odd:
                 return f"{odd} was left mid-operation (`pool-manager health --repair` finishes it)"
-            store.makedirs(new_dir)
-            worktree.exclude_from_status(repo, os.path.relpath(new_dir, repo))
-            old_dir = self.dir
-            with git.worktree_lock(repo):
-                listed = {os.path.realpath(e["path"]) for e in git.worktrees(repo)}
-                for slot in data["worktrees"]:
-                    src, dest = os.path.join(old_dir, slot["id"]), os.path.join(new_dir, slot["id"])
-                    if os.path.realpath(src) in listed and not os.path.lexists(dest):
-                        git.run(repo, "worktree", "move", src, dest)
-                    elif os.path.isdir(src) and not os.path.lexists(dest):
-                        shutil.rmtree(src, ignore_errors=True)  # not a worktree git knows: no work in it
-                    slot["path"] = self.rel(dest)
-                    self.save(data)  # each slot's record follows its move (a kill between: the next run goes on)
-                    crashpoint("slot-moved")
-            data["pool_dir"] = self.rel(new_dir)
-            self._dir = new_dir
+            for slot in data["worktrees"]:
+                dest = os.path.join(new_dir, slot["id"])
+                if os.path.islink(dest) or (os.path.lexists(dest) and not (os.path.isdir(dest) and not os.listdir(dest))):
+                    return f"{self.rel(dest)} is in the way"
+            data["moving"] = {"from": self.rel(self.dir), "to": self.rel(new_dir)}
             self.save(data)
+            return self._move_slots(data)
+
+    def _finish_move(self):
+        """Finish a move a kill cut short (see relocate)."""
+        with self.lock():
+            data = self.load()
+            if isinstance(data.get("moving"), dict):
+                why = self._move_slots(data)
+                if why:
+                    warn(f"[WARN] the pool stays in {self.rel(self.dir)}: {why}")
+
+    def _move_slots(self, data):
+        """The moves of relocate, under the pool's lock, from data["moving"]. Idempotent: a slot
+        already at its destination is left there."""
+        repo = self.repo
+        src_dir, dest_dir = self._known(data["moving"]["from"]), self._known(data["moving"]["to"])
+        store.makedirs(dest_dir)
+        worktree.exclude_from_status(repo, os.path.relpath(dest_dir, repo))
+        moved = []
+        with git.worktree_lock(repo):
+            listed = {os.path.realpath(e["path"]) for e in git.worktrees(repo)}
+            for slot in data["worktrees"]:
+                src, dest = os.path.join(src_dir, slot["id"]), os.path.join(dest_dir, slot["id"])
+                if os.path.realpath(src) not in listed:
+                    if os.path.isdir(src) and not os.path.islink(src):
+                        shutil.rmtree(src, ignore_errors=True)  # not a worktree git knows: no work in it
+                    continue
+                if os.path.isdir(dest) and not os.path.islink(dest) and not os.listdir(dest):
+                    os.rmdir(dest)
+                proc = git.run(repo, "worktree", "move", src, dest, check=False)
+                if proc.returncode != 0:
+                    for back_src, back_dest in reversed(moved):  # the pool stays whole where it was
+                        git.run(repo, "worktree", "move", back_dest, back_src, check=False)
+                    data.pop("moving", None)
+                    self._dir = src_dir
+                    self.save(data)
+                    reason = " ".join((proc.stderr or proc.stdout or "").split())[:200]
+                    return f"git cannot move {slot['id']} ({reason})"
+                moved.append((src, dest))
+                crashpoint("slot-moved")
+        for slot in data["worktrees"]:
+            slot["path"] = self.rel(os.path.join(dest_dir, slot["id"]))
+        data["pool_dir"] = self.rel(dest_dir)
+        data.pop("moving", None)
+        self._dir = dest_dir
+        self.save(data)
         with contextlib.suppress(OSError):
-            os.rmdir(old_dir)  # (only if empty: anything else in it stays)
-        self.journal.append("pool-moved", src=self.rel(old_dir), dest=self.rel(new_dir))
+            os.rmdir(src_dir)  # (only if empty: anything else in it stays)
+        self.journal.append("pool-moved", src=self.rel(src_dir), dest=self.rel(dest_dir))
         return None
 
     # ------------------------------------------------------------------ status

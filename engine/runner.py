@@ -205,7 +205,7 @@ def resume(options=None, layout=None):
             # aborted, or the state file was reset by another tool: continue at the next group;
             # killed before DECOMPOSE wrote the task table (or the state file): decompose first
             statefile.transition("PARALLELIZE" if data.get("tasks") else "DECOMPOSE", force=True, layout=layout)
-        run.progress.update(lambda d: d.update(status="running", **_owner()))
+        run.progress.update(lambda d: d.update(status="running", **_owner(), **_budget(run.options)))
         _announce(run)
         return loop(run)
 
@@ -249,6 +249,7 @@ def reconcile(run):
     if run.slots.exists():
         from engine import pool_health
 
+        run.slots.move_home()  # (before the repair looks: a slot is where its record says)
         run.slots.pool.adopt(set(tasks), os.getpid())
         _, _, repaired = pool_health.health(run.slots.pool, repair=True)
         for line in repaired:

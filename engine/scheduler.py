@@ -257,8 +257,10 @@ class Scheduler:
         spent = float(self.ctx.progress.get("cost_usd") or 0)
         if spent < budget:
             return True, ""
-        self.budget_spent = (f"run budget of ${budget:.2f} spent (${spent:.2f}): no new attempts; raise "
-                             "`max_budget_usd` in the plan and `orchestrator resume --adopt-plan`")
+        self.budget_spent = (f"run budget of ${budget:.2f} spent (${spent:.2f}): no new attempts; "
+                             "`orchestrator resume --max-budget-usd DOLLARS` goes on with a higher one"
+                             + ("" if self.ctx.progress.get("max_budget_usd") is not None else
+                                " (or raise `max_budget_usd` in the plan and `orchestrator resume --adopt-plan`)"))
         return False, self.budget_spent
 
     def attempt_budget(self, task_id):

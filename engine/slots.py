@@ -49,11 +49,11 @@ class Slots:
         except NotInitialized:
             self.pool.init(size)
             return
-        self._move_home()
+        self.move_home()
         if status["pool_size"] < size and status["busy"] == 0:
             self.pool.init(size, force=True)
 
-    def _move_home(self):
+    def move_home(self):
         """A pool made by an earlier version or by `pool-manager init` lives in
         `.claude/worktree-pool`, where a `claude` agent cannot edit a file: its slots move, work
         and all, to the engine's place (unless POOL_DIR chose the place). If a live process holds

@@ -227,6 +227,11 @@ def _record(data, task_id, fields):
     kind = fields.get("kind", "agent")
     for attempt in attempts:
         if attempt.get("n") == n and attempt.get("kind", "agent") == kind:
+            if attempt.get("outcome") == "interrupted" and "started_at" in fields:
+                # attempt n starts again after a stop: the stopped run keeps its record (and its
+                # usage stays counted in the sums below) under a kind of its own
+                attempt["kind"] = "interrupted"
+                continue
             attempt.update(fields)
             break
     else:

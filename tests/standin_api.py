@@ -80,6 +80,11 @@ def system_text(body):
     return _system_text(body)
 
 
+def latest_prompt(body):
+    """The prompt the request answers (a resumed session's new prompt, or the first one)."""
+    return _latest_prompt(body.get("messages") or [])
+
+
 def cli_env(home, url):
     """os.environ plus a throwaway HOME (created) and everything that points the CLI at `url`."""
     home = os.fspath(home)

@@ -52,7 +52,8 @@ def test_options_defaults_and_mapping():
     assert claude.is_preset("claude") and claude.is_preset({"preset": "claude"})
     assert not claude.is_preset('claude -p "$TASK_DESCRIPTION"')  # a plain command stays a command
     default = claude.options_from("claude")
-    assert default.permission_mode == "dontAsk" and "Bash(git *)" in default.allowed_tools
+    assert default.permission_mode == "dontAsk" and "Bash(git commit *)" in default.allowed_tools
+    assert "Bash(git *)" not in default.allowed_tools  # `git -C <main checkout> ...` is not the agent's to run
     assert default.stagger_seconds > 0
     opts = claude.options_from({"preset": "claude", "model": "sonnet", "max_budget_usd": 2,
                                 "allowed_tools": ["Bash(npm test)"], "append_system_prompt": "Be brief.",
@@ -92,7 +93,8 @@ def test_first_attempt_argv():
     assert argv[argv.index("--permission-mode") + 1] == "dontAsk"
     assert argv[argv.index("--permission-prompts") + 1] == "none"
     tools = argv[argv.index("--allowedTools") + 1:argv.index("--model")]
-    assert f"Bash({VERIFY})" in tools and f"Bash({VERIFY} *)" in tools and "Bash(git *)" in tools
+    assert f"Bash({VERIFY})" in tools and f"Bash({VERIFY} *)" in tools and "Bash(git add *)" in tools
+    assert "Edit(./**)" in tools and "Edit" not in tools and "Write" not in tools  # edits stay in the worktree
     assert argv[argv.index("--max-budget-usd") + 1] == "1.5"
     system = argv[argv.index("--append-system-prompt") + 1]
     assert "/w/wt-1" in system and "commit" in system and VERIFY in system and "auto/api" in system
@@ -399,7 +401,10 @@ def test_a_forks_cost_is_its_own_the_cli_total_includes_what_it_resumed():
     ("Read", {"file_path": "/etc/passwd"}, "Read: /etc/passwd", "Read(//etc/passwd)"),
     ("WebFetch", {"url": "https://example.com"}, "WebFetch: https://example.com", "WebFetch(https://example.com)"),
     ("Mystery", None, "Mystery", "Mystery"),
-    ("Bash", {"command": "echo " + "x" * 500}, "Bash: echo " + "x" * 154 + "…", "Bash(echo " + "x" * 154 + "…)"),
+    ("Bash", {"command": "echo " + "x" * 500}, "Bash: echo " + "x" * 154 + "…", "Bash(echo " + "x" * 500 + ")"),
+    ("Bash", {"command": "touch  two  spaces"}, "Bash: touch two spaces", "Bash(touch  two  spaces)"),  # as it was
+    ("Bash", {"command": "make " + "y" * 1200}, "Bash: make " + "y" * 154 + "…", "Bash(make *)"),
+    ("Bash", {"command": "make a &&\nmake b"}, "Bash: make a && make b", "Bash(make *)"),
 ])
 def test_a_denial_names_what_was_refused_and_the_rule_that_allows_it(tool_name, tool_input, text, rule):
     assert claude.denial_text(tool_name, tool_input) == text
@@ -415,11 +420,11 @@ def test_the_hint_for_a_protected_directory_says_no_rule_helps():
 
 def test_the_file_tools_are_confined_to_the_worktree():
     opts = claude.options_from({"preset": "claude", "allowed_tools": ["Bash(npm test)"]})
-    rules = claude.allowed_tools(opts, "make check", "/r/.orchestrator/worktree-pool/wt-2")
-    assert "Edit" not in rules and "Write" not in rules
-    assert rules.count("Edit(//r/.orchestrator/worktree-pool/wt-2/**)") == 1
-    assert {"Read", "Glob", "Grep", "Bash(git *)", "Bash(npm test)", "Bash(make check)", "Bash(make check *)"} <= set(rules)
-    assert "Edit" in claude.allowed_tools(opts, None, "/odd (dir)")  # a path a rule cannot name: as given
+    for workdir in ("/r/.orchestrator/worktree-pool/wt-2", "/odd (dir)/[x]*/wt-1"):  # any path: the rule names none
+        rules = claude.allowed_tools(opts, "make check", workdir)
+        assert "Edit" not in rules and "Write" not in rules and rules.count("Edit(./**)") == 1
+        assert {"Read", "Glob", "Grep", "Bash(git commit *)", "Bash(npm test)", "Bash(make check)",
+                "Bash(make check *)"} <= set(rules)
 
 
 def test_bypass_permissions_as_root_is_refused_at_plan_load(monkeypatch):
@@ -433,3 +438,21 @@ def test_bypass_permissions_as_root_is_refused_at_plan_load(monkeypatch):
         with pytest.raises(PlanError) as err:
             parse("agent: {preset: claude, permission_mode: bypassPermissions}\ntasks: [{id: a}]\n")
         assert "refused by Claude Code when running as root" in err.value.message
+
+
+def test_a_resumed_attempt_is_told_in_its_prompt_where_it_works_now():
+    """The CLI keeps a resumed session's first system prompt (measured): the slot of this
+    attempt, which may not be the first one's, is said in the prompt."""
+    task = Task(id="api", description="Build the API")
+    for feedback in ("tests fail", None):
+        argv = claude.build_argv(claude.ClaudeOptions(), task, 2, session_id="s2", resume_session="s1",
+                                 feedback=feedback, workdir="/w/wt-2", verify=VERIFY)
+        prompt = argv[-1]
+        assert "Work only inside /w/wt-2" in prompt and "auto/api" in prompt
+        assert ("tests fail" in prompt) == bool(feedback)
+
+
+def test_the_hint_keeps_every_rule_beside_a_protected_path():
+    hint = claude.denial_hint(["Edit(//r/.git/config)", "Bash(make)", "Read(//r/.claude/x)"], "t")
+    assert "refuses file edits under" in hint and "Edit(//r/.git/config)" in hint
+    assert 'add "Bash(make)", "Read(//r/.claude/x)" to the agent' in hint

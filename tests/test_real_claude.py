@@ -20,7 +20,7 @@ import yaml
 
 from engine.paths import ENGINE_POOL_REL
 from tests.conftest import git, invoke
-from tests.standin_api import StandIn, Turn, cli_env, system_text, text, tool
+from tests.standin_api import StandIn, Turn, cli_env, latest_prompt, system_text, text, tool
 from tests.test_claude_cli import CLI
 
 pytestmark = pytest.mark.skipif(CLI is None, reason="the real Claude Code CLI is not installed "
@@ -68,11 +68,17 @@ def write_plan(path, tasks, **top):
     return str(path)
 
 
+def workdir_of(body):
+    """Where the agent is told to work, as a model reads it: the latest prompt's instruction
+    (a resumed session keeps its first system prompt), else the system prompt's."""
+    found = WORKDIR.search(latest_prompt(body)) or WORKDIR.search(system_text(body))
+    return found.group(1)
+
+
 def in_worktree(name, content):
-    """A Write of NAME in the agent's own worktree (named in its system prompt)."""
+    """A Write of NAME in the agent's own worktree (where it is told to work)."""
     def blocks(body):
-        workdir = WORKDIR.search(system_text(body)).group(1)
-        return [tool("Write", {"file_path": os.path.join(workdir, name), "content": content})]
+        return [tool("Write", {"file_path": os.path.join(workdir_of(body), name), "content": content})]
     return blocks
 
 

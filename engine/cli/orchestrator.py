@@ -97,15 +97,19 @@ def run_cmd(plan, goal, planner, all_groups, agent, executor, max_budget_usd, ag
 @click.option("--adopt-plan", is_flag=True, help="The plan file changed since `run`: validate it and go on with "
                                                  "it (merged tasks stay merged).")
 @click.option("--detach", is_flag=True, help="Go on in a process of its own (see `run --detach`).")
+@click.option("--max-budget-usd", type=click.FloatRange(min=0, min_open=True), metavar="DOLLARS",
+              help="A new budget for the run (wins over the plan's), e.g. to go on after it was spent.")
 @click.option("--quiet", is_flag=True)
-def resume_cmd(all_groups, adopt_plan, detach, quiet):
+def resume_cmd(all_groups, adopt_plan, detach, max_budget_usd, quiet):
     """Continue the run exactly where it stopped (boundary, Ctrl-C, SIGKILL, reboot)."""
     from engine import runner
 
+    if max_budget_usd is not None and not math.isfinite(max_budget_usd):
+        raise click.UsageError("--max-budget-usd must be a finite number of dollars")
     if detach:
         return _detached()
     _terminate_on_sigterm()
-    return runner.resume(_options(all_groups, quiet=quiet, adopt_plan=adopt_plan))
+    return runner.resume(_options(all_groups, quiet=quiet, adopt_plan=adopt_plan, max_budget_usd=max_budget_usd))
 
 
 def _detached():
