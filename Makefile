@@ -70,7 +70,7 @@ $(CLAUDE_STAMP):
 plugin-check: $(STAMP) $(CLAUDE_STAMP)
 	$(CLAUDE) --version
 	$(CLAUDE) plugin validate --strict .
-	CLAUDE_BIN=$(abspath $(CLAUDE)) ORCH_SLOW_TESTS=1 $(PY) -m pytest -q tests/test_plugin.py tests/test_claude_cli.py tests/test_real_claude.py
+	CLAUDE_BIN=$(abspath $(CLAUDE)) ORCH_SLOW_TESTS=1 $(PY) -m pytest -q tests/test_plugin.py tests/test_claude_cli.py tests/test_real_claude.py tests/test_redteam_claude.py
 
 clean:
 	rm -rf $(VENV) $(TOOLS) *.egg-info .pytest_cache .hypothesis

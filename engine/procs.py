@@ -68,8 +68,11 @@ def alive(pid, start=None):
 def stop_group(pid, start=None, grace=2.0):
     """Stop a process and its session (TERM, then KILL after `grace`). When it is a command's
     reaper (see run_command), whatever of that command escaped the session is stopped too
-    (the marker sweep), even if the orchestrator that started it is gone."""
-    if not alive(pid, start):
+    (the marker sweep), even if the orchestrator that started it is gone.
+
+    Only a process proved to be the one recorded is signalled: without its START time (a
+    record from a file, an older version, a hand edit) a reused pid could be anyone's."""
+    if start is None or not alive(pid, start):
         return False
     marker = reaper_marker(pid)
     try:
@@ -108,9 +111,10 @@ def reaper_marker(pid):
 
 
 def wait_for(pid, start=None, timeout=None, poll=0.1):
-    """Wait for a process we did not start (an orphan of a dead run); True if it ended."""
+    """Wait for a process we did not start (an orphan of a dead run); True if it ended. A
+    record without the START time proves nothing: not waited for (it could be anyone's)."""
     deadline = None if timeout is None else time.time() + timeout
-    while alive(pid, start):
+    while start is not None and alive(pid, start):
         if deadline is not None and time.time() > deadline:
             return False
         time.sleep(poll)

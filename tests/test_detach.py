@@ -204,3 +204,25 @@ def test_the_hook_names_a_blocked_task_and_says_nothing_once_complete(repo, tmp_
     lines = hook(repo, tmp_path).stdout.splitlines()
     assert len(lines) == 1 and "is complete" in lines[0] and "Next: `orchestrator retry bad`" in lines[0]
     git(repo, "checkout", "-q", "main")
+
+
+def test_abort_never_signals_a_recorded_pid_it_cannot_prove_is_its_own(repo):
+    """A task's record with a pid but no start time (a hand edit, an older file), the pid now
+    an unrelated live process: abort leaves it alone."""
+    from engine.paths import Layout
+    from engine.progress import Progress
+
+    plan = write_plan(repo, seconds=0)
+    assert orchestrator("run", plan, cwd=repo).returncode == 0
+    bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        Progress(Layout(str(repo))).update(lambda d: (d.update(status="running", orchestrator_pid=None),
+                                                      d["tasks"]["c"].update(status="running", pid=bystander.pid)))
+        r = orchestrator("abort", cwd=repo)
+        assert r.returncode == 0, r
+        time.sleep(0.3)
+        assert bystander.poll() is None  # still alive
+        assert "0 agent(s) stopped" in r.stdout or r.stdout.startswith("Nothing to abort")
+    finally:
+        bystander.kill()
+        bystander.wait()

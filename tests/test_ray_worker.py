@@ -98,7 +98,11 @@ def test_a_dead_attempts_directory_is_swept_and_its_orphaned_agent_stopped(repo,
     dead.wait()
     stale = attempts / "t1.999.abcdef"
     stale.mkdir()
-    (attempts / "t1.999.abcdef.owner").write_text(json.dumps({"pid": dead.pid, "agent_pid": orphan.pid}))
+    from engine.procs import process_start_time
+
+    # as the worker writes it: the agent's pid with its start time (a pid without one is never signalled)
+    (attempts / "t1.999.abcdef.owner").write_text(json.dumps({"pid": dead.pid, "agent_pid": orphan.pid,
+                                                              "agent_start": process_start_time(orphan.pid)}))
     proc = worker(repo, remote, tmp_path, "true")
     assert proc.returncode == 0, proc.stdout
     assert orphan.wait(timeout=10) is not None

@@ -404,7 +404,7 @@ def _anything_live(data):
     tasks = data.get("tasks") if isinstance(data.get("tasks"), dict) else {}
     pids = [(data.get("orchestrator_pid"), data.get("orchestrator_pid_start"))] + \
         [(t.get("pid"), t.get("pid_start")) for t in tasks.values() if isinstance(t, dict)]
-    return any(isinstance(pid, int) and alive(pid, start) for pid, start in pids)
+    return any(isinstance(pid, int) and start is not None and alive(pid, start) for pid, start in pids)
 
 
 @cli.command("dashboard")
