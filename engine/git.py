@@ -585,6 +585,23 @@ def discard_changes(path, branch=None):
     run(path, "clean", "-q", "-ffd")
 
 
+def restart_branch(path, branch, commit):
+    """Put BRANCH, checked out at PATH, at COMMIT, the checkout clean (a retry with no work of
+    its own starts from the base as it is now)."""
+    run(path, "checkout", "-q", "-f", "-B", branch, commit, "--")
+    run(path, "clean", "-q", "-ffd")
+
+
+def commits_between(repo, old, new):
+    """The commits reachable from NEW and not from OLD (a set of full ids)."""
+    return set(out(repo, "rev-list", f"{old}..{new}").split())
+
+
+def refs_under(repo, prefix):
+    """Every ref name under PREFIX (e.g. refs/orchestrator/attempts/)."""
+    return out(repo, "for-each-ref", "--format=%(refname)", prefix).split()
+
+
 def add_detached_worktree(repo, path, commit):
     """A throwaway checkout of COMMIT at PATH (for e2e), registered under the worktree lock."""
     with worktree_lock(repo):

@@ -102,9 +102,21 @@ class MergeQueue:
         # The base contains the branches now: the safe delete (git itself keeps a branch a slot
         # still has checked out; that slot's release deletes it)
         git.delete_branch(ctx.repo, *[b for _, b in merged], check=False)
+        self._drop_kept_attempts([t for t, _ in merged])
         for task_id, branch in merged:
             ctx.reporter.task(task_id, "merged" + (" (already in the base)" if branch in already else ""))
         return {t: s for (t, _), s in zip(merged, statuses)}
+
+    def _drop_kept_attempts(self, task_ids):
+        """A merged task's set-aside attempts (refs/orchestrator/attempts/TASK/N) go with its
+        merge (decided here): what it became is in the base, and the journal keeps each ref's
+        commit (`attempt-kept`) for as long as git keeps the objects. One look, only when any
+        were kept."""
+        if not any(self.ctx.tasks.entry(t).get("kept_attempts") for t in task_ids):
+            return
+        for ref in git.refs_under(self.ctx.repo, f"{ATTEMPT_REFS}/"):
+            if ref.split("/")[3] in task_ids:
+                git.delete_ref(self.ctx.repo, ref)
 
     def _conflicted(self, task_id, files):
         ctx = self.ctx
@@ -153,6 +165,7 @@ class MergeQueue:
             return None
         ref = f"{ATTEMPT_REFS}/{task_id}/{attempt}"
         git.update_ref(ctx.repo, ref, tip)
+        ctx.tasks.update(task_id, kept_attempts=sorted(set(ctx.tasks.entry(task_id).get("kept_attempts") or []) | {ref}))
         git.delete_branch(ctx.repo, branch)
         ctx.journal.append("attempt-kept", task=task_id, ref=ref, commit=tip)
         crashpoint("set-aside")

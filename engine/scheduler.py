@@ -40,6 +40,10 @@ class TaskFailure(OrchestratorError):
     """A problem that fails one task, never the run (raised inside a worker)."""
 
 
+class WaitForBase(Exception):
+    """The worker lets go of a task whose next attempt must wait for the base to move."""
+
+
 class BudgetHeld(OrchestratorError):
     """The run's budget is spent: the worker stops before the attempt; the task keeps its status."""
 
@@ -142,10 +146,18 @@ class Scheduler:
         return bool(approved) and any(s in STARTABLE and approved.intersection(self._deps(t))
                                       for t, s in statuses.items())
 
+    def _deps_done(self, task_id, statuses):
+        """Whether TASK_ID may start as far as the plan's order goes: everything it depends on
+        (`depends_on`) merged, and every task before it on a shared file ended, merged or not
+        (file order serializes, it chains no failure; the task starts on the base as it is)."""
+        task = self.plan.tasks[task_id]
+        return all(statuses.get(d) == S.MERGED for d in task.depends_on) and \
+            all(statuses.get(d) in TERMINAL for d in task.implicit_deps if d not in task.depends_on)
+
     def _ready_to_start(self):
         """Whether a task of the scope waits only for a worker (every dependency merged)."""
         statuses = self.ctx.tasks.statuses(self.scope)
-        return any(s in STARTABLE and t not in self.jobs and all(statuses.get(d) == S.MERGED for d in self._deps(t))
+        return any(s in STARTABLE and t not in self.jobs and self._deps_done(t, statuses)
                    for t, s in statuses.items())
 
     def _settle_placeholders(self, everything=False):
@@ -193,15 +205,18 @@ class Scheduler:
         return self.plan.tasks[task_id].all_deps
 
     def _fail_unreachable(self):
-        """A pending task whose dependency ended without being merged can never start."""
+        """A pending task whose dependency (`depends_on`) ended without being merged can never
+        start; nor can one waiting on a task outside the scope that will not run. A task before
+        it on a shared file that failed does not stop it (file order chains no failure)."""
         statuses = self.ctx.tasks.statuses()
         for task_id in self.scope:
             if statuses.get(task_id) != S.PENDING:
                 continue
+            explicit = set(self.plan.tasks[task_id].depends_on)
             for dep in self._deps(task_id):
                 dep_status = statuses.get(dep, S.PENDING)
                 stuck = dep not in self.scope and dep_status not in TERMINAL
-                if (dep_status in TERMINAL and dep_status != S.MERGED) or stuck:
+                if (dep in explicit and dep_status in TERMINAL and dep_status != S.MERGED) or stuck:
                     reason = f"dependency {dep} is {dep_status.value}; not started"
                     self.ctx.tasks.fail(task_id, reason)
                     self.ctx.reporter.task(task_id, reason)
@@ -224,7 +239,9 @@ class Scheduler:
             status = statuses.get(task_id, S.PENDING)
             if task_id in self.jobs or status not in STARTABLE + IN_FLIGHT:
                 continue
-            if status in STARTABLE and not all(statuses.get(d) == S.MERGED for d in self._deps(task_id)):
+            if status in STARTABLE and not self._deps_done(task_id, statuses):
+                continue
+            if status == S.PENDING and self._waits_for_base(task_id, statuses):
                 continue
             ready.append((status not in IN_FLIGHT, -self.rank[task_id], self.position[task_id], task_id))
         started = 0
@@ -248,6 +265,22 @@ class Scheduler:
             self.jobs[task_id] = job
             started += 1
         return started
+
+    def _waits_for_base(self, task_id, statuses):
+        """A task whose agent failed on a base that has not moved since waits while another
+        task may still move it (its next attempt would see the same code); once the base moves,
+        or nothing else can move it, it goes. (A QA rejection with work to fix never waits.)"""
+        waiting_on = self.ctx.tasks.entry(task_id).get("wait_base")
+        if not waiting_on:
+            return False
+        if self._base_tip() != waiting_on:
+            return False
+        return any(t != task_id and s not in TERMINAL and not (
+            s == S.PENDING and self.ctx.tasks.entry(t).get("wait_base")) for t, s in statuses.items()
+            if t in self.position)
+
+    def _base_tip(self):
+        return git.branch_commit(self.ctx.repo, self.ctx.base)
 
     def may_start(self):
         """(allowed, reason): no new attempt once the run's agents have spent its budget."""
@@ -339,6 +372,8 @@ class Scheduler:
             ctx.reporter.task(task_id, f"failed: {exc.message}")
         except BudgetHeld as exc:
             ctx.reporter.task(task_id, f"held ({ctx.tasks.status(task_id).value}): {exc.message}")
+        except WaitForBase:
+            ctx.slots.give_back(task_id)  # (a slot is not kept idle while the task waits)
         finally:
             self._launch_begun(task_id)
             status = ctx.tasks.status(task_id)
@@ -418,15 +453,87 @@ class Scheduler:
             slot, path = ctx.slots.hold(task_id, discard_edits=True, record=False) if backend.needs_checkout \
                 else (None, None)
             # (a slot leased just now is at the base commit it was prepared from: no second look)
-            base_commit = (ctx.slots.fresh_base(task_id) if slot else None) or git.branch_commit(ctx.repo, ctx.base)
+            base_commit = (ctx.slots.fresh_base(task_id) if slot else None) or self._base_tip()
+            changes = {}
+            if n > 1 and status != S.CONFLICTED:  # a retry starts from the base as it is now
+                moved = self._onto_current_base(task_id, status, n, path) if path else None
+                if moved == "verify":
+                    return  # its rejected work applied on the moved base: QA looks again first
+                if moved:
+                    slot, path, base_commit, kept = moved
+                else:
+                    kept = None
+                changes = self._merged_since(entry.get("base_commit"), base_commit)
+                feedback = self._retry_feedback(entry, feedback, changes, kept)
             ctx.tasks.fire(task_id, "start", iterations=n, slot=slot, pid=None, base_commit=base_commit,
-                           started_at=entry.get("started_at") or store.utc_now(),
-                           attempt={"n": n, "kind": "agent", "slot": slot, "started_at": store.utc_now()})
-            ctx.reporter.task(task_id, f"running in {slot or 'the backend'} (attempt {n})")
+                           started_at=entry.get("started_at") or store.utc_now(), wait_base=None, recheck=None,
+                           attempt={"n": n, "kind": "agent", "slot": slot, "started_at": store.utc_now(),
+                                    "base_commit": base_commit})
+            ctx.reporter.task(task_id, f"running in {slot or 'the backend'} (attempt {n})"
+                              + (f"; merged since its last attempt: {', '.join(changes)}" if changes else ""))
             attempt = self._attempt_for(task_id, n, path, feedback)
+            if changes:
+                attempt.env["TASK_BASE_CHANGES"] = "\n".join(f"{t}: {' '.join(files)}" for t, files in changes.items())
             self._launch_begun(task_id)
             result = self._launch(task_id, attempt, budget_usd)
         self._settle_attempt(task_id, n, path, result)
+
+    def _onto_current_base(self, task_id, status, n, path):
+        """Bring a retry's branch, checked out at PATH, onto the base as it is now. With no work
+        of its own it is moved to the base tip; with work (a rejected attempt's commits) it is
+        rebased when that applies cleanly -- after a QA rejection QA then looks again first
+        ("verify": the base may hold what it lacked) -- else its work is kept under
+        refs/orchestrator/attempts/TASK/N and it starts again from the base. Returns "verify"
+        or (slot, path, the commit it starts from, the ref its work was kept at or None)."""
+        ctx = self.ctx
+        branch = self.plan.tasks[task_id].branch
+        tip, current = git.branch_commit(ctx.repo, branch), self._base_tip()
+        slot = ctx.slots.leases().get(task_id)
+        if tip is None or not git.unique_commits(ctx.repo, branch, f"refs/heads/{ctx.base}"):
+            if tip != current:
+                git.restart_branch(path, branch, current)
+            return slot, path, current, None
+        if git.is_ancestor(ctx.repo, current, tip):
+            return slot, path, current, None  # its work already sits on the current base
+        if ctx.merges.bring_up_to_date(task_id, path):
+            if status == S.REJECTED:
+                ctx.tasks.record_attempt(task_id, n - 1, kind="rebase", outcome="clean", ended_at=store.utc_now())
+                ctx.tasks.fire(task_id, "rebased", base_commit=current, recheck=True)
+                ctx.reporter.task(task_id, f"rebased onto the new {ctx.base} without the agent; verifying again")
+                return "verify"
+            return slot, path, current, None
+        ctx.slots.give_back(task_id)
+        kept = ctx.merges.set_aside(task_id, n - 1)
+        slot, path = ctx.slots.hold(task_id, discard_edits=True, record=False)
+        ctx.reporter.task(task_id, f"its work does not apply on the new {ctx.base}: kept at {kept}; the agent "
+                          "starts again from the base")
+        return slot, path, ctx.slots.fresh_base(task_id) or self._base_tip(), kept
+
+    def _merged_since(self, old, new):
+        """{task: files it changed} of the tasks merged into the base between commits OLD and NEW."""
+        if not old or not new or old == new:
+            return {}
+        try:
+            fresh = git.commits_between(self.ctx.repo, old, new)
+        except OrchestratorError:
+            return {}
+        tasks = self.ctx.progress.peek().get("tasks") or {}
+        return {t: list(e.get("changed_files") or []) for t, e in tasks.items()
+                if isinstance(e, dict) and e.get("status") == S.MERGED.value and e.get("merged_commit") in fresh}
+
+    @staticmethod
+    def _retry_feedback(entry, feedback, changes, kept):
+        """What a retry is told: QA's verdict (or why its agent failed), what was merged into the
+        base since its last attempt, and where its set-aside work is."""
+        parts = [feedback or (f"Your previous attempt failed ({entry.get('last_setback')})."
+                              if entry.get("last_setback") else "")]
+        if changes:
+            parts.append("Merged into the base since your previous attempt (your checkout has them now): " + "; ".join(
+                f"{t} ({', '.join(files[:20]) or 'no files recorded'})" for t, files in changes.items()))
+        if kept:
+            parts.append(f"Your previous work did not apply on the new base; it is kept at {kept} "
+                         "(`git show` it) and you start from the base.")
+        return "\n\n".join(p for p in parts if p) or None
 
     def _settle_attempt(self, task_id, n, path, result):
         ctx = self.ctx
@@ -458,6 +565,7 @@ class Scheduler:
         why = f"timed out after {result.duration:.0f}s" if result.timed_out else \
             (result.reason or f"exit {result.exit_code}")
         status = ctx.tasks.setback(task_id, "agent", f"agent {why}", pid=None, elapsed=elapsed,
+                                   wait_base=entry.get("base_commit"),
                                    attempt=dict(done, n=n, outcome="failed", reason=why))
         if status == S.PENDING:
             ctx.reporter.task(task_id, f"agent {why}: retry {ctx.tasks.entry(task_id).get('retry_count')}/"
@@ -465,6 +573,9 @@ class Scheduler:
             if path and os.path.isdir(path):
                 git.forget_operations(path)
                 git.discard_changes(path, self.plan.tasks[task_id].branch)
+            if self._waits_for_base(task_id, ctx.tasks.statuses(self.scope)):
+                ctx.reporter.task(task_id, f"waits for {ctx.base} to move before its next attempt")
+                raise WaitForBase()
         else:
             ctx.reporter.task(task_id, f"agent {why}: failed (retries exhausted, see {ctx.log_path(task_id)})")
 
@@ -527,6 +638,10 @@ class Scheduler:
             ctx.tasks.fire(task_id, "qa_blocked", qa_verified=False, qa_timestamp=stamp, test_result="blocked",
                            failure=f"QA_BLOCKED: {verdict.feedback[-300:]}")
             ctx.reporter.task(task_id, "QA_BLOCKED: the check could not run")
+        elif ctx.tasks.entry(task_id).get("recheck"):  # a rebase's look, not an attempt: no retry spent
+            status = ctx.tasks.fire(task_id, "reject", recheck=None, qa_verified=False, qa_timestamp=stamp,
+                                    qa_feedback=verdict.feedback, test_result="failed")
+            ctx.reporter.task(task_id, "TASK_REJECTED on the new base too: the agent goes on with the feedback")
         else:
             status = ctx.tasks.setback(task_id, "qa", "QA rejected", qa_verified=False, qa_timestamp=stamp,
                                        qa_feedback=verdict.feedback, test_result="failed")

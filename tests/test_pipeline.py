@@ -99,7 +99,10 @@ def test_conflicting_siblings_are_retried_on_the_new_base_and_all_merge(orch, de
         assert all(other in feedback for other in data["tasks"][t]["conflict_with"])
         # (two re-runs from the same base may collide again: each collision costs a retry)
         assert 1 <= data["tasks"][t]["retry_count"] <= 2
-        assert git(repo, "for-each-ref", f"refs/orchestrator/attempts/{t}/")  # the old work is kept
+        # the old work was kept while the task went on (journal), and goes with its merge
+        journal = open(os.path.join(repo, ".claude", "auto-journal.jsonl")).read()
+        assert f'"attempt-kept"' in journal and f"refs/orchestrator/attempts/{t}/" in journal
+        assert data["tasks"][t]["kept_attempts"] and not git(repo, "for-each-ref", f"refs/orchestrator/attempts/{t}/")
     assert not os.path.exists(os.path.join(repo, ".git", "MERGE_HEAD"))
     assert [b for b in branches(repo) if b.startswith("auto/")] == []
 

@@ -149,17 +149,19 @@ def test_conflict_the_rebase_cannot_fix_goes_back_to_the_agent_with_feedback(orc
         feedback = fh.read()
     assert "shared.txt" in feedback and "left" in feedback
     assert "feedback=MERGE CONFLICT" in open(".claude/auto-logs/right.log").read()  # what the agent saw
-    assert git(repo, "rev-parse", "--verify", "-q", "refs/orchestrator/attempts/right/1")  # the old work kept
+    assert "refs/orchestrator/attempts/right/1" in open(".claude/auto-journal.jsonl").read()  # the old work was kept
+    assert not git(repo, "for-each-ref", "refs/orchestrator/attempts/right/")  # ... until the task merged
     assert open("shared.txt").read() == "right\n"  # the re-run built on left's merged work
 
 
 def test_retries_are_counted_across_agent_failure_rejection_and_conflict(orch, project, monkeypatch):
     repo, plan = project
-    # attempt 1 exits 3 (agent), attempt 2 fails QA, attempt 3 is approved but conflicts: with
-    # retry_on_failure 2 that third setback exhausts the task
-    monkeypatch.setenv("AGENT_MODE", "t=fail-then-wrong-then-shared,other=shared")
-    monkeypatch.setenv("AGENT_SLEEP", "other=0.1,t=0.2")
-    path = plan("  - {id: t, verify: test ! -f wrong.txt}\n  - {id: other}\n")
+    # attempt 1 exits 3 (agent), attempt 2 fails QA, attempt 3 is approved but conflicts with
+    # `late`, merged while it ran: with retry_on_failure 2 that third setback exhausts the task.
+    # (`other` merges first, so t's retry does not wait for the base to move.)
+    monkeypatch.setenv("AGENT_MODE", "t=fail-then-wrong-then-shared,other=file,late=shared")
+    monkeypatch.setenv("AGENT_SLEEP", "other=0.1,t=0.6,late=1.5")
+    path = plan("  - {id: t, verify: test ! -f wrong.txt}\n  - {id: other}\n  - {id: late}\n")
     r = orch("run", "--all-groups", path)
     assert r.code == 1
     t = progress()["tasks"]["t"]
