@@ -478,7 +478,7 @@ def mermaid(plan, statuses=None):
         for dep in plan.tasks[t].depends_on:
             lines.append(f"    {_node(dep)} --> {_node(t)}")
         for dep in plan.tasks[t].implicit_deps:
-            lines.append(f"    {_node(dep)} -.->|shared file| {_node(t)}")
+            lines.append(f"    {_node(dep)} -.->|shared file: order only| {_node(t)}")
     return "\n".join(lines) + "\n"
 
 

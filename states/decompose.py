@@ -22,6 +22,11 @@ def handle(ctx):
             entry.update(name=task.description, branch=task.branch, group=plan.group_of(task_id))
             if task.all_deps:
                 entry["depends_on"] = task.all_deps
+            order_only = [d for d in task.implicit_deps if d not in task.depends_on]
+            if order_only:  # shared files: these order the task, they chain no failure
+                entry["file_order"] = order_only
+            else:
+                entry.pop("file_order", None)
         data["parallel_groups"] = {f"group_{n}": {"tasks": list(group),
                                                   "status": (data.get("parallel_groups") or {}).get(
                                                       f"group_{n}", {}).get("status", "pending")}

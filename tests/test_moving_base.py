@@ -98,3 +98,19 @@ def test_a_failed_depends_on_still_stops_its_dependent(repo):
              retries=0)
     tasks = progress(repo)["tasks"]
     assert tasks["q"]["status"] == "failed" and tasks["q"]["failure"] == "dependency p is failed; not started"
+
+
+def test_validate_graph_and_the_progress_file_tell_the_two_kinds_of_edge_apart(repo):
+    run_plan(repo, [{"id": "p", "files": ["f.txt"]}, {"id": "q", "files": ["f.txt"]},
+                    {"id": "r", "depends_on": ["q"]}], retries=0)
+    out = orch("validate", "--agent", "true", str(repo / "plan.yaml")).out
+    assert "q runs after p (shared files: order only, their failure does not stop it)" in out
+    graph = orch("graph", str(repo / "plan.yaml")).out
+    assert "t_p -.->|shared file: order only| t_q" in graph and "t_q --> t_r" in graph
+    tasks = progress(repo)["tasks"]
+    assert tasks["q"]["file_order"] == ["p"] and "file_order" not in tasks["r"]
+    from engine.dashboard.model import RunModel
+
+    snapshot = RunModel(str(repo)).snapshot()
+    edges = {t["id"]: (t["depends_on"], t["file_order"]) for t in snapshot["tasks"]}
+    assert edges["q"] == (["p"], ["p"]) and edges["r"] == (["q"], [])

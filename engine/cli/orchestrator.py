@@ -279,7 +279,8 @@ def validate_cmd(plan, agent, executor, as_json):
         click.echo(f"  Group {n}: {', '.join(group)}")
     for t in p.order:
         if p.tasks[t].implicit_deps:
-            click.echo(f"  {t} runs after {', '.join(p.tasks[t].implicit_deps)} (shared files)")
+            click.echo(f"  {t} runs after {', '.join(p.tasks[t].implicit_deps)} (shared files: order only, "
+                       "their failure does not stop it)")
     return 0
 
 

@@ -682,6 +682,9 @@ def build_snapshot(progress, machine, context, journal, pool_size, warnings, now
             bars.append(dict(phase, task=t, status=status, critical=t in on_path, outcome=None))
         task = {"id": t, "name": text(e.get("name"), 500), "status": status, "group": e.get("group")
                 if isinstance(e.get("group"), int) else None, "depends_on": deps[t], "layer": layer[t],
+                # (the edges that only order tasks sharing a file: drawn dashed, they chain no failure)
+                "file_order": [d for d in e.get("file_order") or [] if d in deps[t]]
+                if isinstance(e.get("file_order"), list) else [],
                 "order": position[t], "slot": text(e.get("slot") or (last or {}).get("slot"), 60),
                 "node": text(e.get("node") or (last or {}).get("node"), 100),
                 "attempt": e.get("iterations") if isinstance(e.get("iterations"), int) else len(tries) or None,

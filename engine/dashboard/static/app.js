@@ -213,8 +213,10 @@ function renderDag(snap) {
       const x1 = a.x + NODE_W, y1 = a.y + NODE_H / 2, x2 = b.x - 2, y2 = b.y + NODE_H / 2;
       const mid = (x1 + x2) / 2;
       const critical = cpEdges.has(d + "\u0000" + t.id);
+      const order = (t.file_order || []).includes(d);  // shared file: order only, no failure chained
       edges.appendChild(svg("path", {d: `M${x1},${y1} C${mid},${y1} ${mid},${y2} ${x2},${y2}`,
-        class: "edge" + (critical ? " cp" : ""), "marker-end": critical ? "url(#arrow-cp)" : "url(#arrow)"}));
+        class: "edge" + (critical ? " cp" : "") + (order ? " file-order" : ""),
+        "marker-end": critical ? "url(#arrow-cp)" : "url(#arrow)"}));
     }
   }
   root.appendChild(edges);
