@@ -275,9 +275,16 @@ class Scheduler:
             return False
         if self._base_tip() != waiting_on:
             return False
-        return any(t != task_id and s not in TERMINAL and not (
-            s == S.PENDING and self.ctx.tasks.entry(t).get("wait_base")) for t, s in statuses.items()
-            if t in self.position)
+        return any(self._may_move_base(t, s, statuses) for t, s in statuses.items() if t != task_id)
+
+    def _may_move_base(self, task_id, status, statuses):
+        """Whether TASK_ID may still merge something soon: it is in flight, or it could start
+        now (its dependencies done) and is not itself waiting for the base."""
+        if task_id not in self.position or status in TERMINAL:
+            return False
+        if status != S.PENDING:
+            return True
+        return self._deps_done(task_id, statuses) and not self.ctx.tasks.entry(task_id).get("wait_base")
 
     def _base_tip(self):
         return git.branch_commit(self.ctx.repo, self.ctx.base)
@@ -483,7 +490,8 @@ class Scheduler:
         of its own it is moved to the base tip; with work (a rejected attempt's commits) it is
         rebased when that applies cleanly -- after a QA rejection QA then looks again first
         ("verify": the base may hold what it lacked) -- else its work is kept under
-        refs/orchestrator/attempts/TASK/N and it starts again from the base. Returns "verify"
+        refs/orchestrator/attempts/TASK/N and it starts again from the base. (Work rebased
+        cleanly is verified again first whatever ended its attempt: QA is what "done" means.) Returns "verify"
         or (slot, path, the commit it starts from, the ref its work was kept at or None)."""
         ctx = self.ctx
         branch = self.plan.tasks[task_id].branch
@@ -495,9 +503,11 @@ class Scheduler:
             return slot, path, current, None
         if git.is_ancestor(ctx.repo, current, tip):
             return slot, path, current, None  # its work already sits on the current base
+        started = store.utc_now()
         if ctx.merges.bring_up_to_date(task_id, path):
-            if status == S.REJECTED:
-                ctx.tasks.record_attempt(task_id, n - 1, kind="rebase", outcome="clean", ended_at=store.utc_now())
+            if status in (S.REJECTED, S.PENDING):  # (PENDING with work: a failed agent's commits, or `retry`)
+                ctx.tasks.record_attempt(task_id, n - 1, kind="rebase", outcome="clean", slot=slot,
+                                         started_at=started, ended_at=store.utc_now())
                 ctx.tasks.fire(task_id, "rebased", base_commit=current, recheck=True)
                 ctx.reporter.task(task_id, f"rebased onto the new {ctx.base} without the agent; verifying again")
                 return "verify"
@@ -674,9 +684,11 @@ class Scheduler:
         branch = self.plan.tasks[task_id].branch
         # only a branch with work to bring over (not the empty branch of a new lease cut short)
         if git.unique_commits(ctx.repo, branch, f"refs/heads/{ctx.base}"):
-            _, path = ctx.slots.hold(task_id, discard_edits=True)
+            slot, path = ctx.slots.hold(task_id, discard_edits=True)
+            started = store.utc_now()
             if ctx.merges.bring_up_to_date(task_id, path):
-                ctx.tasks.record_attempt(task_id, n, kind="rebase", outcome="clean", ended_at=store.utc_now())
+                ctx.tasks.record_attempt(task_id, n, kind="rebase", outcome="clean", slot=slot, started_at=started,
+                                         ended_at=store.utc_now())
                 ctx.tasks.fire(task_id, "rebased", base_commit=git.branch_commit(ctx.repo, ctx.base))
                 ctx.reporter.task(task_id, f"rebased onto the new {ctx.base} without the agent; verifying again")
                 return

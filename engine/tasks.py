@@ -52,7 +52,7 @@ EDGES = (
     ("agent_retry", (S.RUNNING,), S.PENDING),                          # agent failed, a retry is left
     ("reject", (S.VERIFYING,), S.REJECTED),                            # TASK_REJECTED, a retry is left
     ("conflict", (S.MERGING,), S.CONFLICTED),                          # base moved under it, a retry is left
-    ("rebased", (S.CONFLICTED, S.REJECTED), S.EXECUTED),               # brought onto the base without the agent
+    ("rebased", (S.CONFLICTED, S.REJECTED, S.PENDING), S.EXECUTED),    # brought onto the base without the agent
     ("interrupt", (S.RUNNING,), S.PENDING),                            # we stopped it ourselves: not counted
     ("qa_interrupt", (S.VERIFYING,), S.EXECUTED),                      # QA cut off: verify again
     ("merge_interrupt", (S.MERGING,), S.APPROVED),                     # merge cut off before the base moved

@@ -22,6 +22,8 @@ def handle(ctx):
             entry.update(name=task.description, branch=task.branch, group=plan.group_of(task_id))
             if task.all_deps:
                 entry["depends_on"] = task.all_deps
+            else:  # (an adopted plan that dropped them: what the graph and the merge order read)
+                entry.pop("depends_on", None)
             order_only = [d for d in task.implicit_deps if d not in task.depends_on]
             if order_only:  # shared files: these order the task, they chain no failure
                 entry["file_order"] = order_only

@@ -226,3 +226,30 @@ def test_abort_never_signals_a_recorded_pid_it_cannot_prove_is_its_own(repo):
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_retry_on_a_completed_run_takes_the_run_out_of_complete_and_resume_runs_it(repo):
+    (repo / ".claude").mkdir()
+    (repo / ".claude" / "auto-context.yaml").write_text("parallelization:\n  retry_on_failure: 0\n  min_tasks: 1\n")
+    plan = write_plan(repo, seconds=0, tasks=[{"id": "a"}, {"id": "bad", "verify": "test -f fixed"}])
+    assert orchestrator("run", "--all-groups", plan, cwd=repo).returncode == 1
+    assert orchestrator("state", "state", cwd=repo).stdout.strip() == "COMPLETE"
+    assert orchestrator("retry", "bad", cwd=repo).returncode == 0
+    assert orchestrator("state", "state", cwd=repo).stdout.strip() != "COMPLETE"
+    assert json.loads(orchestrator("status", "--json", cwd=repo).stdout)["status"] == "stopped"
+    (repo / "fixed").write_text("x\n")
+    git(repo, "add", "fixed")
+    git(repo, "commit", "-qm", "fix")
+    r = orchestrator("resume", "--all-groups", cwd=repo)
+    assert r.returncode == 0, r
+    assert progress(repo)["tasks"]["bad"]["status"] == "merged"
+    assert orchestrator("state", "state", cwd=repo).stdout.strip() == "COMPLETE"
+
+
+def test_adopting_a_plan_that_drops_a_dependency_drops_it_from_the_record(repo):
+    plan = write_plan(repo, seconds=0, tasks=[{"id": "a"}, {"id": "b", "depends_on": ["a"]}])
+    assert orchestrator("run", plan, cwd=repo).returncode == 0  # group 1 (a), then a boundary
+    assert progress(repo)["tasks"]["b"]["depends_on"] == ["a"]
+    (repo / "plan.yaml").write_text(yaml.safe_dump({"agent": SLOW.format(s=0), "tasks": [{"id": "a"}, {"id": "b"}]}))
+    assert orchestrator("resume", "--adopt-plan", "--all-groups", cwd=repo).returncode == 0
+    assert "depends_on" not in progress(repo)["tasks"]["b"]

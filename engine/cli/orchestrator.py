@@ -152,7 +152,11 @@ def retry_cmd(task):
     status = TaskBook(progress, store.Journal(layout.journal), 0).fire(task, "retry", retry_count=0,
                                                                         failure=None, qa_feedback=None)
     if data.get("status") == "complete":  # reopen the run, so `resume` carries it on
+        from engine import statefile
+
         progress.update(lambda d: d.update(status="stopped"))
+        if statefile.get_state(layout) == "COMPLETE":  # the run machine tells the truth too
+            statefile.transition("CHECKPOINT", force=True, layout=layout)
     click.echo(f"{task}: {status.value} (run `orchestrator resume` to carry it on)")
     return 0
 
