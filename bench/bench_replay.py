@@ -1,44 +1,52 @@
 """Replay of real history: 24 consecutive commits of a public Python project (boltons,
 shipped as bench/data/replay/boltons.bundle, see its README.txt) run as 24 tasks through the
 real CLI, `orchestrator run --all-groups`, one task per upstream commit (ids c01..c24, the
-commit's subject as the description), 4 agents, `retry_on_failure` 15.
+commit's subject as the description), 4 agents, `retry_on_failure` 15, `allow_empty` (a task
+whose change is already in the base merges as such).
 
 Two agents, both oracles that know their commit (TASK_ID -> commit through the JSON this
-benchmark writes next to the plan; agents only get the engine's environment variables):
+benchmark writes next to the plan: agents get only the engine's environment variables):
 
 - patch: `git apply --3way` of its commit's diff onto whatever checkout it is given (the
-  commit's blobs reachable as alternates, so the three-way fallback can work), committed with
-  the upstream message; exit 1 when it does not apply, like an agent that cannot make the
-  change on the code it sees. A change already in the checkout: nothing to commit, exit 0.
+  blobs the diff was made against are put in the repository first, so the three-way
+  fallback can work), committed with the upstream message; exit 1 when it does not apply,
+  like an agent that cannot make the change on the code it sees. A change already in the
+  checkout: nothing to commit, exit 0.
 - whole: writes every file its commit touches exactly as the commit has it (deletions
-  deleted) and commits, so tasks that touch the same file really conflict when merged and the
-  rebase and agent re-run paths run on real code. A file already at a LATER upstream version
-  (a later task's whole file brought this change along) is left alone.
+  deleted) and commits, so tasks that touch the same file really conflict when merged and
+  the rebase and agent re-run paths run on real code. Where the checkout already holds a
+  later replayed commit touching the file (a merged task, by its trailer), it writes the
+  file as that later commit has it (which includes this change) instead of reverting it.
 
 Both sleep `--work` seconds first (the agent's thinking; each attempt's real duration is
-measured from its own log) and add a `Replay-Task: cNN` trailer to their commit.
+measured and logged by the agent itself) and add a `Replay-Task: cNN` trailer to their commit.
 
-QA (`verify`, the same for both agents): every file the task's commit touches must be, on the
-branch tip, exactly as upstream has it at the newest commit among this task and the replayed
-tasks already in the branch's history (found by their trailers) that touch the file. So a
-change made on a base that lacks an earlier change to the same file is rejected (the file
-is not upstream's), a change already superseded by a later merged task is accepted only if
-that later version is intact (a whole-file write that reverted it is rejected), and a task
-needs nothing else of the base.
+QA (`verify`, the same for both agents): every file the task's commit touches must be, at
+the branch tip, exactly as upstream has it at the newest of this task and the replayed tasks
+in the branch's history (by their trailers) that touch the file. So a change made on a base
+that lacks an earlier commit's change to the same file is rejected (the file is not
+upstream's), and so is one that reverts a later task already merged; a task needs nothing
+else of the base.
 
 Plans: perfect (files = each commit's files, depends_on = the last earlier commit touching
 each of them), none (no files, no dependencies), partial (files for every other task, no
 dependencies). Printed per scenario: merged tasks, agent attempts (from the progress file),
-attempts per task, conflicts and how each was resolved (rebase without the agent / the agent
-again, from the journal), QA rejections, agent failures, the makespan against the lower bound
-max(critical path, total work / agents) (work: each task's successful attempt as measured;
-the critical path over the perfect plan's dependencies), and whether the final `main` tree
-equals upstream's. Baseline: the 24 agents each run once on the base (as the original skill's
-agents did), then their branches through `merge-branches` (CONTRACT.md 2.4: in order, a
-conflicting branch skipped).
+attempts per task, agent failures, QA rejections (and how many rejected branches the engine
+rebased onto the moved base itself), merge conflicts and how each was resolved (a rebase
+without the agent, or the agent again; from the journal), retries held back for the base to
+move, the makespan against the lower bound max(critical path, total work / agents) (work:
+each task's successful attempt as measured; the critical path over the perfect plan's
+edges), and whether the final `main` tree equals upstream's (else the files that differ).
+Baseline: each agent run once on the base, as the original skill's agents all started from
+it, and every branch an agent made through `merge-branches` (CONTRACT.md 2.4: in order, a
+conflicting branch refused).
 
     .venv/bin/python bench/bench_replay.py [--agent patch|whole|both] [--scenario perfect|none|partial|baseline]...
-        [--agents 4] [--quick | --commits N] [--work 1.0] [--retries 15] [--keep]
+        [--agents 4] [--quick | --commits N] [--work 1.0] [--retries 15] [--timeout 900] [--engine DIR] [--keep]
+
+About 2.5 minutes for everything on 2 cores with today's engine; --quick (12 commits, 0.5 s of
+work) about 40 s. --engine runs another engine than this checkout's, e.g. an export of an
+older commit (`git archive COMMIT | tar -x -C DIR`), for a before/after in the same run.
 """
 
 import argparse
@@ -46,6 +54,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -61,8 +70,8 @@ AGENTS = ("patch", "whole")
 IDENTITY = ["-c", "user.name=replay-agent", "-c", "user.email=replay-agent@localhost"]
 
 
-def git(cwd, *args, check=True, env=None, binary=False):
-    proc = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=not binary)
+def git(cwd, *args, check=True, binary=False):
+    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=not binary)
     if check and proc.returncode:
         raise RuntimeError(f"git {' '.join(args)} (in {cwd}): exit {proc.returncode}: {proc.stderr!s:.500}")
     return proc if not check else (proc.stdout if binary else proc.stdout.strip())
@@ -91,12 +100,16 @@ def load_history(work, count):
             meta, path = line.split("\t", 1)
             mode, _, blob = meta.split()
             blobs[path] = [blob, mode]
+        before = {}
+        for line in git(upstream, "ls-tree", f"{sha}^", "--", *status).splitlines():
+            meta, path = line.split("\t", 1)
+            before[path] = meta.split()[2]
         patch = os.path.join(patches, f"{tid}.diff")
         with open(patch, "wb") as fh:
             fh.write(git(upstream, "diff", "--full-index", "--binary", "--no-renames", f"{sha}^", sha, binary=True))
         tasks[tid] = {"sha": sha, "subject": git(upstream, "log", "-1", "--format=%s", sha),
                       "message": git(upstream, "log", "-1", "--format=%B", sha), "status": status,
-                      "blobs": {p: blobs.get(p) for p in status}, "patch": patch}
+                      "blobs": {p: blobs.get(p) for p in status}, "before": sorted(before.values()), "patch": patch}
         for path in status:
             touches.setdefault(path, []).append(tid)
         order.append(tid)
@@ -182,7 +195,7 @@ def read_attempts(path):
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def run_scenario(work_dir, history, scenario, kind, agents, retries, work):
+def run_scenario(work_dir, history, scenario, kind, agents, retries, work, engine=ROOT, timeout=900):
     import yaml
 
     sdir = os.path.join(work_dir, f"{kind}-{scenario}")
@@ -190,11 +203,21 @@ def run_scenario(work_dir, history, scenario, kind, agents, retries, work):
     config = write_config(sdir, history, work)
     repo = make_repo(sdir, history, agents, retries)
     plan = write_plan(sdir, history, scenario, kind, config)
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = dict(os.environ, PYTHONPATH=engine)
     with open(os.path.join(sdir, "orchestrator.out"), "w") as out:
         start = time.perf_counter()
-        code = subprocess.run([sys.executable, "-m", "engine.cli.orchestrator", "run", "--all-groups", plan],
-                              cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+        proc = subprocess.Popen([sys.executable, "-m", "engine.cli.orchestrator", "run", "--all-groups", plan],
+                                cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:  # a run that hangs: stopped as Ctrl-C would (it stops its agents)
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            code = "timeout"
         makespan = time.perf_counter() - start
     with open(os.path.join(repo, ".claude", "auto-progress.yaml")) as fh:
         progress = yaml.safe_load(fh) or {}
@@ -235,23 +258,40 @@ def summarize(history, scenario, kind, agents, repo, progress, journal, attempts
     typical = sorted(done.values())[len(done) // 2] if done else 0.0
     work = {t: done.get(t, typical) for t in order}
     bound = lower_bound(history, work, agents)
+    odd = {}
+    for a in attempts:
+        if a["outcome"] not in ("committed", "present", "does not apply"):
+            odd[a["outcome"]] = odd.get(a["outcome"], 0) + 1
+    with open(os.path.join(sdir, "orchestrator.out"), errors="replace") as fh:
+        waits = sum(1 for line in fh if ": waits for " in line)  # (an engine that holds a retry back says so)
     tree = git(repo, "rev-parse", "main^{tree}")
+    differ = tree_difference(history, repo)
     return {
         "scenario": scenario, "agent": kind, "tasks": len(order), "merged": len(merged),
         "attempts": sum(1 for a in records if a.get("kind", "agent") == "agent"),
-        "rebases": sum(1 for a in records if a.get("kind") == "rebase"),
-        "conflicts": count("conflict") + count("fail", "merging"), "by_rebase": count("rebased"), "by_agent": count("start", "conflicted"),
-        "rejects": count("reject") + count("fail", "verifying"),
         "agent_failures": sum(1 for a in records if a.get("kind", "agent") == "agent" and a.get("outcome") == "failed"),
+        "rejects": count("reject") + count("fail", "verifying"), "rejects_rebased": count("rebased", "rejected"),
+        "conflicts": count("conflict") + count("fail", "merging"), "by_rebase": count("rebased", "conflicted"),
+        "by_agent": count("start", "conflicted"), "waits": waits,
         "agent_seconds": round(sum(a["end"] - a["start"] for a in attempts), 1),
         "stale_starts": sum(1 for a in attempts if a.get("attempt", 1) > 1 and a.get("behind")),
         "dirty_starts": sum(1 for a in attempts if a.get("dirty")),
         "makespan": makespan, "bound": bound, "tree_equal": tree == history["tip_tree"],
-        "failures": failures, "exit": code, "dir": sdir,
+        "failures": failures, "differ": differ, "odd": odd, "exit": code, "dir": sdir,
     }
 
 
-def run_baseline(work_dir, history, kind, agents):
+def tree_difference(history, repo):
+    """The paths where `main` differs from upstream's last replayed commit."""
+    def listing(*args):
+        return {line.split("\t", 1)[1]: line.split()[2] for line in git(*args).splitlines()}
+
+    ours = listing(repo, "ls-tree", "-r", "main")
+    theirs = listing(history["upstream"], "ls-tree", "-r", history["tip_tree"])
+    return sorted(p for p in set(ours) | set(theirs) if ours.get(p) != theirs.get(p))
+
+
+def run_baseline(work_dir, history, kind, agents, engine=ROOT):
     """Each agent once on the base (no orchestrator), then `merge-branches main auto/c01 ...`."""
     sdir = os.path.join(work_dir, f"{kind}-baseline")
     os.makedirs(sdir)
@@ -284,15 +324,15 @@ def run_baseline(work_dir, history, kind, agents):
         if f"auto/{t}" not in branches:
             git(repo, "branch", "-q", "-D", f"auto/{t}")
     proc = subprocess.run([sys.executable, "-m", "engine.cli.merge_branches", "--json", "main", *branches],
-                          cwd=repo, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)
+                          cwd=repo, env=dict(os.environ, PYTHONPATH=engine), capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     report = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else {}
     merged = report.get("merged") or []
     return {"agent": kind, "tasks": len(history["order"]), "agent_ok": sum(ok for ok, _ in results.values()),
             "qa_ok": sum(qa for _, qa in results.values()), "branches": len(branches), "merged": len(merged),
-            "failed": [f[0] if isinstance(f, list) else f.get("branch", f) if isinstance(f, dict) else f
-                       for f in report.get("failed") or []],
+            "failed": [f["branch"] for f in report.get("failed") or []],
             "tree_equal": git(repo, "rev-parse", "main^{tree}") == history["tip_tree"], "seconds": elapsed,
+            "differ": tree_difference(history, repo),
             "dir": sdir}
 
 
@@ -318,10 +358,10 @@ def agent_main(kind, config_path):
     if outcome == "changed":
         with tempfile.NamedTemporaryFile("w", delete=False, suffix=".msg") as fh:
             fh.write(task["message"])
-        code, _, err = _git_out(*IDENTITY, "commit", "-q", "--no-verify", "-F", fh.name,
-                                "--trailer", f"{TRAILER}: {tid}")
+        code, out, err = _git_out(*IDENTITY, "commit", "-q", "--no-verify", "-F", fh.name,
+                                  "--trailer", f"{TRAILER}: {tid}")
         os.unlink(fh.name)
-        outcome, detail = ("committed", "") if code == 0 else ("commit failed", err[-300:])
+        outcome, detail = ("committed", "") if code == 0 else ("commit failed", (err + " " + out)[-300:])
     end = time.time()
     record = {"task": tid, "attempt": int(os.environ.get("TASK_ATTEMPT") or 1), "agent": kind, "start": start,
               "end": end, "outcome": outcome, "head": head, "base_tip": base_tip,
@@ -337,28 +377,33 @@ def agent_main(kind, config_path):
 def apply_patch(cfg, tid, task):
     if _git_out("apply", "--reverse", "--check", task["patch"])[0] == 0:
         return "present", "the change is already in this checkout"
-    env = dict(os.environ, GIT_ALTERNATE_OBJECT_DIRECTORIES=os.path.join(cfg["upstream"], "objects"))
-    code, out, err = _git_out("apply", "--3way", "--index", task["patch"], env=env)
+    # the blobs the diff was made against, so that the three-way fallback can use them
+    blobs = subprocess.run(["git", f"--git-dir={cfg['upstream']}", "cat-file", "--batch"], capture_output=True,
+                           check=True, input="".join(b + "\n" for b in task["before"]).encode()).stdout
+    for blob in task["before"]:
+        header, blobs = blobs.split(b"\n", 1)
+        size = int(header.split()[2])
+        subprocess.run(["git", "hash-object", "-w", "--stdin"], input=blobs[:size], capture_output=True, check=True)
+        blobs = blobs[size + 1:]
+    code, out, err = _git_out("apply", "--3way", task["patch"])
     if code != 0:
         _git_out("reset", "-q", "--hard")  # leave the checkout as found
         return "does not apply", (err or out)[-400:]
+    if _git_out("diff", "--cached", "--quiet")[0] == 0:  # a three-way merge found the change already made
+        return "present", "the change is already in this checkout (three-way)"
     return "changed", ""
 
 
 def write_files(cfg, tid, task):
-    later = {}
-    for path in task["status"]:
-        later[path] = {cfg["tasks"][t]["blobs"][path][0] for t in cfg["touches"][path]
-                       if t > tid and cfg["tasks"][t]["blobs"][path]}
-    for path, st in task["status"].items():
-        if st == "D":
+    target = newest_versions(cfg, tid, task)
+    for path, (newest, blob) in target.items():
+        if blob is None:
             if os.path.lexists(path):
                 _git_out("rm", "-q", "-f", "--", path)
             continue
-        if os.path.isfile(path) and _git_out("hash-object", "--", path)[1] in later[path]:
-            continue  # already at a later upstream version, which has this change too
-        blob, mode = task["blobs"][path]
-        data = subprocess.run(["git", f"--git-dir={cfg['upstream']}", "cat-file", "blob", blob],
+        if os.path.isfile(path) and _git_out("hash-object", "--", path)[1] == blob[0]:
+            continue
+        data = subprocess.run(["git", f"--git-dir={cfg['upstream']}", "cat-file", "blob", blob[0]],
                               capture_output=True, check=True).stdout
         if os.path.dirname(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -366,11 +411,23 @@ def write_files(cfg, tid, task):
             os.unlink(path)
         with open(path, "wb") as fh:
             fh.write(data)
-        os.chmod(path, 0o755 if mode == "100755" else 0o644)
+        os.chmod(path, 0o755 if blob[1] == "100755" else 0o644)
         _git_out("add", "--", path)
     if _git_out("diff", "--cached", "--quiet")[0] == 0:
         return "present", "every file already as upstream has it"
     return "changed", ""
+
+
+def newest_versions(cfg, tid, task, rev="HEAD"):
+    """{path: (task, [blob, mode] or None)} for each file TID's commit touches: upstream's
+    version at the newest of TID and the replayed tasks in REV's history (their trailers)
+    that touch it. The whole-file agent writes these; QA expects them."""
+    present = set(_git_out("log", f"--format=%(trailers:key={TRAILER},valueonly)", f"{cfg['base']}..{rev}")[1].split())
+    target = {}
+    for path in task["status"]:
+        newest = max(t for t in cfg["touches"][path] if t == tid or t in present)
+        target[path] = (newest, cfg["tasks"][newest]["blobs"][path])
+    return target
 
 
 def verify_main(config_path, tid):
@@ -379,15 +436,12 @@ def verify_main(config_path, tid):
     with open(config_path) as fh:
         cfg = json.load(fh)
     task = cfg["tasks"][tid]
-    present = set(_git_out("log", f"--format=%(trailers:key={TRAILER},valueonly)", f"{cfg['base']}..HEAD")[1].split())
     actual = {}
     for line in _git_out("ls-tree", "HEAD", "--", *task["status"])[1].splitlines():
         meta, path = line.split("\t", 1)
         actual[path] = meta.split()[2]
     wrong = []
-    for path in task["status"]:
-        newest = max(t for t in cfg["touches"][path] if t == tid or t in present)
-        expected = cfg["tasks"][newest]["blobs"][path]
+    for path, (newest, expected) in newest_versions(cfg, tid, task).items():
         if (expected[0] if expected else None) != actual.get(path):
             wrong.append(f"{path} is not as upstream has it at {newest} "
                          f"({'deleted' if not expected else expected[0][:10]}; here "
@@ -400,29 +454,42 @@ def verify_main(config_path, tid):
 
 # ------------------------------------------------------------------ the table
 def print_results(rows, baselines, agents):
-    print(f"{'agent':<6} {'plan':<8} {'merged':>7} {'tree':>5} {'att':>4} {'att/t':>6} {'confl':>5} "
-          f"{'rebase':>6} {'agent':>5} {'QA-':>4} {'fail':>4} {'makespan':>9} {'bound':>7} {'ratio':>6}")
+    head = ("agent", "plan", "merged", "tree", "att", "att/t", "fail", "QA-", "QA-rb", "confl", "c-rb", "c-agt",
+            "waits", "makespan", "bound", "ratio")
+    widths = (6, 8, 7, 4, 4, 5, 4, 4, 5, 5, 4, 5, 5, 8, 7, 6)
+    print(" ".join(f"{h:<{w}}" if i < 2 else f"{h:>{w}}" for i, (h, w) in enumerate(zip(head, widths))))
     for r in rows:
-        print(f"{r['agent']:<6} {r['scenario']:<8} {r['merged']:>3}/{r['tasks']:<3} "
-              f"{'yes' if r['tree_equal'] else 'NO':>5} {r['attempts']:>4} {r['attempts'] / r['tasks']:>6.2f} "
-              f"{r['conflicts']:>5} {r['by_rebase']:>6} {r['by_agent']:>5} {r['rejects']:>4} "
-              f"{r['agent_failures']:>4} {r['makespan']:>8.1f}s {r['bound']:>6.1f}s {r['makespan'] / r['bound']:>5.2f}x")
+        cells = (r["agent"], r["scenario"], f"{r['merged']}/{r['tasks']}", "yes" if r["tree_equal"] else "NO",
+                 r["attempts"], f"{r['attempts'] / r['tasks']:.2f}", r["agent_failures"], r["rejects"],
+                 r["rejects_rebased"], r["conflicts"], r["by_rebase"], r["by_agent"], r["waits"],
+                 f"{r['makespan']:.1f}s", f"{r['bound']:.1f}s", f"{r['makespan'] / r['bound']:.2f}x")
+        print(" ".join(f"{c:<{w}}" if i < 2 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cells, widths))))
     for r in rows:
         extra = []
         if r["failures"]:
             extra.append("; ".join(f"{k}: {', '.join(v)}" for k, v in r["failures"].items()))
+        if r["differ"]:
+            extra.append(f"main differs from upstream in {', '.join(r['differ'])}")
         if r["dirty_starts"]:
             extra.append(f"{r['dirty_starts']} attempt(s) started on a dirty checkout")
         if r["stale_starts"]:
             extra.append(f"{r['stale_starts']} retries started behind the base")
+        if r["odd"]:
+            extra.append("agent outcomes other than committed/present/does not apply: "
+                         + ", ".join(f"{k} x{v}" for k, v in r["odd"].items()))
         extra.append(f"agent time {r['agent_seconds']}s, exit {r['exit']}")
         print(f"  {r['agent']}/{r['scenario']}: " + " | ".join(extra))
     for b in baselines:
-        print(f"{b['agent']:<6} {'merge-branches baseline':<24}: agents ok {b['agent_ok']}/{b['tasks']}, "
-              f"QA ok on the base {b['qa_ok']}/{b['tasks']}, branches {b['branches']}, merged {b['merged']}/"
-              f"{b['tasks']}, tree {'== upstream' if b['tree_equal'] else '!= upstream'} ({b['seconds']:.1f}s)")
-    print("(att: agent attempts; confl: merge conflicts, resolved by rebase without the agent or by the agent "
-          f"again; QA-: rejections; fail: agent failures; bound: max(critical path, work / {agents}))")
+        print(f"{b['agent']:<6} {'baseline':<8} {b['merged']:>3}/{b['tasks']:<3} "
+              f"{'yes' if b['tree_equal'] else 'NO':>4}   merge-branches over the {b['branches']} branches its agents "
+              f"made on the base ({b['qa_ok']} pass QA there), {b['seconds']:.1f}s")
+        if b["failed"] or b["differ"]:
+            print(f"  {b['agent']}/baseline: refused (conflicts): {', '.join(b['failed']) or '-'}"
+                  + (f" | main differs from upstream in {', '.join(b['differ'])}" if b["differ"] else ""))
+    print("(att: agent attempts, from the progress file; fail: agent failures; QA-: QA rejections, QA-rb: of "
+          "them, rejected work rebased onto the moved base without the agent; confl: merge conflicts, c-rb: "
+          "resolved by a rebase without the agent, c-agt: by the agent again; waits: retries held back for the base "
+          f"to move; bound: max(critical path, work / {agents}), each task's work its successful attempt as measured)")
 
 
 def main(argv=()):
@@ -436,6 +503,9 @@ def main(argv=()):
     parser.add_argument("--work", type=float, default=None, help="seconds each agent attempt sleeps (default 1)")
     parser.add_argument("--retries", type=int, default=15)
     parser.add_argument("--keep", action="store_true", help="keep the scenarios' directories (printed)")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds before a run is stopped as hung")
+    parser.add_argument("--engine", default=ROOT, help="the checkout whose engine runs (default: this one), e.g. "
+                        "an export of an older commit: git archive COMMIT | tar -x -C DIR")
     args = parser.parse_args(list(argv))
     commits = 12 if args.quick and args.commits == 24 else args.commits
     work = args.work if args.work is not None else (0.5 if args.quick else 1.0)
@@ -444,15 +514,19 @@ def main(argv=()):
     work_dir = tempfile.mkdtemp(prefix="bench-replay-")
     try:
         history = load_history(work_dir, commits)
+        engine = os.path.abspath(args.engine)
+        print(f"engine: {engine}" + (f" ({git(engine, 'log', '-1', '--format=%h %s')[:60]})"
+                                     if os.path.isdir(os.path.join(engine, ".git")) else ""))
         print(f"boltons, {len(history['order'])} commits replayed as tasks, {args.agents} agents, "
               f"{work:g} s of agent work per attempt, retry_on_failure {args.retries}")
         rows, baselines = [], []
         for kind in kinds:
             for scenario in scenarios:
                 if scenario == "baseline":
-                    baselines.append(run_baseline(work_dir, history, kind, args.agents))
+                    baselines.append(run_baseline(work_dir, history, kind, args.agents, args.engine))
                 else:
-                    rows.append(run_scenario(work_dir, history, scenario, kind, args.agents, args.retries, work))
+                    rows.append(run_scenario(work_dir, history, scenario, kind, args.agents, args.retries, work,
+                                             args.engine, args.timeout))
         print_results(rows, baselines, args.agents)
     finally:
         if args.keep:

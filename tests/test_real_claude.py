@@ -13,7 +13,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
@@ -421,7 +420,7 @@ def test_a_detached_run_outlives_session_one_and_session_two_picks_it_up(api, pr
     from tests.test_plugin import plugin_copy
 
     plugin = plugin_copy(tmp_path)
-    agent = "sleep 15 && echo $TASK_ID > $TASK_ID.txt && git add -A && git commit -qm $TASK_ID"
+    agent = "sleep 30 && echo $TASK_ID > $TASK_ID.txt && git add -A && git commit -qm $TASK_ID"
     (project / "plan.yaml").write_text(yaml.safe_dump({"agent": agent, "tasks": [
         {"id": t, "files": [f"{t}.txt"]} for t in ("a", "b", "c")]}, sort_keys=False))
     git(project, "add", "plan.yaml")
@@ -436,7 +435,6 @@ def test_a_detached_run_outlives_session_one_and_session_two_picks_it_up(api, pr
                                Turn([tool("Bash", {"command": "orchestrator wait --timeout 540"})]),
                                Turn([tool("Bash", {"command": "orchestrator status --json"})]),
                                Turn([text("All three tasks are merged.")])])
-    started = time.monotonic()
     one, events = session(plugin_dir=plugin, cwd=project, prompt="SESSION-ONE", skill_allowed=True)
     assert one.returncode == 0, one.stderr
     results = tool_results(events)
@@ -446,7 +444,7 @@ def test_a_detached_run_outlives_session_one_and_session_two_picks_it_up(api, pr
     data = yaml.safe_load(open(project / ".claude" / "auto-progress.yaml"))
     from engine.procs import alive
 
-    assert time.monotonic() - started < 15 and alive(data["orchestrator_pid"], data["orchestrator_pid_start"])
+    assert alive(data["orchestrator_pid"], data["orchestrator_pid_start"])
     running = [t for t, e in data["tasks"].items() if e.get("status") == "running"]
     assert running == ["a", "b", "c"]  # session 1 is over; its agents are not
 
