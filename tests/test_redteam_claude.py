@@ -74,6 +74,16 @@ def draft_survives(repo):
     return bool(committed) or bool(on_disk)
 
 
+def one_commit_repo(path, name):
+    """A git repository at PATH with one commit holding the file NAME."""
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    (path / name).write_text("x\n")
+    git(path, "add", ".")
+    git(path, "commit", "-qm", "init")
+    return path
+
+
 def first_tool_result(messages):
     """The text of the tool_result the conversation ends with, or None when it ends with a prompt."""
     last = messages[-1] if messages else {}
@@ -138,12 +148,7 @@ def test_a_slot_git_cannot_move_does_not_wedge_every_run(repo, tmp_path):
     Pool.relocate calls it with check=True and Slots._move_home does not catch it: every `run`
     and `resume` of such a project ends in `internal error (GitError ...)` before any task, where
     the README says the pool stays where it is (with a warning) when it cannot move."""
-    sub = tmp_path / "sub"
-    sub.mkdir()
-    git(sub, "init", "-q", "-b", "main")
-    (sub / "lib.txt").write_text("lib\n")
-    git(sub, "add", ".")
-    git(sub, "commit", "-qm", "lib")
+    sub = one_commit_repo(tmp_path / "sub", "lib.txt")
     git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(sub), "sub")
     git(repo, "commit", "-qm", "submodule")
     assert pm("init", "2").code == 0
@@ -225,12 +230,7 @@ def test_the_worktree_confinement_holds_in_a_project_whose_path_has_parentheses(
     has none of `()\\n*?[]`; otherwise the bare `Edit` and `Write` go to the CLI, which then lets
     the agent write anywhere (the hole the change closes). A checkout named `proj (copy)` is
     enough: the agent's Write into the main checkout succeeds."""
-    project = tmp_path / "proj (copy)"
-    project.mkdir()
-    git(project, "init", "-q", "-b", "main")
-    (project / "README.md").write_text("x\n")
-    git(project, "add", ".")
-    git(project, "commit", "-qm", "init")
+    project = one_commit_repo(tmp_path / "proj (copy)", "README.md")
     monkeypatch.chdir(project)
     api.script("task is `w`", [Turn(lambda body: [tool("Write", {"file_path": str(project / "escape.txt"),
                                                                  "content": "x"})]), Turn([text("done")])])
