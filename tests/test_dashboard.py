@@ -188,6 +188,9 @@ def test_only_reads_and_only_the_project(demo_repo, dashboards, tmp_path):
     secret.write_text("TOP SECRET\n")
     os.unlink(os.path.join(repo, ".claude", "auto-logs", "models.log"))
     os.symlink(str(secret), os.path.join(repo, ".claude", "auto-logs", "models.log"))
+    os.unlink(os.path.join(repo, ".claude", "auto-logs", "utils.log"))
+    os.link(str(secret), os.path.join(repo, ".claude", "auto-logs", "utils.log"))  # a hard link: same file
+
     def disk():
         claude = os.path.join(repo, ".claude")
         return ({p: os.stat(os.path.join(claude, p)).st_mtime_ns for p in os.listdir(claude)},
@@ -198,6 +201,7 @@ def test_only_reads_and_only_the_project(demo_repo, dashboards, tmp_path):
     board = dashboards(repo)
     assert "+++ b/app/api.py" in board.get("/api/task/api/diff")["text"]
     assert board.get("/api/task/models/log")["exists"] is False  # a symlink is not followed
+    assert board.get("/api/task/utils/log")["exists"] is False  # nor a hard link to a file elsewhere
     for path in ("/api/task/..%2F..%2Fsecret.txt/log", "/api/task/../log", "/api/task/nosuch", "/api/task/%2e%2e/log",
                  "/api/task/models%00/log", "/etc/passwd", "/static/../server.py", "/api/task/"):
         code, _, body = board.request(path)

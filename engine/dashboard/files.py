@@ -34,7 +34,7 @@ class ProjectFiles:
 
     def _open(self, path):
         """A read-only descriptor of PATH, or None when outside the root, missing, reached through
-        a symlink, or not a regular file."""
+        a symlink, not a regular file, or a file with more than one link."""
         parts = self.parts(path)
         if parts is None:
             return None
@@ -53,7 +53,10 @@ class ProjectFiles:
             os.close(fd)
             return None
         os.close(fd)
-        if not stat.S_ISREG(os.fstat(leaf).st_mode):  # a FIFO or device would block or never end
+        st = os.fstat(leaf)
+        # a FIFO or device would block or never end; a file with another name elsewhere (a hard
+        # link planted in the project) may be anybody's: only plain files with one link are read
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
             os.close(leaf)
             return None
         return leaf
