@@ -104,6 +104,3 @@ def kind_of(setting):
         return ShellAgent(setting)
     return _preset_class(name)(setting)
 
-
-def is_preset(setting, name):
-    return preset_name(setting) == name

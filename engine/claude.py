@@ -72,9 +72,9 @@ _KEYS = {"preset", "model", "max_budget_usd", "permission_mode", "allowed_tools"
 
 def is_preset(agent):
     """True when an agent setting (plan `agent:` or `--agent`) names this preset."""
-    if isinstance(agent, dict):
-        return agent.get("preset") == PRESET
-    return isinstance(agent, str) and agent.strip() == PRESET
+    from engine.agent_kinds import preset_name
+
+    return preset_name(agent) == PRESET
 
 
 def options_from(agent, where="agent"):
@@ -572,12 +572,6 @@ def previous_attempt(logs_dir, task_id, n):
         if resumable(summary):
             return summary
     return None
-
-
-def previous_session(logs_dir, task_id, n):
-    """The session id a retry of attempt N resumes (see previous_attempt), or None."""
-    summary = previous_attempt(logs_dir, task_id, n)
-    return summary["session_id"] if summary else None
 
 
 def _resumed(logs_dir, task_id, n):

@@ -174,9 +174,6 @@ class Pool:
             moving = None
         return self._known(recorded), moving
 
-    def recorded_dir(self):
-        return self._recorded()[0]
-
     # ------------------------------------------------------------------ basics
     @property
     def repo(self):

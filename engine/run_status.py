@@ -10,8 +10,8 @@ reported `stopped`, with what `resume` will do about it. `status`, `status --jso
 from dataclasses import dataclass, field
 
 from engine.procs import alive
+from engine.view import NEEDS_YOU, status_counts
 
-NEEDS_YOU = ("failed", "blocked", "blocked_permission")
 IN_FLIGHT = ("running", "executed", "verifying", "approved", "merging", "conflicted", "rejected")
 WAIT_HINT = "orchestrator wait --timeout 540"  # under the Bash tool's 10-minute foreground limit
 
@@ -63,8 +63,6 @@ def view(data, state):
     """The RunView of a progress mapping DATA and the run machine's STATE; None when no run."""
     if not isinstance(data, dict) or not (data.get("tasks") or data.get("plan_file") or data.get("goal")):
         return None
-    from engine.view import status_counts
-
     tasks = data.get("tasks") if isinstance(data.get("tasks"), dict) else {}
     statuses = {t: (e.get("status") if isinstance(e, dict) else None) or "pending" for t, e in tasks.items()}
     pid = data.get("orchestrator_pid")
@@ -95,3 +93,35 @@ def current(layout):
     from engine.progress import Progress
 
     return view(Progress(layout).load(), statefile.get_state(layout))
+
+
+def session_lines(run, data):
+    """The SessionStart lines: nothing without an unfinished run; else the run in one line, and a
+    second naming the first task that needs a person, when one does."""
+    if run is None or (run.status == "complete" and not run.needs_you):
+        return []
+    lines = [f"parallel-orchestrator: {run.line()}"]
+    if run.needs_you and run.status == "running":
+        first = run.needs_you[0]
+        entry = (data.get("tasks") or {}).get(first) or {}
+        why = " ".join(str(entry.get("failure") or entry.get("status") or "").split())
+        lines.append(f"parallel-orchestrator: {first} needs you ({why[:300]}): `orchestrator retry {first}` once "
+                     "that is dealt with")
+    return lines
+
+
+# `orchestrator wait`: what it saw, as its exit code
+WAIT_CODES = {"complete": 0, "timeout": 2, "needs-you": 3, "boundary": 4, "stopped": 5}
+
+
+def wait_outcome(run, until_stopped):
+    """Why `orchestrator wait` returns now (a key of WAIT_CODES), or None to go on waiting."""
+    if run.status == "complete":
+        return "needs-you" if run.needs_you else "complete"
+    if run.needs_you and (not until_stopped or run.status != "running"):
+        return "needs-you"
+    if run.status == "stopped":
+        return "boundary" if run.recorded == "stopped" else "stopped"
+    if run.status == "aborted":
+        return "stopped"
+    return None

@@ -366,7 +366,7 @@ class Scheduler:
                     self._attempt(task_id, status)
                 elif status == S.CONFLICTED:
                     self._launch_begun(task_id, successor_too=True)  # (a rebase first: merges need not wait)
-                    self._after_conflict(task_id)
+                    self._attempt(task_id, status)
                 elif status == S.EXECUTED:
                     self._verify(task_id)
                 elif status == S.VERIFYING:
@@ -461,15 +461,13 @@ class Scheduler:
                 else (None, None)
             # (a slot leased just now is at the base commit it was prepared from: no second look)
             base_commit = (ctx.slots.fresh_base(task_id) if slot else None) or self._base_tip()
-            changes = {}
-            if n > 1 and status != S.CONFLICTED:  # a retry starts from the base as it is now
+            changes, kept = {}, None
+            if n > 1:  # a retry (after a failure, a rejection or a conflict) starts from the base as it is now
                 moved = self._onto_current_base(task_id, status, n, path) if path else None
                 if moved == "verify":
-                    return  # its rejected work applied on the moved base: QA looks again first
+                    return  # its work applied on the moved base: QA looks again first
                 if moved:
                     slot, path, base_commit, kept = moved
-                else:
-                    kept = None
                 changes = self._merged_since(entry.get("base_commit"), base_commit)
                 feedback = self._retry_feedback(entry, feedback, changes, kept)
             ctx.tasks.fire(task_id, "start", iterations=n, slot=slot, pid=None, base_commit=base_commit,
@@ -486,13 +484,14 @@ class Scheduler:
         self._settle_attempt(task_id, n, path, result)
 
     def _onto_current_base(self, task_id, status, n, path):
-        """Bring a retry's branch, checked out at PATH, onto the base as it is now. With no work
-        of its own it is moved to the base tip; with work (a rejected attempt's commits) it is
-        rebased when that applies cleanly -- after a QA rejection QA then looks again first
-        ("verify": the base may hold what it lacked) -- else its work is kept under
-        refs/orchestrator/attempts/TASK/N and it starts again from the base. (Work rebased
-        cleanly is verified again first whatever ended its attempt: QA is what "done" means.) Returns "verify"
-        or (slot, path, the commit it starts from, the ref its work was kept at or None)."""
+        """Bring a retry's branch, checked out at PATH, onto the base as it is now: the one way
+        back for every setback (agent failure, QA rejection, merge conflict). With no work of
+        its own the branch is moved to the base tip; with work it is rebased when that applies
+        cleanly, and QA looks again before any agent runs ("verify": the base may hold what it
+        lacked; after a rejection or a failure that look spends no retry, after a conflict it is
+        the conflict's retry); else its work is kept under refs/orchestrator/attempts/TASK/N and
+        the agent starts again from the base. Returns "verify" or (slot, path, the commit it
+        starts from, the ref its work was kept at or None)."""
         ctx = self.ctx
         branch = self.plan.tasks[task_id].branch
         tip, current = git.branch_commit(ctx.repo, branch), self._base_tip()
@@ -501,17 +500,15 @@ class Scheduler:
             if tip != current:
                 git.restart_branch(path, branch, current)
             return slot, path, current, None
-        if git.is_ancestor(ctx.repo, current, tip):
-            return slot, path, current, None  # its work already sits on the current base
+        if status != S.CONFLICTED and git.is_ancestor(ctx.repo, current, tip):
+            return slot, path, current, None  # its rejected work already sits on the current base: the agent fixes it
         started = store.utc_now()
         if ctx.merges.bring_up_to_date(task_id, path):
-            if status in (S.REJECTED, S.PENDING):  # (PENDING with work: a failed agent's commits, or `retry`)
-                ctx.tasks.record_attempt(task_id, n - 1, kind="rebase", outcome="clean", slot=slot,
-                                         started_at=started, ended_at=store.utc_now())
-                ctx.tasks.fire(task_id, "rebased", base_commit=current, recheck=True)
-                ctx.reporter.task(task_id, f"rebased onto the new {ctx.base} without the agent; verifying again")
-                return "verify"
-            return slot, path, current, None
+            ctx.tasks.record_attempt(task_id, n - 1, kind="rebase", outcome="clean", slot=slot,
+                                     started_at=started, ended_at=store.utc_now())
+            ctx.tasks.fire(task_id, "rebased", base_commit=current, recheck=None if status == S.CONFLICTED else True)
+            ctx.reporter.task(task_id, f"rebased onto the new {ctx.base} without the agent; verifying again")
+            return "verify"
         ctx.slots.give_back(task_id)
         kept = ctx.merges.set_aside(task_id, n - 1)
         slot, path = ctx.slots.hold(task_id, discard_edits=True, record=False)
@@ -674,28 +671,6 @@ class Scheduler:
             self.launched.notify_all()  # (a merge held back may be awaited now)
         self.merge_wake.set()
         crashpoint("approved")
-
-    def _after_conflict(self, task_id):
-        """Bring a conflicted branch onto the moved base without the agent if that applies
-        cleanly (then QA again); else keep the attempt's work aside and re-run the agent
-        on the current base with the conflict as its feedback."""
-        ctx = self.ctx
-        n = int(ctx.tasks.entry(task_id).get("iterations") or 0)
-        branch = self.plan.tasks[task_id].branch
-        # only a branch with work to bring over (not the empty branch of a new lease cut short)
-        if git.unique_commits(ctx.repo, branch, f"refs/heads/{ctx.base}"):
-            slot, path = ctx.slots.hold(task_id, discard_edits=True)
-            started = store.utc_now()
-            if ctx.merges.bring_up_to_date(task_id, path):
-                ctx.tasks.record_attempt(task_id, n, kind="rebase", outcome="clean", slot=slot, started_at=started,
-                                         ended_at=store.utc_now())
-                ctx.tasks.fire(task_id, "rebased", base_commit=git.branch_commit(ctx.repo, ctx.base))
-                ctx.reporter.task(task_id, f"rebased onto the new {ctx.base} without the agent; verifying again")
-                return
-            self.ctx.slots.give_back(task_id)
-            kept = ctx.merges.set_aside(task_id, n)
-            ctx.reporter.task(task_id, f"the conflict needs the agent: the previous work is kept at {kept}")
-        self._attempt(task_id, S.CONFLICTED)
 
     def _show_progress(self):
         ctx = self.ctx

@@ -111,7 +111,8 @@ def test_wait_says_when_a_task_needs_you_while_the_others_go_on(repo):
 def test_a_sigkilled_run_is_reported_stopped_with_what_resume_will_do(repo):
     plan = write_plan(repo, seconds=30)
     pid = detached(repo, "--all-groups", plan)
-    wait_until(lambda: sum(1 for t in progress(repo)["tasks"].values() if t.get("status") == "running") == 2,
+    # (a detached run returns once it is recorded, maybe before DECOMPOSE wrote its tasks)
+    wait_until(lambda: sum(1 for t in progress(repo).get("tasks", {}).values() if t.get("status") == "running") == 2,
                timeout=30, what="two agents running")
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(")")[1].split()[0]
@@ -195,7 +196,8 @@ def test_the_hook_names_a_blocked_task_and_says_nothing_once_complete(repo, tmp_
     plan = write_plan(repo, seconds=0.2, tasks=[{"id": "bad", "verify": "false"},
                                                 {"id": "slow", "agent": SLOW.format(s=6)}])
     detached(repo, "--all-groups", plan)
-    wait_until(lambda: progress(repo)["tasks"]["bad"]["status"] == "failed", timeout=30, what="bad failed")
+    wait_until(lambda: progress(repo).get("tasks", {}).get("bad", {}).get("status") == "failed", timeout=30,
+               what="bad failed")
     lines = hook(repo, tmp_path).stdout.splitlines()
     assert len(lines) == 2 and "is running" in lines[0]
     assert lines[1].startswith("parallel-orchestrator: bad needs you (QA rejected") and \

@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -462,3 +463,29 @@ def test_a_detached_run_outlives_session_one_and_session_two_picks_it_up(api, pr
     log = git(project, "log", "main", "--format=%s").splitlines()
     assert all(log.count(t) == 1 for t in "abc")
     assert all(len(e["attempts"]) == 1 for e in status["tasks"].values())  # each agent ran once
+
+
+def test_a_merge_conflict_goes_back_to_the_real_agent_on_the_moved_base(api, project, tmp_path):
+    """Two agents write the same file from the same base: the second merge conflicts, its work
+    is set aside, and the real CLI runs again (resuming its session) with the conflict as its
+    feedback, on the base that has the first one's file; both merged, the file holds both."""
+    for t, slow in (("one", 0), ("two", 1)):
+        turns = [Turn(in_worktree("shared.txt", f"{t}\n")), Turn(commit(f"{t}: shared")), Turn([text("done")])]
+        if slow:  # its first answer comes later, so `one` merges first
+            turns[0] = Turn(lambda body, t=t: (time.sleep(2), in_worktree("shared.txt", f"{t}\n")(body))[1])
+        api.script(f"task is `{t}`", turns)
+    api.script("task is `two`", [Turn(in_worktree("shared.txt", "one\ntwo\n")), Turn(commit("two: shared, both")),
+                                 Turn([text("done")])], on_prompt="MERGE CONFLICT")
+    plan = write_plan(tmp_path / "plan.yaml", [{"id": t, "description": f"Write {t}", "verify": "test -f shared.txt"}
+                                               for t in ("one", "two")])
+    (project / ".claude").mkdir(exist_ok=True)
+    (project / ".claude" / "auto-context.yaml").write_text("parallelization:\n  min_tasks: 1\n")
+    r = orch("run", "--all-groups", plan)
+    assert r.code == 0, r
+    two = progress()["tasks"]["two"]
+    assert two["status"] == "merged" and two["conflict_files"] == ["shared.txt"] and two["conflict_with"] == ["one"]
+    tries = [a for a in two["attempts"] if a["kind"] == "agent"]
+    assert len(tries) == 2 and tries[1]["base_commit"] == progress()["tasks"]["one"]["merged_commit"]
+    resumed = [q for q in requests_for(api, "two") if "MERGE CONFLICT" in latest_prompt(q["body"])]
+    assert resumed and len(resumed[0]["body"]["messages"]) > 3  # the same conversation, forked
+    assert (project / "shared.txt").read_text() == "one\ntwo\n"

@@ -179,7 +179,7 @@ def status_cmd(as_json, watch, brief):
         state = statefile.get_state(layout)
         run = run_status.view(data, state)
         if brief:
-            for line in _brief(run, data):
+            for line in run_status.session_lines(run, data):
                 click.echo(line)
             return 0
         if as_json:
@@ -197,24 +197,6 @@ def status_cmd(as_json, watch, brief):
         click.clear()
         click.echo(text)
         time.sleep(1)
-
-
-def _brief(run, data):
-    """The SessionStart lines: nothing without an unfinished run; else the run in one line, and a
-    second naming the first task that needs a person, when one does."""
-    if run is None or (run.status == "complete" and not run.needs_you):
-        return []
-    lines = [f"parallel-orchestrator: {run.line()}"]
-    if run.needs_you and run.status == "running":
-        first = run.needs_you[0]
-        entry = (data.get("tasks") or {}).get(first) or {}
-        why = " ".join(str(entry.get("failure") or entry.get("status") or "").split())
-        lines.append(f"parallel-orchestrator: {first} needs you ({why[:300]}): `orchestrator retry {first}` once "
-                     "that is dealt with")
-    return lines
-
-
-WAIT_CODES = {"complete": 0, "timeout": 2, "needs-you": 3, "boundary": 4, "stopped": 5}
 
 
 @cli.command("wait")
@@ -238,25 +220,13 @@ def wait_cmd(timeout, until_stopped):
         if run is None:
             click.echo("NO_SESSION")
             return 1
-        outcome = _wait_outcome(run, until_stopped)
+        outcome = run_status.wait_outcome(run, until_stopped)
         if outcome is None and deadline is not None and time.monotonic() >= deadline:
             outcome = "timeout"
         if outcome is not None:
             click.echo(f"{outcome}: {run.line()}")
-            return WAIT_CODES[outcome]
+            return run_status.WAIT_CODES[outcome]
         time.sleep(0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic())))
-
-
-def _wait_outcome(run, until_stopped):
-    if run.status == "complete":
-        return "needs-you" if run.needs_you else "complete"
-    if run.needs_you and (not until_stopped or run.status != "running"):
-        return "needs-you"
-    if run.status == "stopped":
-        return "boundary" if run.recorded == "stopped" else "stopped"
-    if run.status == "aborted":
-        return "stopped"
-    return None
 
 
 @cli.command("validate")
