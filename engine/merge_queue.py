@@ -39,6 +39,21 @@ class MergeQueue:
                 self._merged(task_id, branch, git.branch_commit(ctx.repo, ctx.base), already=True)
             elif status == S.MERGING:
                 ctx.tasks.fire(task_id, "merge_interrupt")
+        self._drop_merged_branches(task_ids)
+
+    def _drop_merged_branches(self, task_ids):
+        """A merged task's branch (and set-aside attempts) left behind by a kill between the
+        merge's record and their deletion (a slot still holding it is released by the scheduler, which drops
+        it then): deleted when the base contains it. One listing of the branches."""
+        ctx = self.ctx
+        done = [t for t in task_ids if ctx.tasks.status(t) == S.MERGED]
+        merged = {ctx.plan.tasks[t].branch for t in done}
+        tips = git.branch_tips(ctx.repo) if merged else {}
+        leftover = [b for b in sorted(merged & set(tips))
+                    if git.is_ancestor(ctx.repo, tips[b], f"refs/heads/{ctx.base}")]
+        if leftover:
+            git.delete_branch(ctx.repo, *leftover, check=False)  # (git keeps one a slot has checked out)
+        self._drop_kept_attempts(done)  # (the same kill may have come before these went)
 
     def merge(self, task_ids):
         """Merge the approved TASK_IDS (in dependency order) into the base; returns
@@ -99,6 +114,7 @@ class MergeQueue:
         stamp = store.utc_now()
         statuses = ctx.tasks.fire_all([(t, "merged", {"merged_commit": head, "completed_at": stamp}, None)
                                        for t, _ in merged])
+        crashpoint("merged-recorded")
         # The base contains the branches now: the safe delete (git itself keeps a branch a slot
         # still has checked out; that slot's release deletes it)
         git.delete_branch(ctx.repo, *[b for _, b in merged], check=False)
@@ -164,8 +180,10 @@ class MergeQueue:
         if tip is None:
             return None
         ref = f"{ATTEMPT_REFS}/{task_id}/{attempt}"
-        git.update_ref(ctx.repo, ref, tip)
+        # recorded before it exists: a kill in between leaves a name the merge's clean-up
+        # deletes harmlessly, never a ref no record names
         ctx.tasks.update(task_id, kept_attempts=sorted(set(ctx.tasks.entry(task_id).get("kept_attempts") or []) | {ref}))
+        git.update_ref(ctx.repo, ref, tip)
         git.delete_branch(ctx.repo, branch)
         ctx.journal.append("attempt-kept", task=task_id, ref=ref, commit=tip)
         crashpoint("set-aside")

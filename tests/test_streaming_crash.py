@@ -50,6 +50,7 @@ def assert_clean_and_once(repo, tasks):
     subjects = git(repo, "log", "--format=%s", "--merges", "main").splitlines()
     assert sorted(subjects) == sorted(f"feat: Merge auto/{t}" for t in tasks)  # each exactly once
     assert branches(repo) == ["main"] and worktree_paths(repo) == [repo]
+    assert git(repo, "for-each-ref", "refs/orchestrator/") == ""  # no set-aside attempt of a merged task
     assert git(repo, "status", "--porcelain", "--untracked-files=no") == ""
 
 
@@ -63,7 +64,7 @@ def expected_tree(tmp_path_factory):
 
 
 @pytest.mark.parametrize("point", ["merge-intent", "merge-moved", "approved", "merge-intent:3", "handed-over",
-                                   "handed-over:2"])
+                                   "handed-over:2", "merged-recorded", "merged-recorded:6"])
 def test_a_kill_inside_the_merge_queue_resumes_exactly(tmp_path, expected_tree, point):
     repo, plan = demo_project(tmp_path, "p")
     env = dict(python_env(), DEMO_FLAKY="cli", DEMO_AGENT_SLEEP="0")
@@ -72,7 +73,7 @@ def test_a_kill_inside_the_merge_queue_resumes_exactly(tmp_path, expected_tree, 
     assert_clean_and_once(repo, TASKS)
 
 
-@pytest.mark.parametrize("point", ["set-aside", "merge-moved:2"])
+@pytest.mark.parametrize("point", ["set-aside", "merge-moved:2", "merged-recorded:2", "merged-recorded:4"])
 def test_a_kill_during_a_conflict_retry_resumes_exactly(tmp_path, point):
     """Siblings writing one shared file: the later ones conflict, are set aside and re-run.
     (Every task writes it, so a re-run can collide again with whatever merged meanwhile:
