@@ -8,6 +8,7 @@ output. Mutations of the worktree list are serialized per repository with `workt
 git 2.39 races on parallel `worktree add` and can leave a branch without its worktree.
 """
 
+import codecs
 import os
 import re
 import stat
@@ -556,22 +557,81 @@ def commit_parents(repo, commit):
     return words[1:] if proc.returncode == 0 and words else None
 
 
-def first_parent_merges(repo, rev, limit=1000):
-    """[(commit, [parents], subject)] of the merge commits on REV's first-parent line, newest first."""
-    proc = run(repo, "--no-optional-locks", "log", "--first-parent", "--merges", f"-n{int(limit)}",
-               "--format=%H %P%x00%s", "--end-of-options", rev, "--", check=False)
+def first_parent_merges(repo, rev, limit=1000, max_bytes=1 << 20):
+    """[(commit, [parents], subject)] of the merge commits on REV's first-parent line, newest first.
+
+    At most LIMIT merges and MAX_BYTES of git's output (the dashboard asks this per request): a
+    line cut by that bound, and the older merges after it, are left out."""
+    raw, _, code = read_bounded(repo, ("--no-optional-locks", "log", "--first-parent", "--merges",
+                                       f"-n{int(limit)}", "--format=%H %P%x00%s", "--end-of-options", rev, "--"),
+                                max_bytes)
+    if code not in (0, None):
+        return []
     found = []
-    for line in proc.stdout.splitlines() if proc.returncode == 0 else ():
-        shas, _, subject = line.partition("\0")
+    for line in raw.split(b"\n")[:-1]:  # the last piece: empty, or a line cut by MAX_BYTES
+        shas, _, subject = line.decode("utf-8", "replace").partition("\0")
         commit, *parents = shas.split()
         found.append((commit, parents, subject))
     return found
 
 
-def diff_text(repo, old, new):
-    """`git diff --stat --patch OLD NEW` as text, without external diff or textconv drivers."""
-    return run(repo, "--no-optional-locks", "diff", "--patch-with-stat", "--no-color", "--no-ext-diff",
-               "--no-textconv", "-M", "--end-of-options", old, new, "--").stdout
+def diff_text(repo, old, new, limit):
+    """(text, truncated): `git diff --stat --patch OLD NEW`, without external diff or textconv
+    drivers, read only up to LIMIT bytes (then git is stopped); cut at a UTF-8 character
+    boundary, invalid bytes replaced. Raises GitError when git fails."""
+    args = ("--no-optional-locks", "diff", "--patch-with-stat", "--no-color", "--no-ext-diff", "--no-textconv",
+            "-M", "--end-of-options", old, new, "--")
+    raw, truncated, code = read_bounded(repo, args, limit)
+    if code not in (0, None):
+        raise GitError(["git", *args], code, raw.decode("utf-8", "replace"))
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    return decoder.decode(raw, final=not truncated), truncated
+
+
+_READ = 64 * 1024
+_STDERR_LIMIT = 64 * 1024
+
+
+def read_bounded(repo, args, limit):
+    """(stdout, truncated, returncode) of `git ARGS` in REPO, stdout read only up to LIMIT bytes.
+
+    Memory stays within LIMIT plus one read (64 KiB) whatever git would write: git runs with
+    its output on a pipe read a block at a time, and once LIMIT bytes are in, git is killed
+    and reaped (no zombie, no git left running); `truncated` then says there was more and the
+    return code is None. When git fails, stdout is replaced by the first 64 KiB of its stderr
+    (the rest of stderr is read and dropped: a full pipe would stall git)."""
+    import selectors
+
+    proc = subprocess.Popen(["git", *args], executable=executable(), cwd=repo, env=git_env(),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = bytearray(), bytearray()
+    truncated = finished = False
+    try:
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ, out)
+            sel.register(proc.stderr, selectors.EVENT_READ, err)
+            while sel.get_map() and not truncated:
+                for key, _ in sel.select():
+                    chunk = os.read(key.fd, _READ)
+                    if not chunk:
+                        sel.unregister(key.fileobj)
+                    elif key.data is out:
+                        out += chunk[:limit + 1 - len(out)]
+                        truncated = len(out) > limit
+                    elif len(err) < _STDERR_LIMIT:
+                        err += chunk[:_STDERR_LIMIT - len(err)]
+        finished = not truncated
+    finally:
+        if not finished:  # enough read (or an error here): git stops now
+            proc.kill()
+        proc.stdout.close()
+        proc.stderr.close()
+        code = proc.wait()
+    if truncated:
+        return bytes(out[:limit]), True, None
+    if code != 0:
+        return bytes(err or out[:_STDERR_LIMIT]), False, code
+    return bytes(out), False, 0
 
 
 def discard_changes(path, branch=None):

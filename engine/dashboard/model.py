@@ -31,7 +31,7 @@ NEEDS_PERSON = ("blocked_permission", "blocked", "failed")
 LOG_TAIL = 64 * 1024
 LOG_CHUNK = 256 * 1024
 QA_TAIL = 32 * 1024
-DIFF_LIMIT = 512 * 1024
+DIFF_LIMIT = 512 * 1024  # bytes of git's diff read per request (git is stopped there)
 JOURNAL_RECENT = 200
 JOURNAL_CHUNK = 8 * 1024 * 1024
 
@@ -394,9 +394,8 @@ def task_change(git, repo, task_id, entry, base):
         message = ("no commits yet" if status in (None, "pending", "running") else
                    f"branch {branch} not found (deleted, or never created)")
         return {"text": "", "source": source, "message": message, "truncated": False}
-    body = git.diff_text(repo, old, new)
-    truncated = len(body) > DIFF_LIMIT
-    return {"text": clean_text(body[:DIFF_LIMIT]), "source": source, "old": old, "new": new,
+    body, truncated = git.diff_text(repo, old, new, DIFF_LIMIT)  # read no further than shown
+    return {"text": clean_text(body), "source": source, "old": old, "new": new,
             "message": None if body else "the branch changes nothing", "truncated": truncated}
 
 

@@ -50,8 +50,17 @@ def is_loopback(host):
 
 
 class DashboardServer(ThreadingHTTPServer):
+    """One thread per connection (a slow client holds only its own thread, and only for
+    `Handler.timeout`).
+
+    `request_queue_size` is listen()'s backlog: connections the kernel completes before the
+    server accepts them. socketserver's default of 5 made a burst of 200 requests wait for
+    dropped SYNs to be sent again (1, 3, 7 s... later; 21 s, 5 timed out). 1024 fits a burst of
+    a few hundred; the kernel caps it at net.core.somaxconn (/proc/sys/net/core/somaxconn:
+    4096 by default since Linux 5.4, 128 before), so the effective backlog is the smaller."""
     daemon_threads = True
     allow_reuse_address = False
+    request_queue_size = 1024
 
     def __init__(self, model, host="127.0.0.1", port=0, allow_remote=False):
         if not allow_remote and not is_loopback(host):
@@ -94,6 +103,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "orchestrator-dashboard"
     sys_version = ""
     protocol_version = "HTTP/1.1"
+    timeout = 30  # seconds a connection may sit idle or half-sent (or not read its answer) before it is closed
 
     def log_message(self, format, *args):  # noqa: A002 - the base class's name
         """Quiet: one line per poll would bury the terminal."""
