@@ -118,6 +118,10 @@ class LocalBackend:
 
     needs_checkout = True
 
+    def git_dirs(self):
+        """Repositories besides the run's own whose git locks the run owns: none."""
+        return []
+
     def run_attempt(self, attempt):
         spec = AgentSpec(attempt.task_id, attempt.command, attempt.cwd, attempt.env, attempt.log_path,
                          attempt.timeout, exit_path=attempt.exit_path)

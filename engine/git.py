@@ -421,9 +421,12 @@ def mend_worktree_record(admin, finished):
     return f"git's record of worktree '{name}' was left half written by an interrupted `git worktree add`: removed"
 
 
+WORKTREE_LOCK = "orchestrator-worktree"  # our flock file in the git directory (not a git lock)
+
+
 def worktree_lock(repo):
     """Serialize `git worktree add/remove/prune` for this repository across processes."""
-    return store.file_lock(os.path.join(common_dir(repo), "orchestrator-worktree"))
+    return store.file_lock(os.path.join(common_dir(repo), WORKTREE_LOCK))
 
 
 # --------------------------------------------------------------------------- names

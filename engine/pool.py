@@ -736,52 +736,28 @@ class Pool:
         return self.init(size, force=True)
 
 
-def stale_git_locks(path, branch=None, repo=None):
-    """Lock files a git killed mid-operation leaves behind for one slot: the worktree's
-    index.lock and HEAD.lock, and the branch's ref lock in the common directory."""
+def slot_lock_files(path, branch=None, repo=None, shared=False):
+    """The lock files a git killed mid-operation in one slot can leave: the worktree's
+    index.lock and HEAD.lock, the branch's ref lock in the common directory, and with SHARED the
+    repository-wide packed-refs lock (any ref deletion takes it)."""
     found = []
     gitdir = git.worktree_git_dir(path)
     if gitdir:
         found += [os.path.join(gitdir, name) for name in ("index.lock", "HEAD.lock")]
     if branch and repo:
         found.append(os.path.join(git.common_dir(repo), "refs", "heads", *branch.split("/")) + ".lock")
+    if shared and repo:
+        found += [os.path.join(git.common_dir(repo), name) for name in SHARED_LOCKS]
     return [f for f in found if os.path.exists(f)]
 
 
 def clear_stale_locks(path, branch=None, repo=None, shared=False):
-    """Only called when nobody else can be running git for this slot: we hold its lease, or
-    its previous owner is dead. With `shared`, also the repository-wide packed-refs.lock,
-    which any ref deletion takes: it is removed only once it is older than git ever holds it."""
-    for lock in stale_git_locks(path, branch, repo):
-        try:
-            os.unlink(lock)
-        except FileNotFoundError:
-            pass
-    if shared and repo:
-        for name in SHARED_LOCKS:
-            clear_if_stale(os.path.join(git.common_dir(repo), name))
+    """Remove the slot's lock files no live process holds (engine.git_locks decides); one
+    warning line for each removed, and for each that cannot be judged."""
+    from engine import git_locks
+
+    for lock in git_locks.clear_stale(slot_lock_files(path, branch, repo, shared)):
+        warn(f"[WARN] {lock.line()}")
 
 
-SHARED_LOCK_STALE_AFTER = 2.0  # seconds; git holds packed-refs.lock for milliseconds
 SHARED_LOCKS = ("packed-refs.lock", "packed-refs.new")  # the lock and the temp file beside it
-
-
-def clear_if_stale(lock, stale_after=SHARED_LOCK_STALE_AFTER):
-    """Remove `lock` if the same file is still there after it has aged `stale_after` seconds."""
-    import time
-
-    try:
-        first = os.stat(lock)
-    except FileNotFoundError:
-        return False
-    wait = first.st_mtime + stale_after - time.time()
-    if wait > 0:
-        time.sleep(min(wait, stale_after))
-    try:
-        now = os.stat(lock)
-    except FileNotFoundError:
-        return False
-    if (now.st_ino, now.st_mtime) != (first.st_ino, first.st_mtime):
-        return False  # a live git replaced it: not stale
-    os.unlink(lock)
-    return True

@@ -10,8 +10,7 @@ from typing import Callable, Optional
 
 from engine import git, store, worktree
 from engine.errors import NotInitialized, StateFileError
-from engine.pool import (SHARED_LOCK_STALE_AFTER, SHARED_LOCKS, SLOT_ID, clear_if_stale, clear_stale_locks,
-                         idle_slot, local_timestamp, owner_alive, stale_git_locks)
+from engine.pool import SLOT_ID, idle_slot, local_timestamp, owner_alive
 
 
 @dataclass
@@ -65,6 +64,12 @@ def find_issues(pool):
                       "`git worktree add`, or a crash): every git command that looks at all worktrees fails",
                       lambda admin=admin, finished=finished: git.mend_worktree_record(admin, finished))
                 for admin, finished in broken]
+    from engine import git_locks
+
+    # first: a lock left by a git killed mid-command makes the slot fixes below fail
+    for lock in git_locks.find_stale(git_locks.lock_files(git.common_dir(repo))):
+        issues.append(Issue("stale-lock", os.path.relpath(lock, repo), f"stale git lock {lock} (no process has it open)",
+                            lambda lock=lock: git_locks.clear_stale([lock])))
     listing = git.worktrees(repo)
     by_path = {os.path.realpath(e["path"]): e for e in listing}
     slot_ids = set()
@@ -105,22 +110,6 @@ def find_issues(pool):
         if operations:
             issues.append(Issue("operation-in-progress", sid, f"idle slot {sid} has a {', '.join(operations)} "
                                 "left in progress", lambda path=path: git.forget_operations(path)))
-        locks = [] if busy else stale_git_locks(path)
-        if locks:
-            issues.append(Issue("stale-lock", sid, f"stale git lock file in idle slot {sid}: {', '.join(locks)}",
-                                lambda path=path: clear_stale_locks(path)))
-
-    import time
-
-    for name in SHARED_LOCKS:
-        lock = os.path.join(git.common_dir(repo), name)
-        try:
-            age = time.time() - os.stat(lock).st_mtime
-        except FileNotFoundError:
-            continue
-        if age > SHARED_LOCK_STALE_AFTER:
-            issues.append(Issue("stale-lock", name, f"stale {lock} ({age:.0f}s old)",
-                                lambda lock=lock: clear_if_stale(lock)))
 
     real_dir = os.path.realpath(pool.dir)
     for entry in listing:

@@ -230,6 +230,18 @@ class RayBackend:
         want = ", ".join(f"{k}={v:g}" for k, v in sorted(wanted.items()))
         return f"no node of the Ray cluster offers what an agent attempt needs ({want}); offered: {offered}"
 
+    def git_dirs(self):
+        """The remote's git directory when it is a path on this machine: a push or fetch
+        killed with the orchestrator leaves its ref lock there too (a receive-pack is a child of
+        the killed push). A remote elsewhere is its own server's business."""
+        remote = self.config.remote or ""
+        if remote.startswith("file://"):
+            remote = remote[len("file://"):]
+        if "://" in remote or not os.path.isdir(remote):
+            return []
+        dot_git = os.path.join(remote, ".git")
+        return [dot_git if os.path.isdir(dot_git) else remote]
+
     def check(self):
         """Fail fast, before any submission: cluster reachable, some node can run an attempt."""
         self.client  # noqa: B018 -- reach the cluster

@@ -246,6 +246,7 @@ def reconcile(run):
     tasks = run.progress.load().get("tasks") or {}
     if os.path.exists(os.path.join(git.common_dir(run.repo), "MERGE_HEAD")):
         raise OrchestratorError("a merge is in progress in the main checkout; finish or abort it, then resume")
+    clear_stale_git_locks(run)
     if run.slots.exists():
         from engine import pool_health
 
@@ -254,6 +255,19 @@ def reconcile(run):
         _, _, repaired = pool_health.health(run.slots.pool, repair=True)
         for line in repaired:
             run.reporter.line(f"pool repaired: {line}")
+
+
+def clear_stale_git_locks(run):
+    """Locks left by git commands killed with an earlier orchestrator (its process group
+    SIGKILLed mid-merge, mid-checkout, mid-fetch), in the repository, every slot (leased or
+    idle) and the executor's own repositories: gone before anything runs git, one warning
+    line each (engine.git_locks says when a lock is provably stale)."""
+    from engine import git_locks
+    from engine.ui import warn
+
+    dirs = [git.common_dir(run.repo), *run.backend.git_dirs()]
+    for lock in git_locks.clear_stale(git_locks.lock_files(*dirs)):
+        warn(f"[WARN] {lock.line(run.repo)}")
 
 
 def loop(run):

@@ -218,7 +218,7 @@ class Scheduler:
                 stuck = dep not in self.scope and dep_status not in TERMINAL
                 if (dep in explicit and dep_status in TERMINAL and dep_status != S.MERGED) or stuck:
                     reason = f"dependency {dep} is {dep_status.value}; not started"
-                    self.ctx.tasks.fail(task_id, reason)
+                    self.ctx.tasks.fail(task_id, reason, blocked_by=dep)  # (`retry DEP` reopens it too)
                     self.ctx.reporter.task(task_id, reason)
                     statuses[task_id] = S.FAILED
                     break

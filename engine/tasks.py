@@ -210,6 +210,22 @@ class TaskBook:
         """Fail for a reason no retry fixes (no changes, wrong branch, a lost worktree...)."""
         return self.fire(task_id, "fail", failure=reason, **fields)
 
+    def reopen(self, task_id, **fields):
+        """`retry` TASK_ID, and with it every task that failed only because it waited on it
+        (`blocked_by`, transitively): one write; the tasks reopened besides TASK_ID, in order."""
+        statuses, blocked_by = {}, {}
+        for t, entry in (self.progress.load().get("tasks") or {}).items():
+            statuses[t] = status_of(entry)
+            blocked_by[t] = entry.get("blocked_by")
+        chain, added = [task_id], True
+        while added:
+            waiting = [t for t, dep in blocked_by.items()
+                       if dep in chain and t not in chain and statuses[t] == TaskStatus.FAILED]
+            chain += waiting
+            added = bool(waiting)
+        self.fire_all([(t, "retry", dict(fields, blocked_by=None), None) for t in chain])
+        return chain[1:]
+
     def update(self, task_id, **fields):
         """Record fields (pid, slot, costs...) without a status change."""
         self.progress.set_task(task_id, **fields)

@@ -255,3 +255,27 @@ def test_adopting_a_plan_that_drops_a_dependency_drops_it_from_the_record(repo):
     (repo / "plan.yaml").write_text(yaml.safe_dump({"agent": SLOW.format(s=0), "tasks": [{"id": "a"}, {"id": "b"}]}))
     assert orchestrator("resume", "--adopt-plan", "--all-groups", cwd=repo).returncode == 0
     assert "depends_on" not in progress(repo)["tasks"]["b"]
+
+
+def test_retry_reopens_the_tasks_that_failed_only_because_they_waited_on_it(repo):
+    """`retry bad` after `bad` failed: its dependents, failed "dependency bad is failed; not
+    started" (transitively), are reopened with it, so `resume` finishes the run. (Before, they
+    stayed failed and the resumed run ended 1 with `Next: orchestrator retry child`.)"""
+    (repo / ".claude").mkdir()
+    (repo / ".claude" / "auto-context.yaml").write_text("parallelization:\n  retry_on_failure: 0\n  min_tasks: 1\n")
+    plan = write_plan(repo, seconds=0, tasks=[
+        {"id": "a"}, {"id": "bad", "verify": "test -f fixed"}, {"id": "child", "depends_on": ["bad"]},
+        {"id": "grandchild", "depends_on": ["child"]}, {"id": "other", "verify": "false"},
+        {"id": "others_child", "depends_on": ["other"]}])
+    assert orchestrator("run", "--all-groups", plan, cwd=repo).returncode == 1
+    assert progress(repo)["tasks"]["grandchild"]["failure"] == "dependency child is failed; not started"
+    r = orchestrator("retry", "bad", cwd=repo)
+    assert (r.returncode, r.stdout) == (0, "bad: pending, and so are child, grandchild (they waited on it) "
+                                           "(run `orchestrator resume` to carry them on)\n")
+    (repo / "fixed").write_text("x\n")
+    git(repo, "add", "fixed")
+    git(repo, "commit", "-qm", "fix")
+    assert orchestrator("resume", "--all-groups", cwd=repo).returncode == 1  # `other` still fails
+    statuses = {t: v["status"] for t, v in progress(repo)["tasks"].items()}
+    assert statuses == {"a": "merged", "bad": "merged", "child": "merged", "grandchild": "merged",
+                        "other": "failed", "others_child": "failed"}  # the other chain untouched

@@ -138,7 +138,8 @@ def _detached():
 @click.argument("task")
 def retry_cmd(task):
     """Give TASK another round after it failed or was blocked (e.g. once a denied tool is
-    allowed); `orchestrator resume` then runs it. Its retry count starts over."""
+    allowed); `orchestrator resume` then runs it. Its retry count starts over. The tasks that
+    failed only because they waited on it are reopened with it."""
     from engine import store
     from engine.paths import Layout
     from engine.progress import Progress
@@ -149,15 +150,17 @@ def retry_cmd(task):
     data = progress.load()
     if task not in (data.get("tasks") or {}):
         raise click.UsageError(f"no task {task} in this run")
-    status = TaskBook(progress, store.Journal(layout.journal), 0).fire(task, "retry", retry_count=0,
-                                                                        failure=None, qa_feedback=None)
+    book = TaskBook(progress, store.Journal(layout.journal), 0)
+    waited = book.reopen(task, retry_count=0, failure=None, qa_feedback=None)
+    status = book.status(task)
     if data.get("status") == "complete":  # reopen the run, so `resume` carries it on
         from engine import statefile
 
         progress.update(lambda d: d.update(status="stopped"))
         if statefile.get_state(layout) == "COMPLETE":  # the run machine tells the truth too
             statefile.transition("CHECKPOINT", force=True, layout=layout)
-    click.echo(f"{task}: {status.value} (run `orchestrator resume` to carry it on)")
+    also = f", and so are {', '.join(waited)} (they waited on it)" if waited else ""
+    click.echo(f"{task}: {status.value}{also} (run `orchestrator resume` to carry {'them' if waited else 'it'} on)")
     return 0
 
 

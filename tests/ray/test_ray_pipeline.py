@@ -160,3 +160,56 @@ def test_resources_no_node_offers_are_one_clear_error_before_anything_runs(clust
     assert r.stderr.count("\n") == 1 and "no node of the Ray cluster offers" in r.stderr and "gpu_box=1" in r.stderr
     assert "Traceback" not in r.stderr
     assert not any(v.get("submission_id") for v in tasks(repo).values())
+
+
+SIX = {"models": [], "utils": [], "config": [], "api": ["models", "utils"], "cli": ["api"], "docs": ["config"]}
+RAY_KILLS = 10
+
+
+def test_kills_inside_git_on_the_ray_path_never_wedge_a_run(cluster, remote, tmp_path):
+    """The orchestrator's process group SIGKILLed while one of its git children runs (a push of
+    a start commit, a fetch of a result into auto/TASK, a merge...), resumed after each: no
+    resume fails, every task merged once, no lock left in the repository or the remote. (Before
+    engine.git_locks, one of six such runs ended with every resume failing "cannot bring the
+    attempt's result into auto/t2 from the remote ...: remove the file manually to continue".)"""
+    import random
+
+    from engine import git_locks
+    from tests.killing import run_with_kills_inside_git
+
+    local, local_plan = project(tmp_path, "local", SIX, AGENT, "local")
+    assert orchestrator(local, "run", "--all-groups", local_plan).returncode == 0
+    rng = random.Random(6)
+    env = dict(os.environ, PYTHONPATH=ROOT, DEMO_AGENT_SLEEP="0.2")
+    landed, runs = [], 0
+    while len(landed) < RAY_KILLS:
+        runs += 1
+        repo, plan = project(tmp_path, f"ray{runs}", SIX, AGENT, "ray", cluster.address, remote)
+        landed += run_with_kills_inside_git([sys.executable, "-m", "engine.cli.orchestrator"], repo, plan, env, rng,
+                                            RAY_KILLS - len(landed), lambda r: progress(r).get("status") == "complete",
+                                            kill_timeout=120)
+        assert {t: v["status"] for t, v in tasks(repo).items()} == dict.fromkeys(SIX, "merged")
+        subjects = git(repo, "log", "--format=%s", "--merges", "main").splitlines()
+        assert sorted(subjects) == sorted(f"feat: Merge auto/{t}" for t in SIX)
+        assert tree(repo) == tree(local)
+        assert git_locks.lock_files(os.path.join(repo, ".git"), remote) == []
+    kinds = sorted({w.split()[0] for w in landed})
+    print(f"\n{len(landed)} kills inside git on the Ray path over {runs} run(s), in: {kinds}")
+    assert "fetch" in kinds or "push" in kinds, landed  # the remote exchange was hit
+
+
+def test_a_stale_lock_in_a_local_remote_is_removed_with_one_warning(cluster, remote, tmp_path):
+    """The remote is a path here: a push or fetch killed with the orchestrator leaves its lock
+    there (receive-pack is a child of the killed push). A dead packed-refs.lock in it made every
+    deletion of an attempt's refs fail quietly: the remote kept every attempt's refs for good."""
+    lock = os.path.join(remote, "packed-refs.lock")
+    with open(lock, "w"):
+        pass
+    os.utime(lock, (time.time() - 10, time.time() - 10))
+    repo, plan = project(tmp_path, "ray", {"models": []}, AGENT, "ray", cluster.address, remote)
+    r = orchestrator(repo, "run", "--all-groups", plan)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [line for line in r.stderr.splitlines() if "stale git lock" in line] == [
+        f"[WARN] removed stale git lock {os.path.relpath(lock, repo)} (no process has it open)"]
+    assert not os.path.exists(lock)
+    assert git(repo, "ls-remote", remote) == ""  # the attempt's refs went once fetched
