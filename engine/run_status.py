@@ -29,6 +29,7 @@ class RunView:
     in_flight: int = 0
     why: str = ""  # why it is stopped, when it is
     log: str = None  # a detached run's output
+    unproven: list = field(default_factory=list)  # [(task id or None for the run's own, pid)]: see `unproven`
 
     @property
     def next_command(self):
@@ -44,12 +45,16 @@ class RunView:
     def as_dict(self):
         return {"run_id": self.run_id, "status": self.status, "recorded_status": self.recorded, "state": self.state,
                 "process": {"pid": self.pid, "alive": self.alive}, "why": self.why or None,
-                "needs_you": self.needs_you, "next": self.next_command, "log": self.log}
+                "needs_you": self.needs_you, "next": self.next_command, "log": self.log,
+                "unproven_pids": [{"task": task, "pid": pid, "message": unproven_line(task, pid)}
+                                  for task, pid in self.unproven]}
 
     def line(self):
         """One line: state, counts, process, what to run next."""
         tally = ", ".join(f"{n} {s}" for s, n in self.counts.items()) or "no tasks yet"
         proc = (f"its process is alive (pid {self.pid})" if self.alive else
+                f"its process cannot be proven (pid {self.pid} recorded without a start time)"
+                if (None, self.pid) in self.unproven else
                 f"its process is gone{f' (pid {self.pid})' if self.pid else ''}")
         text = f"run {self.run_id} is {self.status} in {self.state} ({tally})"
         if self.status != "complete" or self.alive:
@@ -57,6 +62,28 @@ class RunView:
         if self.why:
             text += f"; {self.why}"
         return text + (f". Next: `{self.next_command}`" if self.next_command else ".")
+
+    def unproven_lines(self):
+        return [unproven_line(task, pid) for task, pid in self.unproven]
+
+
+def unproven(data):
+    """The pid records of a progress mapping that carry no start time: [(task id, or None for the
+    run's own orchestrator, pid)]. Nothing signals, waits for or counts as alive such a pid
+    (engine.procs: without the start time a reused pid could be anyone's), and `status` says so."""
+    def recorded(pid, start):
+        return isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 and not start
+
+    tasks = data.get("tasks") if isinstance(data.get("tasks"), dict) else {}
+    found = [(None, data["orchestrator_pid"])] if recorded(data.get("orchestrator_pid"),
+                                                            data.get("orchestrator_pid_start")) else []
+    return found + [(t, e["pid"]) for t, e in tasks.items() if isinstance(e, dict) and recorded(e.get("pid"),
+                                                                                                 e.get("pid_start"))]
+
+
+def unproven_line(task, pid):
+    who = f"task {task}" if task is not None else "the run's orchestrator"
+    return f"{who}: pid {pid} recorded without a start time; not signalled (cannot prove it is ours)"
 
 
 def view(data, state):
@@ -66,7 +93,8 @@ def view(data, state):
     tasks = data.get("tasks") if isinstance(data.get("tasks"), dict) else {}
     statuses = {t: (e.get("status") if isinstance(e, dict) else None) or "pending" for t, e in tasks.items()}
     pid = data.get("orchestrator_pid")
-    live = alive(pid, data.get("orchestrator_pid_start")) if isinstance(pid, int) else False
+    start = data.get("orchestrator_pid_start")
+    live = alive(pid, start) if isinstance(pid, int) and start else False  # (no start time: not ours to tell)
     recorded = str(data.get("status") or "running")
     in_flight = sum(1 for s in statuses.values() if s in IN_FLIGHT)
     pending = sum(1 for s in statuses.values() if s == "pending")
@@ -84,7 +112,7 @@ def view(data, state):
     return RunView(run_id=str(data.get("run_id") or "-"), state=state, recorded=recorded, status=status,
                    pid=pid if isinstance(pid, int) else None, alive=live, counts=status_counts(data),
                    needs_you=needs, in_flight=in_flight, why=why,
-                   log=data.get("log") if isinstance(data.get("log"), str) else None)
+                   log=data.get("log") if isinstance(data.get("log"), str) else None, unproven=unproven(data))
 
 
 def current(layout):

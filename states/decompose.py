@@ -3,7 +3,10 @@ started from a goal (`run --goal`) first has the planner write the plan, and rec
 before leaving DECOMPOSE, so a resumed run never plans twice.
 
 Re-entrant: statuses already recorded for the same plan are kept, so a resumed run never
-redoes finished work."""
+redoes finished work. Each task's plan data (dependencies, `files`, `verify`,
+`expected_output`) is written again every time, so an adopted plan (`resume --adopt-plan`)
+replaces it for every task not yet merged; a merged task keeps the files and checks it was
+merged with."""
 
 from engine import statefile
 
@@ -20,6 +23,13 @@ def handle(ctx):
             task = plan.tasks[task_id]
             entry = tasks.setdefault(task_id, {"status": "pending"})  # counters appear when they count
             entry.update(name=task.description, branch=task.branch, group=plan.group_of(task_id))
+            if entry.get("status") != "merged":  # (a merged task keeps what it was checked and merged with)
+                for key, value in (("files", task.files), ("verify", task.verify),
+                                   ("expected_output", task.expected_output)):
+                    if value:  # the plan's, also after `resume --adopt-plan`
+                        entry[key] = list(value) if isinstance(value, list) else value
+                    else:
+                        entry.pop(key, None)
             if task.all_deps:
                 entry["depends_on"] = task.all_deps
             else:  # (an adopted plan that dropped them: what the graph and the merge order read)

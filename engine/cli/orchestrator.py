@@ -193,7 +193,8 @@ def status_cmd(as_json, watch, brief):
         if not data.get("tasks"):
             click.echo("NO_SESSION")
             return 1
-        text = "\n".join([status_header(state, data), run.line(), status_table(data), *needs_you(data)])
+        text = "\n".join([status_header(state, data), run.line(), *run.unproven_lines(), status_table(data),
+                          *needs_you(data)])
         if not watch:
             click.echo(text)
             return 0
@@ -321,7 +322,8 @@ def graph_cmd(plan, task_machine):
 @cli.command("abort")
 def abort_cmd():
     """Stop the running orchestrator and its agents, release slots; branches and journal stay."""
-    from engine import statefile, store
+    from engine import run_status, statefile, store
+    from engine.cli.common import echo_lines
     from engine.paths import Layout
     from engine.pool import Pool
     from engine.procs import alive, stop_group
@@ -335,10 +337,10 @@ def abort_cmd():
         click.echo("NO_SESSION")
         return 1
     pid, start = data.get("orchestrator_pid"), data.get("orchestrator_pid_start")
+    unproven = [run_status.unproven_line(t, p) for t, p in run_status.unproven(data)]  # never signalled
     if not _anything_live(data):  # complete, aborted, at a boundary, or its process gone: nothing changes
-        from engine import run_status
-
         click.echo(f"Nothing to abort: {run_status.view(data, statefile.get_state(layout)).line()}")
+        echo_lines(unproven)
         return 0
     # the pid is only signalled when it is still the same process (its start time matches)
     if isinstance(pid, int) and pid != os.getpid() and start and alive(pid, start):
@@ -372,6 +374,7 @@ def abort_cmd():
     statefile.transition("FAILED", layout=layout)
     click.echo(f"Aborted: {len(stopped)} agent(s) stopped, {len(released)} slot(s) released; "
                "branches and journal kept (`orchestrator resume` continues)")
+    echo_lines(unproven)
     return 0
 
 

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from engine import store
 from engine.dashboard.files import ProjectFiles, valid_task_id
 from engine.errors import OrchestratorError
+from engine.progress import shape_problem
 
 
 PIPELINE = ("DECOMPOSE", "PARALLELIZE", "EXECUTE", "QA", "E2E", "INTEGRATE", "CHECKPOINT", "COMPLETE")
@@ -109,10 +110,12 @@ def plain(value, depth=0):
 # ---------------------------------------------------------------------------- sources
 class YamlSource:
     """One YAML mapping of the run, re-parsed when its (inode, size, mtime) changes; a parse
-    failure keeps serving the last good mapping (or `<file>.last-good` on a cold start)."""
+    failure, or a mapping CHECK finds of the wrong shape (it returns what is wrong, or None),
+    keeps serving the last good mapping (or `<file>.last-good` on a cold start)."""
 
-    def __init__(self, files, path, label):
+    def __init__(self, files, path, label, check=None):
         self.files, self.path, self.name = files, path, label
+        self.check = check
         self.key = None
         self.data = {}
         self.error = None
@@ -125,24 +128,30 @@ class YamlSource:
             return self.data
         if key == self.key:
             return self.data
-        parsed = self._parse(raw)
+        parsed, problem = self._parse(raw)
         if parsed is not None:
             self.data, self.key, self.error = parsed, key, None
             return self.data
         if not self.data:  # a cold start on a bad file: the writer's last good copy
             backup, _ = self.files.read(self.path + store.LAST_GOOD_SUFFIX)
-            self.data = (self._parse(backup) if backup is not None else None) or {}
-        self.error = f"{self.name} cannot be read right now: showing the last good copy"
+            self.data = (self._parse(backup)[0] if backup is not None else None) or {}
+        self.error = (f"{self.name}: {problem}: showing the last good copy" if problem else
+                      f"{self.name} cannot be read right now: showing the last good copy")
         return self.data
 
     def _parse(self, raw):
+        """(mapping, None), or (None, what is wrong with its shape or None when it does not parse)."""
         try:
             data = store.parse_yaml(raw.decode("utf-8"), self.name)
         except (UnicodeDecodeError, OrchestratorError):
-            return None
+            return None, None
         if data is None:
-            return {}
-        return data if isinstance(data, dict) else None
+            return {}, None
+        if self.check:
+            problem = self.check(data)
+        else:
+            problem = None if isinstance(data, dict) else "not a mapping"
+        return (None, problem) if problem else (data, None)
 
 
 class JournalSource:
@@ -230,7 +239,7 @@ class RunModel:
         self.files = ProjectFiles(layout.root)
         self.root = self.files.root
         self.git_repo = git_repo or self.root
-        self.progress = YamlSource(self.files, layout.progress, layout.rel(layout.progress))
+        self.progress = YamlSource(self.files, layout.progress, layout.rel(layout.progress), check=shape_problem)
         self.state = YamlSource(self.files, layout.state_file, layout.rel(layout.state_file))
         self.context = YamlSource(self.files, layout.context, layout.rel(layout.context))
         self.journal = JournalSource(self.files, layout.journal)
