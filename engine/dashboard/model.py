@@ -35,6 +35,17 @@ QA_TAIL = 32 * 1024
 DIFF_LIMIT = 512 * 1024  # bytes of git's diff read per request (git is stopped there)
 JOURNAL_RECENT = 200
 JOURNAL_CHUNK = 8 * 1024 * 1024
+# A run of more than BIG_RUN tasks is shown in part: every count and aggregate, but task rows for
+# one page (PAGE_LIMIT by default, MAX_LIMIT at most), groups merged into at most about
+# AGGREGATES aggregate nodes, the latest MAX_BARS attempts, the first MAX_ATTENTION to look at.
+BIG_RUN = 200
+PAGE_LIMIT = 100
+MAX_LIMIT = 500
+AGGREGATES = 48
+MAX_BARS = 300
+MAX_ATTENTION = 50
+SLOW_PARSE = 0.5  # seconds: a progress file this slow to parse is re-read at most every
+SLOW_PARSE_PAUSE = 3  # this many times as long
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-_]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -244,17 +255,33 @@ class RunModel:
         self.context = YamlSource(self.files, layout.context, layout.rel(layout.context))
         self.journal = JournalSource(self.files, layout.journal)
         self.lock = threading.Lock()  # the sources are shared by the server's threads
+        self.progress_due, self.progress_read = 0.0, {}  # see _progress
+
+    def _progress(self):
+        """The progress mapping (under self.lock). A file that takes long to parse (libyaml reads
+        a 10,000-task one, 5.5 MB, in 3-5 s) is looked at again only after SLOW_PARSE_PAUSE
+        times that long, the last read served meanwhile: a live big run rewrites it often, and
+        the dashboard must not spend a core re-reading it."""
+        if time.monotonic() < self.progress_due:
+            return self.progress_read
+        started = time.monotonic()
+        self.progress_read = self.progress.load()
+        took = time.monotonic() - started
+        if took > SLOW_PARSE:
+            self.progress_due = time.monotonic() + SLOW_PARSE_PAUSE * took
+        return self.progress_read
 
     # ------------------------------------------------------------------ snapshot
-    def snapshot(self, now=None):
+    def snapshot(self, now=None, view=None):
+        """The snapshot (VIEW: which page of a big run's tasks, see `paging`)."""
         with self.lock:
-            progress = self.progress.load()
+            progress = self._progress()
             machine = self.state.load()
             context = self.context.load()
             journal = self.journal.load()
             return build_snapshot(progress, machine, context, journal, self._pool_size(),
                                   [s.error for s in (self.progress, self.state) if s.error],
-                                  now or time.time(), self.root)
+                                  now or time.time(), self.root, view)
 
     def _pool_size(self):
         raw, _ = self.files.read(self.layout.pool_state, limit=1 << 20)
@@ -266,7 +293,7 @@ class RunModel:
 
     def task_ids(self):
         with self.lock:
-            tasks = self.progress.load().get("tasks")
+            tasks = self._progress().get("tasks")
         return [t for t in tasks if valid_task_id(t)] if isinstance(tasks, dict) else []
 
     def known_task(self, task_id):
@@ -280,7 +307,7 @@ class RunModel:
 
     def entry(self, task_id):
         with self.lock:
-            tasks = self.progress.load().get("tasks") or {}
+            tasks = self._progress().get("tasks") or {}
             entry = tasks.get(task_id) if isinstance(tasks, dict) else None
         return entry if isinstance(entry, dict) else {}
 
@@ -353,7 +380,7 @@ class RunModel:
 
         entry = self.entry(task_id)
         with self.lock:
-            base = self.progress.load().get("base")
+            base = self._progress().get("base")
         try:
             return task_change(git, self.git_repo, task_id, entry, base)
         except GitError as exc:
@@ -506,47 +533,53 @@ def phases(transitions, tries):
 
 
 def dependency_order(ids, deps):
-    """(order, acyclic deps): every task after its dependencies. A cycle (hostile or hand-edited
-    data) is broken at its first task in plan order, whose edges into the cycle are dropped."""
+    """(order, acyclic deps): every task after its dependencies, ties in plan order. A cycle
+    (hostile or hand-edited data) is broken at its first task in plan order, whose edges into
+    the cycle are dropped. O((tasks + edges) log tasks): a heap of the ready tasks."""
+    import heapq
+
     index = {t: i for i, t in enumerate(ids)}
-    waiting = {t: set(deps[t]) for t in ids}
+    waiting = {t: len(set(deps[t])) for t in ids}
     users = {t: [] for t in ids}
     for t in ids:
-        for d in deps[t]:
+        for d in set(deps[t]):
             users[d].append(t)
-    ready = sorted((t for t in ids if not waiting[t]), key=index.get, reverse=True)
+    ready = [index[t] for t in ids if not waiting[t]]
+    heapq.heapify(ready)
     order, placed = [], set()
+    cursor = 0  # every task before it in plan order is placed
     while len(order) < len(ids):
         if not ready:  # only cycles left: release the first remaining task
-            ready = [min((t for t in ids if t not in placed), key=index.get)]
-        t = ready.pop()
+            while ids[cursor] in placed:
+                cursor += 1
+            ready = [cursor]
+        t = ids[heapq.heappop(ready)]
         if t in placed:
             continue
         order.append(t)
         placed.add(t)
         for u in users[t]:
-            waiting[u].discard(t)
+            waiting[u] -= 1
             if not waiting[u] and u not in placed:
-                ready.append(u)
-        ready.sort(key=index.get, reverse=True)
+                heapq.heappush(ready, index[u])
     position = {t: i for i, t in enumerate(order)}
     return order, {t: [d for d in deps[t] if position[d] < position[t]] for t in ids}
 
 
-def layers_of(ids, deps):
-    """Dependency layer of each task (0 = no dependencies)."""
-    order, acyclic = dependency_order(ids, deps)
+def layers_of(ids, deps, ordered=None):
+    """Dependency layer of each task (0 = no dependencies); ORDERED: dependency_order's answer."""
+    order, acyclic = ordered or dependency_order(ids, deps)
     layer = {}
     for t in order:
         layer[t] = 1 + max((layer[d] for d in acyclic[t]), default=-1)
     return layer
 
 
-def critical_path(ids, deps, weight):
+def critical_path(ids, deps, weight, ordered=None):
     """(length, [task ids]) of the heaviest dependency chain; weight(t) in seconds."""
     if not ids:
         return 0.0, []
-    order, acyclic = dependency_order(ids, deps)
+    order, acyclic = ordered or dependency_order(ids, deps)
     best, via = {}, {}
     for t in order:
         prev = max(acyclic[t], key=best.get, default=None)
@@ -558,6 +591,81 @@ def critical_path(ids, deps, weight):
         path.append(t)
         t = via[t]
     return best[end], path[::-1]
+
+
+def aggregate(ids, entries, layer, status_of, running, on_path):
+    """(aggregates, each task's group key, unit): the run's groups (or, when a task has
+    no group, its dependency layers, numbered from 1) merged in order into at most about
+    AGGREGATES buckets of consecutive groups, each with its tasks counted by status."""
+    unit = "group" if ids and all(isinstance(entries[t].get("group"), int)
+                                  and not isinstance(entries[t].get("group"), bool) for t in ids) else "layer"
+    key = {t: entries[t]["group"] for t in ids} if unit == "group" else {t: layer[t] + 1 for t in ids}
+    sizes = {}
+    for k in key.values():
+        sizes[k] = sizes.get(k, 0) + 1
+    keys = sorted(sizes)
+    target = -(-len(ids) // AGGREGATES) if len(keys) > AGGREGATES else 1
+    buckets, bucket_of = [], {}
+    for k in keys:
+        if not buckets or buckets[-1]["tasks"] >= target:
+            buckets.append({"lo": k, "hi": k, "tasks": 0, "by_status": {}, "running": 0, "under_way": 0,
+                            "needs_you": 0, "critical": False})
+        bucket = buckets[-1]
+        bucket["hi"] = k
+        bucket["tasks"] += sizes[k]
+        bucket_of[k] = len(buckets) - 1
+    for t in ids:
+        bucket = buckets[bucket_of[key[t]]]
+        status = status_of[t]
+        bucket["by_status"][status] = bucket["by_status"].get(status, 0) + 1
+        bucket["running"] += t in running or status in ("verifying", "merging")
+        bucket["under_way"] += t in running or status in IN_FLIGHT
+        bucket["needs_you"] += status in NEEDS_PERSON
+        bucket["critical"] = bucket["critical"] or t in on_path
+    return buckets, key, unit
+
+
+def paging(ids, index, status_of, running, buckets, group_key, view):
+    """The page of a big run's tasks the VIEW asks for: {tasks, selected, scale}.
+
+    view: {"offset", "limit", "status": [statuses] or None, "group": (lo, hi), "all" or None
+    (None: the aggregate where the run is: the first with a task under way, else with a task
+    pending, else the last; with a status asked for, all), "task": the selected task, sent
+    even when not on the page}.
+    The tasks matching the filters in the order a person looks at them: under way, needing a
+    person, pending, merged, the rest; then by group and plan order."""
+    view = view or {}
+    group = view.get("group")
+    statuses = set(view.get("status") or ()) or None
+    auto = group is None and statuses is None  # (a status asked for: over the whole run)
+    if auto and buckets:
+        pick = next((i for i, b in enumerate(buckets) if b["under_way"]), None)
+        if pick is None:
+            pick = next((i for i, b in enumerate(buckets) if b["by_status"].get("pending")), len(buckets) - 1)
+        group = (buckets[pick]["lo"], buckets[pick]["hi"])
+    if group == "all" or group is None or not buckets:
+        group = None
+    lo, hi = group if group is not None else (None, None)
+
+    def rank(t):
+        status = status_of[t]
+        return (0 if t in running or status in IN_FLIGHT else 1 if status in NEEDS_PERSON else
+                2 if status == "pending" else 3 if status == "merged" else 4)
+
+    matched = [t for t in ids if (group is None or lo <= group_key[t] <= hi)
+               and (statuses is None or status_of[t] in statuses)]
+    matched.sort(key=lambda t: (rank(t), group_key[t], index[t]))
+    limit = view.get("limit") or PAGE_LIMIT
+    limit = max(1, min(MAX_LIMIT, limit))
+    offset = max(0, view.get("offset") or 0)
+    if offset >= len(matched):
+        offset = max(0, (len(matched) - 1) // limit * limit)
+    page = matched[offset:offset + limit]
+    selected = view.get("task") if view.get("task") in index else None
+    return {"tasks": page, "selected": selected if selected not in page else None,
+            "scale": {"paged": True, "offset": offset, "limit": limit, "matched": len(matched),
+                      "status": sorted(statuses) if statuses else None,
+                      "group": list(group) if group is not None else None, "auto": auto}}
 
 
 def _advice(t, entry, deps=(), entries=None):
@@ -600,8 +708,14 @@ def _advice_for(t, entry):
             + again)
 
 
-def build_snapshot(progress, machine, context, journal, pool_size, warnings, now, root):
-    """The JSON the page polls: run, machine, tasks with layout, critical path, Gantt, totals."""
+def build_snapshot(progress, machine, context, journal, pool_size, warnings, now, root, view=None):
+    """The JSON the page polls: run, machine, tasks with layout, critical path, Gantt, totals.
+
+    A run of more than BIG_RUN tasks is served in part (the VIEW: offset, limit, status, group,
+    task): counts, aggregates and totals over every task, but task rows, layers and the critical
+    path only for one page of tasks, the timeline's latest MAX_BARS attempts and the first
+    MAX_ATTENTION tasks that need a person; `scale` says what was left out. Linear in the tasks
+    (and their edges) but for a sort or two."""
     import os
 
     from engine.procs import alive
@@ -633,21 +747,34 @@ def build_snapshot(progress, machine, context, journal, pool_size, warnings, now
             return max(w or 0.0, estimate)  # what is left is at least a typical task
         return w
 
-    layer = layers_of(ids, deps)
+    ordered = dependency_order(ids, deps)
+    layer = layers_of(ids, deps, ordered)
+    index = {t: i for i, t in enumerate(ids)}
     layers = [[] for _ in range(max(layer.values(), default=-1) + 1)]
+    for t in ids:
+        layers[layer[t]].append(t)
     position = {}  # order in a layer: by the mean position of the dependencies (fewer crossings)
-    for n, members in enumerate(layers):
-        members.extend(t for t in ids if layer[t] == n)
+    for members in layers:
         members.sort(key=lambda t: (sum(position.get(d, 0) for d in deps[t]) / len(deps[t]) if deps[t] else 0,
-                                    ids.index(t)))
+                                    index[t]))
         for i, t in enumerate(members):
             position[t] = i
-    cp_length, cp = critical_path(ids, deps, weight)
+    cp_length, cp = critical_path(ids, deps, weight, ordered)
     on_path = set(cp)
+
+    # a big run: aggregates for all, task rows for one page of them (see `paging`)
+    status_of = {t: text(entries[t].get("status"), 40) or "pending" for t in ids}
+    running_now = {t for t in ids if attempts[t] and attempts[t][-1]["running"]}
+    buckets, group_key, unit = aggregate(ids, entries, layer, status_of, running_now, on_path)
+    page = paging(ids, index, status_of, running_now, buckets, group_key, view) if len(ids) > BIG_RUN else None
+    shown = set(page["tasks"]) if page else None
+    if page and page["selected"]:
+        shown.add(page["selected"])
 
     # run level
     cost_tasks = 0.0
     tokens_in = tokens_out = 0.0
+    running = 0
     tasks_out = []
     slots = []
     bars = []
@@ -655,7 +782,7 @@ def build_snapshot(progress, machine, context, journal, pool_size, warnings, now
     attention = []
     for t in ids:
         e = entries[t]
-        status = text(e.get("status"), 40) or "pending"
+        status = status_of[t]
         counts[status] = counts.get(status, 0) + 1
         tries = attempts[t]
         cost = number(e.get("cost_usd"))
@@ -688,6 +815,14 @@ def build_snapshot(progress, machine, context, journal, pool_size, warnings, now
             if phase["slot"] not in slots:
                 slots.append(phase["slot"])
             bars.append(dict(phase, task=t, status=status, critical=t in on_path, outcome=None))
+        if status in ("verifying", "merging") or (last and last["running"]):
+            running += 1
+        if shown is not None and t not in shown:
+            if status in NEEDS_PERSON:
+                reason, todo, waits_on = _advice(t, e, deps[t], entries)
+                attention.append({"task": t, "status": status, "reason": clean_text(reason), "todo": todo,
+                                  "waits_on": waits_on})
+            continue
         task = {"id": t, "name": text(e.get("name"), 500), "status": status, "group": e.get("group")
                 if isinstance(e.get("group"), int) else None, "depends_on": deps[t], "layer": layer[t],
                 # (the edges that only order tasks sharing a file: drawn dashed, they chain no failure)
@@ -709,6 +844,22 @@ def build_snapshot(progress, machine, context, journal, pool_size, warnings, now
             attention.append({"task": t, "status": status, "reason": clean_text(reason), "todo": todo,
                               "waits_on": waits_on})
     attention.sort(key=lambda a: bool(a["waits_on"]))  # causes first, the tasks stuck behind them after
+    attention_total = len(attention)
+    gantt_total = len(bars)
+    selected = None
+    if page:  # the rows in the page's order; the other lists bounded
+        row = {task["id"]: task for task in tasks_out}
+        selected = row.get(page["selected"])
+        tasks_out = [row[t] for t in page["tasks"]]
+        on_page = set(page["tasks"])
+        layers = [members for members in ([t for t in members if t in on_page] for members in layers) if members]
+        critical_edges = [[a, b] for a, b in zip(cp, cp[1:]) if a in row and b in row]
+        del attention[MAX_ATTENTION:]
+        if len(bars) > MAX_BARS:  # the latest attempts (and every running one): a window, not the whole run
+            bars.sort(key=lambda b: b["start"] or 0)
+            bars = [b for b in bars[:-MAX_BARS] if b["end"] is None] + bars[-MAX_BARS:]
+            used = {b["slot"] for b in bars}
+            slots = [s for s in slots if s in used]
 
     slots.sort(key=lambda s: (s in ("merge queue", "(no slot)"),  # slots first, wt-2 before wt-10
                               [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", s)]))
@@ -772,15 +923,20 @@ def build_snapshot(progress, machine, context, journal, pool_size, warnings, now
                     "last_transition": epoch(machine.get("last_transition")), "visited": states[-30:]},
         "tasks": tasks_out,
         "layers": layers,
-        "critical_path": cp,
+        "critical_path": [t for t in cp if t in row] if page else cp,
         "attention": attention,
         "notices": notices,
-        "gantt": {"slots": slots, "bars": bars, "start": started or min([b["start"] for b in bars] or [now]),
-                  "end": end},
+        "gantt": {"slots": slots, "bars": bars, "start": (min([b["start"] for b in bars] or [now]) if page and
+                                                           gantt_total > len(bars) else
+                                                           started or min([b["start"] for b in bars] or [now])),
+                  "end": end, "total_bars": gantt_total},
+        "aggregates": buckets,
+        "scale": dict(page["scale"] if page else {"paged": False}, total=len(ids), threshold=BIG_RUN,
+                      unit=unit, attention_total=attention_total, critical_path_tasks=len(cp)),
         "totals": {"tasks": len(ids), "by_status": counts,
                    "merged": counts.get("merged", 0),
                    "failed": sum(counts.get(s, 0) for s in NEEDS_PERSON),
-                   "running": sum(1 for t in tasks_out if t["running"] or t["status"] in ("verifying", "merging")),
+                   "running": running,
                    "pending": counts.get("pending", 0),
                    "cost_usd": cost_run if cost_run is not None else (cost_tasks or None),
                    "tokens_in": tokens_in or None, "tokens_out": tokens_out or None,
@@ -788,4 +944,5 @@ def build_snapshot(progress, machine, context, journal, pool_size, warnings, now
                    "total_work": total_work, "agents": agents, "estimated_task": estimate},
         "events": list(journal.recent)[-40:],
         "warnings": warnings,
+        **({"selected": selected, "critical_edges": critical_edges} if page else {}),
     }

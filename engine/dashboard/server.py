@@ -19,9 +19,11 @@ import json
 import os
 import re
 import socket
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+from engine.dashboard.files import valid_task_id
 from engine.dashboard.model import RunModel
 from engine.errors import OrchestratorError
 
@@ -136,7 +138,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(200, body, kind, head)
         model = server.model
         if path == "/api/snapshot":
-            return self._json(200, model.snapshot(), head)
+            return self._json(200, model.snapshot(view=_view(parse_qs(url.query))), head)
         match = _TASK_ROUTE.fullmatch(path)
         if match:
             task = model.known_task(match.group(1))
@@ -157,15 +159,40 @@ class Handler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse
 
 
+def _view(query):
+    """Which page of a big run's tasks the page asks for (engine.dashboard.model.paging):
+    `?offset=N&limit=N&status=failed,blocked&group=12-40|7|all&task=ID`; what does not parse is
+    left out (the server's default)."""
+    group = (query.get("group") or [""])[0]
+    match = re.fullmatch(r"(\d{1,9})(?:-(\d{1,9}))?", group)
+    status = (query.get("status") or [""])[0]
+    task = (query.get("task") or [None])[0]
+    return {"offset": _int(query.get("offset")), "limit": _int(query.get("limit")),
+            "status": status.split(",") if re.fullmatch(r"[a-z_]{1,40}(,[a-z_]{1,40}){0,20}", status) else None,
+            "group": "all" if group == "all" else (int(match.group(1)), int(match.group(2) or match.group(1)))
+            if match else None,
+            "task": task if valid_task_id(task) else None}
+
+
 def _int(values):
     if not values or not re.fullmatch(r"\d{1,18}", values[0]):
         return None
     return int(values[0])
 
 
+def _warm(model):
+    try:
+        model.snapshot()
+    except Exception:  # noqa: BLE001 - only a head start: the first request reports any problem
+        pass
+
+
 def serve(root, host="127.0.0.1", port=0, allow_remote=False, open_browser=False, echo=print):
     """Serve the dashboard for the project at ROOT until Ctrl-C."""
     server = DashboardServer(RunModel(root), host, port, allow_remote)
+    # the run's files read once now, not on the page's first request (a big progress file
+    # takes a while to parse); a request meanwhile waits for this read, it does not repeat it
+    threading.Thread(target=_warm, args=(server.model,), name="dashboard-warm", daemon=True).start()
     echo(f"Dashboard: {server.url}")
     if open_browser:
         import webbrowser

@@ -10,10 +10,16 @@ const LOG_MAX = 200000;
 const STATUS_ORDER = ["pending", "running", "executed", "verifying", "approved", "merging", "merged",
                       "rejected", "conflicted", "failed", "blocked", "blocked_permission"];
 
+const TERMINAL = ["merged", "failed", "blocked", "blocked_permission"];
+
 const ui = {
   snap: null, selected: null, userSelected: false, tab: "log",
   log: {task: null, next: null, inode: null, busy: false},
   detailSig: null, detailAt: 0, diffSig: null, lastOk: 0,
+  // which page of a big run's tasks (the server sends only that page): group "lo-hi", "all", or
+  // null (where the run is); status "a,b" or null; the first row
+  view: {group: null, status: null, offset: 0},
+  asked: 0, shown: 0, rendered: false,
 };
 
 // ------------------------------------------------------------------ DOM helpers
@@ -71,17 +77,41 @@ async function getJSON(url) {
 }
 function taskURL(id, tail) { return "/api/task/" + encodeURIComponent(id) + (tail || ""); }
 
+function snapshotURL() {
+  const q = new URLSearchParams();
+  if (ui.view.group) q.set("group", ui.view.group);
+  if (ui.view.status) q.set("status", ui.view.status);
+  if (ui.view.offset) q.set("offset", String(ui.view.offset));
+  if (ui.selected) q.set("task", ui.selected);
+  const query = q.toString();
+  return "/api/snapshot" + (query ? "?" + query : "");
+}
+
+async function fetchSnapshot() {
+  const n = ++ui.asked;
+  const snap = await getJSON(snapshotURL());
+  if (n < ui.shown) return;  // an answer to an older question (the view changed meanwhile)
+  ui.shown = n;
+  ui.lastOk = Date.now();
+  render(snap);
+}
+
 async function pollSnapshot() {
   try {
-    const snap = await getJSON("/api/snapshot");
-    ui.lastOk = Date.now();
-    render(snap);
+    await fetchSnapshot();
   } catch (err) {
     // keep showing the last state; say so
   }
   renderConn();
   setTimeout(pollSnapshot, POLL_MS);
 }
+
+function setView(change) {
+  Object.assign(ui.view, change);
+  fetchSnapshot().catch(() => {});
+}
+
+function paged(snap) { return Boolean(snap && snap.scale && snap.scale.paged); }
 
 function renderConn() {
   const conn = $("conn");
@@ -92,8 +122,10 @@ function renderConn() {
 
 // ------------------------------------------------------------------ rendering
 function render(snap) {
+  if (!ui.rendered) performance.mark("dashboard-snapshot");  // the first one arrived
   ui.snap = snap;
   const byId = new Map(snap.tasks.map((t) => [t.id, t]));
+  if (snap.selected) byId.set(snap.selected.id, snap.selected);
   if (ui.selected && !byId.has(ui.selected)) { ui.selected = null; ui.userSelected = false; }
   if (!ui.userSelected) {
     const pick = snap.tasks.find((t) => t.running) || (snap.attention[0] && byId.get(snap.attention[0].task))
@@ -104,10 +136,20 @@ function render(snap) {
   renderNotices(snap);
   renderAttention(snap);
   renderTotals(snap);
+  document.body.classList.toggle("big", paged(snap));
+  if (paged(snap)) renderOverview(snap);
   renderDag(snap);
   renderGantt(snap);
+  if (paged(snap)) renderTable(snap);
   renderDetailHead();
   refreshDetail(false);
+  if (!ui.rendered) {  // the first snapshot on the screen: after its layout and paint
+    ui.rendered = true;
+    requestAnimationFrame(() => setTimeout(() => {
+      performance.mark("dashboard-rendered");
+      document.documentElement.setAttribute("data-ready", "1");
+    }, 0));
+  }
 }
 
 function renderHeader(snap) {
@@ -139,9 +181,13 @@ function renderNotices(snap) {
   fill("notices", items);
 }
 
+const ATTENTION_CARDS = 8;  // a big run: the first few cards, the rest in the table
+
 function renderAttention(snap) {
   if (!snap.attention.length) { fill("attention"); return; }
-  const cards = snap.attention.map((a) => {
+  const big = paged(snap);
+  const total = big ? snap.scale.attention_total : snap.attention.length;
+  const cards = (big ? snap.attention.slice(0, ATTENTION_CARDS) : snap.attention).map((a) => {
     const card = el("div", {class: "need " + stClass(a.status) + (a.waits_on && a.waits_on.length ? " behind" : ""),
                             "data-task": a.task, role: "button", tabindex: "0"},
       el("div", {class: "need-head"}, el("span", {class: "badge " + stClass(a.status)}, a.status.replace("_", " ")),
@@ -151,7 +197,15 @@ function renderAttention(snap) {
     card.addEventListener("click", () => selectTask(a.task, true));
     return card;
   });
-  fill("attention", el("h2", {}, "Needs you (" + snap.attention.length + ")"), el("div", {class: "needs"}, cards));
+  let more = null;
+  if (total > cards.length) {
+    more = el("button", {class: "pg more"}, "all " + total + " in the task table ↓");
+    more.addEventListener("click", () => {
+      setView({status: "failed,blocked,blocked_permission", group: "all", offset: 0});
+      $("table-panel").scrollIntoView({behavior: "smooth"});
+    });
+  }
+  fill("attention", el("h2", {}, "Needs you (" + total + ")", more ? " " : null, more), el("div", {class: "needs"}, cards));
 }
 
 function card(label, value, sub, cls) {
@@ -161,7 +215,7 @@ function card(label, value, sub, cls) {
 
 function renderTotals(snap) {
   const t = snap.totals;
-  const done = t.tasks > 0 && snap.tasks.every((x) => ["merged", "failed", "blocked", "blocked_permission"].includes(x.status));
+  const done = t.tasks > 0 && Object.keys(t.by_status).every((s) => TERMINAL.includes(s));
   const ratio = done && t.makespan && t.lower_bound ? t.makespan / t.lower_bound : null;
   const bar = el("div", {class: "ratio"}, el("div", {class: "ratio-fill"}));
   if (t.makespan && t.lower_bound) bar.firstChild.style.width = Math.min(100, 100 * t.makespan / t.lower_bound).toFixed(1) + "%";
@@ -182,25 +236,37 @@ function renderTotals(snap) {
 
 // ------------------------------------------------------------------ DAG
 const NODE_W = 178, NODE_H = 62, GAP_X = 56, GAP_Y = 16, PAD = 14;
+const SMALL = {w: 150, h: 44, gx: 40, gy: 10, rows: 8};  // a page of a big run
 
 function renderDag(snap) {
   const host = $("dag");
-  if (!snap.tasks.length) { fill("dag", el("p", {class: "empty"}, "No tasks yet.")); return; }
-  const byId = new Map(snap.tasks.map((t) => [t.id, t]));
-  const tallest = Math.max(...snap.layers.map((l) => l.length));
-  const height = PAD * 2 + tallest * NODE_H + (tallest - 1) * GAP_Y;
-  const width = PAD * 2 + snap.layers.length * NODE_W + (snap.layers.length - 1) * GAP_X;
+  const big = paged(snap);
+  $("dag-hint").textContent = big ? "this page's tasks by dependency layer · " : "by dependency layer · ";
+  if (!snap.tasks.length) {
+    fill("dag", el("p", {class: "empty"}, big ? "No task matches (see the filters below)." : "No tasks yet."));
+    fill("legend");
+    return;
+  }
+  const W = big ? SMALL.w : NODE_W, H = big ? SMALL.h : NODE_H, GX = big ? SMALL.gx : GAP_X, GY = big ? SMALL.gy : GAP_Y;
+  const columns = [];  // a layer, or a part of a tall one
+  for (const layer of snap.layers) {
+    const rows = big ? SMALL.rows : layer.length;
+    for (let i = 0; i < layer.length; i += rows) columns.push(layer.slice(i, i + rows));
+  }
+  const tallest = Math.max(...columns.map((l) => l.length));
+  const height = PAD * 2 + tallest * H + (tallest - 1) * GY;
+  const width = PAD * 2 + columns.length * W + (columns.length - 1) * GX;
   const pos = new Map();
-  snap.layers.forEach((layer, li) => {
-    const colH = layer.length * NODE_H + (layer.length - 1) * GAP_Y;
-    const top = (height - colH) / 2;
-    layer.forEach((id, i) => pos.set(id, {x: PAD + li * (NODE_W + GAP_X), y: top + i * (NODE_H + GAP_Y)}));
+  columns.forEach((layer, li) => {
+    const colH = layer.length * H + (layer.length - 1) * GY;
+    const top = big ? PAD : (height - colH) / 2;
+    layer.forEach((id, i) => pos.set(id, {x: PAD + li * (W + GX), y: top + i * (H + GY)}));
   });
   const cp = snap.critical_path;
-  const cpEdges = new Set(cp.slice(1).map((id, i) => cp[i] + "\u0000" + id));
-  const root = svg("svg", {id: "dag-svg", viewBox: `0 0 ${width} ${height}`, width: "100%", role: "img",
-                           "aria-label": "task dependency graph"});
-  root.style.maxWidth = width + "px";
+  const cpEdges = new Set((snap.critical_edges || cp.slice(1).map((id, i) => [cp[i], id])).map(([a, b]) => a + "\u0000" + b));
+  const root = svg("svg", {id: "dag-svg", viewBox: `0 0 ${width} ${height}`, width: big ? width : "100%",
+                           height: big ? height : null, role: "img", "aria-label": "task dependency graph"});
+  root.style.maxWidth = width + "px";  // (a page of a big run at its own size: the panel scrolls)
   root.appendChild(svg("defs", {}, svg("marker", {id: "arrow", viewBox: "0 0 8 8", refX: 7, refY: 4, markerWidth: 8,
     markerHeight: 8, markerUnits: "userSpaceOnUse", orient: "auto-start-reverse"}, svg("path", {d: "M0,0 L8,4 L0,8 z", class: "arrowhead"})),
     svg("marker", {id: "arrow-cp", viewBox: "0 0 8 8", refX: 7, refY: 4, markerWidth: 9, markerHeight: 9,
@@ -210,7 +276,7 @@ function renderDag(snap) {
     for (const d of t.depends_on) {
       const a = pos.get(d), b = pos.get(t.id);
       if (!a || !b) continue;
-      const x1 = a.x + NODE_W, y1 = a.y + NODE_H / 2, x2 = b.x - 2, y2 = b.y + NODE_H / 2;
+      const x1 = a.x + W, y1 = a.y + H / 2, x2 = b.x - 2, y2 = b.y + H / 2;
       const mid = (x1 + x2) / 2;
       const critical = cpEdges.has(d + "\u0000" + t.id);
       const order = (t.file_order || []).includes(d);  // shared file: order only, no failure chained
@@ -230,13 +296,14 @@ function renderDag(snap) {
     const g = svg("g", {class: "node " + stClass(t.status) + (t.critical ? " critical" : "") + (t.running ? " running" : "")
                          + (t.id === ui.selected ? " selected" : ""),
                         transform: `translate(${p.x},${p.y})`, "data-task": t.id, tabindex: "0"},
-      svg("title", {}, t.id + (t.name ? ": " + t.name : "") + "\n" + line2 + "\n" + line3),
-      svg("rect", {class: "box", width: NODE_W, height: NODE_H, rx: 8}),
-      svg("rect", {class: "stripe", width: 5, height: NODE_H, rx: 2}),
-      svg("text", {class: "t-id", x: 14, y: 19}, cut(t.id, 20)),
-      svg("text", {class: "t-st", x: 14, y: 36}, cut(line2, 28)),
-      svg("text", {class: "t-meta", x: 14, y: 52}, cut(line3, 30)));
-    if (t.critical) g.appendChild(svg("text", {class: "t-cp", x: NODE_W - 10, y: 19, "text-anchor": "end"}, "★"));
+      svg("title", {}, t.id + (t.name ? ": " + t.name : "") + "\n" + line2 + "\n" + line3
+        + (big && t.depends_on.length ? "\nafter " + t.depends_on.join(", ") : "")),
+      svg("rect", {class: "box", width: W, height: H, rx: big ? 6 : 8}),
+      svg("rect", {class: "stripe", width: 5, height: H, rx: 2}),
+      svg("text", {class: "t-id", x: 14, y: big ? 17 : 19}, cut(t.id, big ? 16 : 20)),
+      svg("text", {class: "t-st", x: 14, y: big ? 34 : 36}, cut(line2, big ? 23 : 28)),
+      big ? null : svg("text", {class: "t-meta", x: 14, y: 52}, cut(line3, 30)));
+    if (t.critical) g.appendChild(svg("text", {class: "t-cp", x: W - 10, y: big ? 17 : 19, "text-anchor": "end"}, "★"));
     g.addEventListener("click", () => selectTask(t.id, true));
     root.appendChild(g);
   }
@@ -253,6 +320,8 @@ function niceStep(span, ticks) {
 
 function renderGantt(snap) {
   const g = snap.gantt;
+  $("gantt-hint").textContent = g.total_bars > g.bars.length
+    ? "the latest " + g.bars.length + " of " + g.total_bars + " attempts and checks, per slot" : "attempts per slot";
   if (!g.bars.length) { fill("gantt", el("p", {class: "empty"}, "No attempts yet.")); return; }
   const t0 = g.start, t1 = Math.max(g.end, ...g.bars.map((b) => b.end || snap.now)) || snap.now;
   const span = Math.max(1, t1 - t0);
@@ -314,13 +383,111 @@ function selectTask(id, byUser) {
   fill("qa"); fill("attempts"); $("diff").textContent = ""; $("diff-source").textContent = "";
   try { history.replaceState(null, "", "#task=" + encodeURIComponent(id) + (ui.tab !== "log" ? "&tab=" + ui.tab : "")); }
   catch (e) { /* file: or sandboxed */ }
-  if (ui.snap) { renderDag(ui.snap); renderGantt(ui.snap); renderDetailHead(); }
+  if (ui.snap) {
+    renderDag(ui.snap); renderGantt(ui.snap); renderDetailHead();
+    if (paged(ui.snap)) { renderTable(ui.snap); if (!currentTask()) fetchSnapshot().catch(() => {}); }
+  }
   refreshDetail(true);
   pollLog();
 }
 
+// ------------------------------------------------------------------ a big run: aggregates, a page of rows
+function groupKey(b) { return b.lo + "-" + b.hi; }
+function groupName(unit, lo, hi) {
+  return (lo === hi ? unit + " " + lo : unit + "s " + lo + "–" + hi);
+}
+
+function statusBar(byStatus, total, cls) {
+  const bar = el("div", {class: "sbar " + (cls || "")});
+  for (const s of STATUS_ORDER.concat(Object.keys(byStatus).filter((x) => !STATUS_ORDER.includes(x)))) {
+    const n = byStatus[s];
+    if (!n) continue;
+    const seg = el("i", {class: stClass(s), title: n + " " + s.replace("_", " ")});
+    seg.style.width = (100 * n / Math.max(1, total)).toFixed(2) + "%";
+    bar.appendChild(seg);
+  }
+  return bar;
+}
+
+function renderOverview(snap) {
+  const sc = snap.scale, unit = sc.unit, t = snap.totals;
+  const current = sc.group ? sc.group[0] + "-" + sc.group[1] : null;
+  $("overview-hint").textContent = t.tasks + " tasks in " + snap.aggregates.length + " blocks of consecutive "
+    + unit + "s (the numbers on each) · blue: under way · red: need you · click a block for its tasks";
+  const statuses = STATUS_ORDER.concat(Object.keys(t.by_status).filter((x) => !STATUS_ORDER.includes(x)))
+    .filter((s) => t.by_status[s]);
+  const chosen = new Set((ui.view.status || "").split(",").filter(Boolean));
+  const keys = statuses.map((s) => {
+    const key = el("button", {class: "key" + (chosen.has(s) ? " on" : ""), "data-status": s,
+                              title: "show only " + s.replace("_", " ") + " tasks (again: all)"},
+      el("i", {class: "dot " + stClass(s)}), s.replace("_", " ") + " " + t.by_status[s]);
+    key.addEventListener("click", () => {
+      const next = chosen.has(s) ? null : s;
+      setView({status: next, offset: 0, group: next ? "all" : ui.view.group});  // (the counts are the run's)
+    });
+    return key;
+  });
+  const scope = el("button", {class: "key scope" + (ui.view.group === "all" ? " on" : "")}, "all " + unit + "s");
+  scope.addEventListener("click", () => setView({group: "all", offset: 0}));
+  const follow = el("button", {class: "key scope" + (ui.view.group === null ? " on" : ""),
+                               title: "the block where the run is now"}, "follow the run");
+  follow.addEventListener("click", () => setView({group: null, status: null, offset: 0}));
+  fill("overview-keys", keys, el("span", {class: "spacer"}), follow, scope);
+  fill("overview-bar", statusBar(t.by_status, t.tasks, "big"));
+  const tiles = snap.aggregates.map((b) => {
+    const key = groupKey(b);
+    const merged = b.by_status.merged || 0;
+    const tile = el("div", {class: "tile" + (key === current ? " selected" : "") + (b.under_way ? " live" : "")
+                              + (b.needs_you ? " bad" : "") + (merged === b.tasks ? " done" : ""),
+                            "data-group": key, role: "button", tabindex: "0",
+                            title: groupName(unit, b.lo, b.hi) + ": " + b.tasks + " tasks, "
+                              + Object.entries(b.by_status).map(([s, n]) => n + " " + s.replace("_", " ")).join(", ")},
+      el("div", {class: "tile-head"}, el("span", {}, b.lo === b.hi ? String(b.lo) : b.lo + "–" + b.hi),
+        el("span", {},
+          b.critical ? el("span", {class: "t-cp", title: "on the critical path"}, "★") : null,
+          b.under_way ? el("span", {class: "n live-n", title: b.under_way + " under way"}, String(b.under_way)) : null,
+          b.needs_you ? el("span", {class: "n bad-n", title: b.needs_you + " need you"}, String(b.needs_you)) : null)),
+      statusBar(b.by_status, b.tasks),
+      el("div", {class: "tile-sub"}, merged + "/" + b.tasks + " merged"));
+    tile.addEventListener("click", () => setView({group: key, offset: 0}));
+    return tile;
+  });
+  fill("overview", tiles);
+}
+
+function renderTable(snap) {
+  const sc = snap.scale;
+  const first = sc.matched ? sc.offset + 1 : 0, last = sc.offset + snap.tasks.length;
+  const what = [sc.group ? groupName(sc.unit, sc.group[0], sc.group[1]) : "all " + sc.unit + "s",
+                sc.status ? sc.status.map((s) => s.replace("_", " ")).join(", ") : null,
+                sc.auto ? "where the run is" : null].filter(Boolean).join(" · ");
+  $("table-hint").textContent = what;
+  const prev = el("button", {class: "pg", disabled: sc.offset <= 0}, "‹ previous");
+  const next = el("button", {class: "pg", disabled: last >= sc.matched}, "next ›");
+  prev.addEventListener("click", () => setView({offset: Math.max(0, sc.offset - sc.limit), group: ui.view.group || (sc.group && sc.group.join("-"))}));
+  next.addEventListener("click", () => setView({offset: sc.offset + sc.limit, group: ui.view.group || (sc.group && sc.group.join("-"))}));
+  fill("pager", prev, el("span", {class: "muted"}, " " + first + "–" + last + " of " + sc.matched + " "), next);
+  const rows = snap.tasks.map((t) => {
+    const row = el("tr", {class: (t.id === ui.selected ? "selected " : "") + (t.running ? "running" : ""), "data-task": t.id},
+      el("td", {class: "task-id"}, t.id),
+      el("td", {}, el("span", {class: "badge " + stClass(t.status)}, t.status.replace("_", " "))),
+      el("td", {}, t.group === null ? "" : String(t.group)),
+      el("td", {}, t.slot || ""), el("td", {}, t.attempt ? "#" + t.attempt : ""),
+      el("td", {class: "num"}, dur(t.elapsed)), el("td", {class: "num"}, t.cost_usd !== null ? money(t.cost_usd) : ""),
+      el("td", {class: "deps"}, cut(t.depends_on.join(", "), 40)),
+      el("td", {class: "name"}, cut(t.failure || t.name || "", 90)));
+    row.addEventListener("click", () => selectTask(t.id, true));
+    return row;
+  });
+  const body = $("task-rows");
+  body.replaceChildren(...rows);
+  if (!rows.length) body.appendChild(el("tr", {}, el("td", {colspan: 9, class: "empty"}, "No task matches.")));
+}
+
 function currentTask() {
-  return ui.snap && ui.selected ? ui.snap.tasks.find((t) => t.id === ui.selected) : null;
+  if (!ui.snap || !ui.selected) return null;
+  const s = ui.snap.selected;
+  return ui.snap.tasks.find((t) => t.id === ui.selected) || (s && s.id === ui.selected ? s : null);
 }
 
 function renderDetailHead() {
