@@ -97,11 +97,10 @@ def order_by_dependencies(branches, depends_on):
 
 def progress_dependencies(root):
     """Branch -> dependency branches from `.claude/auto-progress.yaml`, if it knows any."""
-    from engine import store
-
     from engine.paths import Layout
+    from engine.progress import Progress
 
-    data, _ = store.load_yaml_mapping(Layout(root).progress)
+    data = Progress(Layout(root)).peek()  # (rolled forward with its change log)
     tasks = (data or {}).get("tasks")
     result = {}
     if isinstance(tasks, dict):

@@ -650,8 +650,10 @@ class Pool:
 
     def _running_agents(self):
         """{task: pid} of the agents the progress file records as running and that are alive."""
-        try:
-            progress, _ = store.load_yaml_mapping(self.layout.progress)
+        from engine.progress import Progress
+
+        try:  # (rolled forward with its change log: a pid recorded a moment ago counts)
+            progress = Progress(self.layout).peek()
         except OrchestratorError:  # unreadable: no evidence either way; the lease owner decides
             return {}
         tasks = (progress or {}).get("tasks")

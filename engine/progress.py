@@ -22,8 +22,10 @@ import marshal
 import os
 import re
 import threading
+import time
+import typing
 
-from engine import store
+from engine import deltalog, store
 from engine.errors import OrchestratorError, StateFileError
 
 HEADER = "# parallel-orchestrator run progress"
@@ -54,6 +56,7 @@ RUN_FIELDS = {
     "mode": "text", "orchestrator_pid": "integer", "orchestrator_pid_start": "text", "detached": "flag",
     "current_group": "integer", "total_groups": "integer", "concurrency": "integer", "scope_groups": "integers",
     "cost_usd": "number", "max_budget_usd": "number", "planner_cost_usd": "number",
+    "delta_log": "text", "delta_seq": "integer",
 }
 TASK_FIELDS = {
     "status": "text", "name": "text", "branch": "text", "group": "integer", "iterations": "integer",
@@ -165,6 +168,17 @@ def clone(data):
         return copy.deepcopy(data)
 
 
+class _View(typing.NamedTuple):
+    """What a Progress has read: the snapshot, its log, and the document rolled forward."""
+    snapshot_version: object = None
+    log_version: object = None
+    data: dict = {}
+    header: str = ""
+    snapshot: dict = {}
+    snapshot_seq: int = 0
+    seq: int = 0  # the last delta applied to `data`
+
+
 class _Change:
     __slots__ = ("change", "after", "done", "result", "error")
 
@@ -174,43 +188,102 @@ class _Change:
 
 
 class Progress:
+    """The progress file rolled forward with its change log (engine.deltalog): every reader sees
+    the current document; a task event appends only what it changed. A process that writes
+    rarely (retry, abort, decompose), and any writer while the file is under SMALL_SNAPSHOT
+    (a plan of some 80 tasks: a whole write costs about what an append does), writes the
+    snapshot at once, as before; the running orchestrator of a larger plan defers it
+    (`defer_snapshots`): at most one snapshot per SNAPSHOT_LAG second
+    while events flow (so a script that reads the YAML file alone is at most that far behind,
+    and a large plan's events are not each a write of the whole plan), one when the log
+    outgrows the snapshot, and one when its loop ends (`compact()`)."""
+
+    SMALL_SNAPSHOT = 64 * 1024  # a file this small is written whole on every event, as it always was
+    MIN_LOG_BYTES = 256 * 1024  # a log is compacted past this size, or past the snapshot's own
+    SNAPSHOT_LAG = 1.0  # seconds: how far the YAML file alone may lag a running orchestrator's events
+    LOOK_EVERY = 0.002  # seconds: another process's write is seen this much later at most (a run's
+    # threads read the file thousands of times a second; two stats each were a tenth of its time)
+
     def __init__(self, layout):
         self.path = layout.progress
         self.name = layout.rel(layout.progress)
         self._lock = threading.RLock()
         self._holder = None  # the thread inside `locked()`, which already holds the file lock
-        self._cache = (None, None, "")  # (file version, parsed data, header): never handed out
+        # (snapshot version, log version, rolled-forward data, header, snapshot data, last delta
+        # applied): never handed out
+        self._cache = _View()
         self._queue = []  # changes waiting for the next writer
         self._queue_lock = threading.Lock()
         self._renderer = store.YamlFragments("tasks")  # only the tasks that changed are dumped again
+        self._log = deltalog.DeltaLog(self.path)
+        self.defer_snapshots = False
+        self._snapshot_bytes = 0
+        self._timer = None
+        self._looked = float("-inf")  # when the files were last found unchanged
 
     # ------------------------------------------------------------------ reading
-    def _current(self):
-        """(data, header) of the file as it is now: the cached parse unless it changed. The
-        data is shared: callers must not change it."""
+    def _versions(self):
         try:
-            st = os.stat(self.path)
+            snap = store.file_version(os.stat(self.path))
         except FileNotFoundError:
-            return {}, ""
-        cached_version, cached, header = self._cache
-        if cached_version == store.file_version(st):
-            return cached, header
-        # Changed: by another process, or by our own writer that has renamed the new file into
-        # place but not yet recorded it (then waiting for it is cheaper than parsing again).
+            snap = None
+        return snap, self._log.version()
+
+    def _current(self, fresh=False):
+        """(data, header) of the document as it is now: the cached view unless the snapshot or
+        its log changed (FRESH: looked at now, as a writer under the lock must). The data is
+        shared: callers must not change it."""
+        view = self._cache
+        now = time.monotonic()
+        if not fresh and now - self._looked < self.LOOK_EVERY and view.snapshot_version is not None:
+            return view.data, view.header  # (our own writes refresh the view at once)
+        if (view.snapshot_version, view.log_version) == self._versions():
+            self._looked = now
+            return view.data, view.header
         with self._lock:
-            try:
-                version = store.file_version(os.stat(self.path))
-            except FileNotFoundError:
-                return {}, ""
-            cached_version, cached, header = self._cache
-            if cached_version != version:
-                data, header = store.load_yaml_mapping(self.path)
-                cached = data or {}
-                problem = shape_problem(cached)
-                if problem:  # refused before any reader or writer sees it; the file stays as it is
-                    raise StateFileError(f"{self.name}: {problem} (file left untouched)")
-                self._cache = (version, cached, header)
-        return cached, header
+            for _ in range(20):  # (a compaction by another process between our reads: look again)
+                view = self._refresh(self._cache)
+                if view is not None:
+                    self._cache, self._looked = view, time.monotonic()
+                    return view.data, view.header
+            raise StateFileError(f"{self.name}: it keeps changing under its change log; try again")
+
+    def _refresh(self, view):
+        """The view for the files as they are now, from VIEW where it still holds; None when
+        the snapshot read is already older than its log (read both again)."""
+        snap_version, log_version = self._versions()
+        if snap_version is None:
+            return _View(log_version=log_version)
+        if snap_version != view.snapshot_version:
+            data, header = store.load_yaml_mapping(self.path)
+            data = data or {}
+            problem = shape_problem(data)
+            if problem:  # refused before any reader or writer sees it; the file stays as it is
+                raise StateFileError(f"{self.name}: {problem} (file left untouched)")
+            self._log.rewind()
+            self._snapshot_bytes = os.stat(self.path).st_size
+            seq = data.get(deltalog.SEQ_KEY) if isinstance(data.get(deltalog.SEQ_KEY), int) else 0
+            view = _View(snap_version, None, data, header, data, seq, seq)
+        header, records, restarted = self._log.read()
+        if restarted and view.seq != view.snapshot_seq:  # the log was replaced: from the snapshot again
+            view = _View(view.snapshot_version, None, view.snapshot, view.header, view.snapshot,
+                         view.snapshot_seq, view.snapshot_seq)
+        log_id = view.snapshot.get(deltalog.LOG_KEY)
+        if header is None or log_id is None or header.get("log") != log_id:
+            return view._replace(log_version=self._versions()[1], data=view.snapshot, seq=view.snapshot_seq)
+        if isinstance(header.get("base"), int) and header["base"] > view.snapshot_seq:
+            self._cache = _View()  # compacted after we read the snapshot
+            return None
+        data, seq = view.data, view.seq
+        fresh = [r for r in records if r["n"] > seq]
+        for record in fresh:
+            data = deltalog.apply(data, record["d"])
+            seq = record["n"]
+        if fresh:
+            problem = shape_problem(data)
+            if problem:
+                raise StateFileError(f"{self._log.path}: {problem} (file left untouched)")
+        return view._replace(log_version=self._versions()[1], data=data, seq=seq)
 
     def load(self):
         """The parsed file (a private copy the caller may change)."""
@@ -269,27 +342,30 @@ class Progress:
         return mine.result
 
     def _commit(self):
-        """Apply every queued change, in order, and write the file once (locks held)."""
+        """Apply every queued change, in order, and record them at once (locks held): one
+        append to the change log, or the whole snapshot when it is due."""
         with self._queue_lock:
             batch, self._queue = self._queue, []
         if not batch:
             return
         try:
-            base, header = self._current()
+            base, header = self._current(fresh=True)
             data = base
-            applied = []
+            applied, deltas = [], []
             for item in batch:
-                trial = clone(data)
+                work = deltalog.draft(data)
                 try:
-                    item.result = item.change(trial)
+                    item.result = item.change(work)
                 except Exception as exc:  # this change only: the others go on
                     item.error = exc
                     continue
-                data = trial
+                delta = deltalog.changes(data, work)
+                if delta is not None:
+                    data = deltalog.apply(data, delta)
+                    deltas.append(delta)
                 applied.append(item)
-            if applied:
-                store.atomic_write(self.path, self._renderer.dump(data, header or HEADER))
-                self._cache = (store.file_version(os.stat(self.path)), data, header or HEADER)
+            if deltas:
+                self._record(data, header or HEADER, deltas)
             for item in applied:
                 if item.after is not None:
                     try:
@@ -308,6 +384,49 @@ class Progress:
         finally:
             for item in batch:
                 item.done = True
+
+    def _record(self, data, header, deltas):
+        view = self._cache
+        log_id = view.snapshot.get(deltalog.LOG_KEY)
+        continues = log_id is not None and self._log.header_is(log_id, view.snapshot_seq)
+        if not self.defer_snapshots or not continues or self._snapshot_bytes < self.SMALL_SNAPSHOT or \
+                self._log.size() > max(self.MIN_LOG_BYTES, self._snapshot_bytes):
+            self._write_snapshot(data, header, view.seq, log_id)  # (these deltas live in it, unnumbered)
+            return
+        last = self._log.append(log_id, view.seq + 1, deltas)
+        self._cache = view._replace(log_version=self._log.version(), data=data, seq=last)
+        if self._timer is None:  # the YAML file alone lags the events by at most SNAPSHOT_LAG
+            self._timer = threading.Timer(self.SNAPSHOT_LAG, self._snapshot_due)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _snapshot_due(self):
+        self._timer = None
+        with contextlib.suppress(Exception):  # (the next event, or the loop's end, writes it then)
+            self.compact()
+
+    def _write_snapshot(self, data, header, seq, log_id=None):
+        """The whole document, holding every logged delta up to SEQ, then a fresh log
+        continuing it (rewritten only when it holds deltas or belongs to another snapshot)."""
+        log_id = log_id or deltalog.new_id()
+        data = dict(data)
+        data[deltalog.LOG_KEY], data[deltalog.SEQ_KEY] = log_id, seq
+        text = self._renderer.dump(data, header)
+        store.atomic_write(self.path, text)
+        self._snapshot_bytes = len(text)
+        if not self._log.header_is(log_id, seq, empty=True):
+            self._log.start(log_id, seq)
+        snap_version, log_version = self._versions()
+        self._cache = _View(snap_version, log_version, data, header, data, seq, seq)
+
+    def compact(self):
+        """Write the rolled-forward snapshot if the log holds anything (a run's loop ending, a
+        resume after a kill, a checkpoint about to copy the file)."""
+        with self.locked():
+            data, header = self._current(fresh=True)
+            view = self._cache
+            if view.snapshot_version is not None and view.seq != view.snapshot_seq:
+                self._write_snapshot(data, header or HEADER, view.seq, view.snapshot.get(deltalog.LOG_KEY))
 
     def set_task(self, task_id, **fields):
         def change(data):

@@ -11,6 +11,7 @@ One orchestrator per project at a time: `run`/`resume` hold an exclusive flock o
 `.claude/orchestrator.lock` (released by the kernel if the process dies).
 """
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -112,6 +113,7 @@ def _start(layout, options, record):
             return 0
         raise
     try:
+        run.progress.compact()  # a killed run's last events folded into the YAML file
         previous = run.progress.load()
         if previous.get(key) == record[key] and previous.get("status") == "complete" and not options.again:
             merged = sum(1 for t in (previous.get("tasks") or {}).values()
@@ -195,6 +197,7 @@ def resume(options=None, layout=None):
     if not data.get("plan_file") and not data.get("goal"):
         raise OrchestratorError("NO_SESSION: nothing to resume (start one with `orchestrator run PLAN`)")
     with RunLock(layout):
+        run.progress.compact()  # a killed run's last events folded into the YAML file
         state = statefile.get_state(layout)
         if state == "COMPLETE" and data.get("status") == "complete":
             run.reporter.line("Run already complete.")
@@ -274,6 +277,15 @@ def loop(run):
     """Run handlers until COMPLETE or a session boundary; returns the exit code."""
     from states import handler_for
 
+    run.progress.defer_snapshots = True  # task events append to the change log (engine.deltalog)
+    try:
+        return _loop(run, handler_for)
+    finally:  # however the loop ends (a boundary, Ctrl-C, an error): the YAML file alone is current
+        with contextlib.suppress(Exception):
+            run.progress.compact()
+
+
+def _loop(run, handler_for):
     reconcile(run)
     while True:
         state = statefile.get_state(run.layout)

@@ -270,7 +270,7 @@ class Scheduler:
         """A task whose agent failed on a base that has not moved since waits while another
         task may still move it (its next attempt would see the same code); once the base moves,
         or nothing else can move it, it goes. (A QA rejection with work to fix never waits.)"""
-        waiting_on = self.ctx.tasks.entry(task_id).get("wait_base")
+        waiting_on = self.ctx.tasks.field(task_id, "wait_base")
         if not waiting_on:
             return False
         if self._base_tip() != waiting_on:
@@ -284,7 +284,7 @@ class Scheduler:
             return False
         if status != S.PENDING:
             return True
-        return self._deps_done(task_id, statuses) and not self.ctx.tasks.entry(task_id).get("wait_base")
+        return self._deps_done(task_id, statuses) and not self.ctx.tasks.field(task_id, "wait_base")
 
     def _base_tip(self):
         return git.branch_commit(self.ctx.repo, self.ctx.base)

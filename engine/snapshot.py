@@ -90,6 +90,11 @@ class Snapshots:
         if any(c in reason for c in "\x00\r") or len(reason) > 4096:
             raise InvalidValue("reason contains control characters or is too long")
         contents = {}
+        if os.path.exists(self.layout.progress):  # the progress file with its change log folded in
+            from engine.progress import Progress
+
+            with contextlib.suppress(OrchestratorError):  # (unreadable: copied as it is, as before)
+                Progress(self.layout).compact()
         for name, path in _sources(self.layout).items():
             with store.file_lock(path) if os.path.exists(path) else contextlib.nullcontext():
                 try:
@@ -178,6 +183,11 @@ class Snapshots:
             target = _sources(self.layout)[name]
             with store.file_lock(target):
                 store.atomic_write(target, data)
+                if name == PROGRESS:  # the restored file is the whole truth: no later change rolls it forward
+                    from engine import deltalog
+
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(target + deltalog.SUFFIX)
         store.Journal(self.layout.journal).append("checkpoint-restore", id=cp_id, files=sorted(manifest["files"]))
         return manifest
 

@@ -162,6 +162,11 @@ class TaskBook:
     def entry(self, task_id):
         return self.progress.task(task_id)
 
+    def field(self, task_id, key, default=None):
+        """One field of a task, read without copying its entry (a scalar: never change it)."""
+        entry = (self.progress.peek().get("tasks") or {}).get(task_id)
+        return entry.get(key, default) if isinstance(entry, dict) else default
+
     def status(self, task_id):
         return status_of((self.progress.peek().get("tasks") or {}).get(task_id))
 
@@ -239,6 +244,7 @@ class TaskBook:
 def _record(data, task_id, fields):
     n = fields.pop("n")
     entry = data.setdefault("tasks", {}).setdefault(task_id, {})
+    old_cost = entry.get("cost_usd")
     attempts = [a for a in entry.get("attempts") or [] if isinstance(a, dict)]
     kind = fields.get("kind", "agent")
     for attempt in attempts:
@@ -259,9 +265,17 @@ def _record(data, task_id, fields):
     for key in SUMMED:
         if any(key in a for a in attempts):
             entry[key] = _total(a.get(key) for a in attempts)
-    if any("cost_usd" in t for t in data["tasks"].values() if isinstance(t, dict)):
-        data["cost_usd"] = _total([data.get("planner_cost_usd")] +
-                                  [t.get("cost_usd") for t in data["tasks"].values() if isinstance(t, dict)])
+    if entry.get("cost_usd") != old_cost:  # the run's sum moves by this task's change, not a sum over the plan
+        run_total = data.get("cost_usd")
+        if _is_number(run_total) and (old_cost is None or _is_number(old_cost)):
+            data["cost_usd"] = _total([run_total, entry["cost_usd"], -(old_cost or 0)])
+        else:  # (first cost of the run, or a hand-edited total: summed once; read-only, nothing copied)
+            data["cost_usd"] = _total([data.get("planner_cost_usd")] +
+                                      [t.get("cost_usd") for t in dict.values(data["tasks"]) if isinstance(t, dict)])
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 SUMMED = ("cost_usd", "tokens_in", "tokens_out", "turns")  # per attempt; the task shows the sum

@@ -165,6 +165,32 @@ class YamlSource:
         return (None, problem) if problem else (data, None)
 
 
+class ProgressSource(YamlSource):
+    """The progress snapshot rolled forward with its change log (engine.deltalog), as every
+    command reads it: during a run the YAML file alone lags behind the task events."""
+
+    def __init__(self, *args, **kwargs):
+        from engine import deltalog
+
+        super().__init__(*args, **kwargs)
+        self.log = deltalog.DeltaLog(self.path)
+        self._rolled = (None, None, {})
+
+    def load(self):
+        from engine import deltalog
+
+        snapshot = super().load()
+        key = (self.key, self.log.version())  # (the snapshot's file version: an id() may be reused)
+        if self._rolled[:2] == key:
+            return self._rolled[2]
+        data = deltalog.roll_forward(snapshot, self.log)
+        problem = self.check(data) if self.check and data is not snapshot else None
+        if problem:
+            self.error, data = f"{self.log.path}: {problem}: showing the last snapshot", snapshot
+        self._rolled = (key[0], key[1], data)
+        return data
+
+
 class JournalSource:
     """The journal read incrementally: only complete lines whose checksum holds; a torn tail is
     left for the next read. A replaced or truncated file is read again from the start."""
@@ -250,7 +276,7 @@ class RunModel:
         self.files = ProjectFiles(layout.root)
         self.root = self.files.root
         self.git_repo = git_repo or self.root
-        self.progress = YamlSource(self.files, layout.progress, layout.rel(layout.progress), check=shape_problem)
+        self.progress = ProgressSource(self.files, layout.progress, layout.rel(layout.progress), check=shape_problem)
         self.state = YamlSource(self.files, layout.state_file, layout.rel(layout.state_file))
         self.context = YamlSource(self.files, layout.context, layout.rel(layout.context))
         self.journal = JournalSource(self.files, layout.journal)
