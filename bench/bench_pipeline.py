@@ -135,8 +135,8 @@ def main():
         report("the same 16 agents alone, 8 at a time", bare_eight, sequential, "max_agents 1")
         ceiling = bare_one / bare_eight
         print(f"{'speedup':<48} {sequential / parallel:8.2f}x")
-        print(f"{'ceiling on this machine (agents alone, 8 vs 1)':<48} {ceiling:8.2f}x   "
-              f"(the orchestrator reaches {sequential / parallel / ceiling:.0%} of it)")
+        print(f"{'ceiling on this machine (agents alone, 8 vs 1)':<48} {ceiling:8.2f}x")
+        print(f"{'share of the ceiling (goal >= 0.92)':<48} {sequential / parallel / ceiling:8.2f}")
         load_time, handler_time, groups = decompose_10k(base)
         print(f"{'plan load+validate+layer, 10,000 tasks':<48} {load_time * 1000:8.1f} ms   ({groups} groups)")
         print(f"{'DECOMPOSE handler (load + progress file), 10k':<48} {handler_time * 1000:8.1f} ms")

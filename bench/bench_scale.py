@@ -6,8 +6,9 @@ event writes must be proportional to the event, not to the plan.
     .venv/bin/python bench/bench_scale.py [SIZES...]       (default: 100 1000 10000)
 
 Prints, per size: wall time, time per task, the ratio of that to the cost at the smallest
-size measured in the same run (goal: <= 1.25 at 1,000), and the orchestrator's peak RSS
-(VmHWM of its own process, read from /proc just before it exits)."""
+size measured in the same run (goal: <= 1.25 at 1,000), the orchestrator's own CPU time per
+task (its process alone: not git's, not the agents'), and its peak RSS (VmHWM of its own
+process). Both are read from /proc every 0.1 s until it exits."""
 
 import os
 import random
@@ -63,17 +64,28 @@ def peak_rss_kib(pid):
     return None
 
 
+def own_cpu_seconds(pid):
+    """User + system CPU of the process itself (not its children: git, agents)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rpartition(")")[2].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def timed_run(base, n):
     repo, plan = make_project(base, n)
     proc = subprocess.Popen([sys.executable, "-m", "engine.cli.orchestrator", "run", "--all-groups", "--quiet", plan],
                             cwd=repo, env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    peak = [0]
+    peak, cpu = [0], [0.0]
 
-    def watch():  # VmHWM only grows: the last reading before exit is the peak
+    def watch():  # VmHWM and CPU time only grow: the last reading before exit is (about) the total
         while proc.poll() is None:
             peak[0] = max(peak[0], peak_rss_kib(proc.pid) or 0)
-            time.sleep(0.2)
+            cpu[0] = max(cpu[0], own_cpu_seconds(proc.pid) or 0)
+            time.sleep(0.1)
 
     watcher = threading.Thread(target=watch, daemon=True)
     start = time.monotonic()
@@ -86,19 +98,21 @@ def timed_run(base, n):
         raise SystemExit(f"run of {n} tasks failed ({code}): {err[-800:]}")
     merged = subprocess.run(["git", "rev-list", "--count", "--merges", "main"], cwd=repo, capture_output=True,
                             text=True).stdout.strip()
-    return wall, peak[0], int(merged or 0)
+    return wall, peak[0], int(merged or 0), cpu[0]
 
 
 def main(argv=None):
     sizes = [int(a) for a in (argv if argv is not None else sys.argv[1:]) if a.isdigit()] or [100, 1000, 10000]
     base = tempfile.mkdtemp(prefix="bench-scale-")
     first = None
-    print(f"{'tasks':>6} {'wall s':>9} {'ms/task':>8} {'x smallest':>10} {'peak MiB':>9} {'merges':>7}")
+    print(f"{'tasks':>6} {'wall s':>9} {'ms/task':>8} {'x smallest':>10} {'own CPU ms/task':>16} {'peak MiB':>9} "
+          f"{'merges':>7}")
     for n in sizes:
-        wall, peak, merges = timed_run(base, n)
+        wall, peak, merges, cpu = timed_run(base, n)
         per = wall / n * 1000
         first = first or per
-        print(f"{n:>6} {wall:>9.1f} {per:>8.1f} {per / first:>10.2f} {peak / 1024:>9.1f} {merges:>7}", flush=True)
+        print(f"{n:>6} {wall:>9.1f} {per:>8.1f} {per / first:>10.2f} {cpu / n * 1000:>16.1f} {peak / 1024:>9.1f} "
+              f"{merges:>7}", flush=True)
 
 
 if __name__ == "__main__":

@@ -122,14 +122,18 @@ def plain(value):
     return value
 
 
-def draft(data, nested="tasks"):
-    return Draft(data, nested=(nested,))
+NESTED = ("tasks", "parallel_groups")  # tables whose entries are copied, compared and logged one by one
 
 
-def changes(base, work, nested="tasks"):
+def draft(data):
+    return Draft(data, nested=NESTED)
+
+
+def changes(base, work):
     """The delta from BASE to the Draft WORK: {"set": {key: value}, "unset": [keys],
-    "tasks": {id: entry}} with only what differs (None when nothing does). A task removed from
-    the table (rare: a plan adopted without it) makes the delta carry the whole table."""
+    "tasks": {id: entry}, "parallel_groups": {name: group}} with only what differs (None when
+    nothing does). An entry removed from a table (rare: a plan adopted without a task) makes
+    the delta carry that whole table under "set"."""
     delta = {}
     for key in work.reached | work.removed:
         present = dict.__contains__(work, key)
@@ -138,12 +142,12 @@ def changes(base, work, nested="tasks"):
                 delta.setdefault("unset", []).append(key)
             continue
         value = dict.__getitem__(work, key)
-        if key == nested and isinstance(value, Draft) and isinstance(base.get(key), dict) and not value.removed:
+        if key in NESTED and isinstance(value, Draft) and isinstance(base.get(key), dict) and not value.removed:
             old = base[key]
             for name in value.reached:
                 entry = plain(dict.__getitem__(value, name))
                 if name not in old or old[name] != entry:
-                    delta.setdefault(nested, {})[name] = entry
+                    delta.setdefault(key, {})[name] = entry
             continue
         value = plain(value)
         if key not in base or base[key] != value:
@@ -151,17 +155,18 @@ def changes(base, work, nested="tasks"):
     return delta or None
 
 
-def apply(data, delta, nested="tasks"):
+def apply(data, delta):
     """The document after DELTA: DATA is not changed (untouched entries are shared)."""
     new = dict(data)
     for key, value in (delta.get("set") or {}).items():
         new[key] = value
     for key in delta.get("unset") or ():
         new.pop(key, None)
-    if delta.get(nested):
-        table = dict(new.get(nested) or {})
-        table.update(delta[nested])
-        new[nested] = table
+    for key in NESTED:
+        if delta.get(key):
+            table = dict(new.get(key) if isinstance(new.get(key), dict) else {})
+            table.update(delta[key])
+            new[key] = table
     return new
 
 
@@ -294,6 +299,14 @@ class DeltaLog:
         store.atomic_write(self.path, text, keep_last_good=False)
         self._inode = os.stat(self.path).st_ino
         self._offset, self._header, self._count = len(text.encode("utf-8")), {"log": log_id, "base": base}, 0
+
+    def remove(self):
+        """No log: the snapshot stands alone (the caller holds the snapshot's lock)."""
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        self.rewind()
 
     def size(self):
         try:

@@ -504,6 +504,8 @@ class Pool:
             return True
         proc = git.delete_branch(repo, branch, check=False)
         if proc.returncode != 0:
+            if not git.branch_exists(repo, branch):
+                return False  # deleted meanwhile (the merge queue drops a merged branch too): nothing kept
             warn(f"[WARN] Keeping branch {branch}: {proc.stderr.strip().splitlines()[-1:] or ''}")
             return True
         return False

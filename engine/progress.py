@@ -187,6 +187,56 @@ class _Change:
         self.done, self.result, self.error = False, None, None
 
 
+class _StatusIndex:
+    """{status: {task}} of one view's task table, moved along by the deltas that make the next
+    view (engine.deltalog: each carries the whole entry of every task it changed); rebuilt
+    only when a whole table arrives (a snapshot read, a table replaced)."""
+
+    def __init__(self):
+        self.of, self.by, self.status = None, {}, {}
+
+    def _rebuild(self, data):
+        tasks = data.get("tasks") if isinstance(data.get("tasks"), dict) else {}
+        self.by, self.status = {}, {}
+        for task_id, entry in tasks.items():
+            value = entry.get("status") if isinstance(entry, dict) else None
+            self.status[task_id] = value
+            self.by.setdefault(value, set()).add(task_id)
+        self.of = data
+
+    def follow(self, old, new, deltas):
+        if deltas is None or self.of is not old or any("tasks" in (d.get("set") or ()) for d in deltas):
+            self.of = None
+            return
+        for delta in deltas:
+            for task_id, entry in (delta.get("tasks") or {}).items():
+                value = entry.get("status") if isinstance(entry, dict) else None
+                before = self.status.get(task_id, _ABSENT)
+                if before == value:
+                    continue
+                if before is not _ABSENT:
+                    self.by.get(before, set()).discard(task_id)
+                self.status[task_id] = value
+                self.by.setdefault(value, set()).add(task_id)
+        self.of = new
+
+    def ids(self, data, statuses):
+        if self.of is not data:
+            self._rebuild(data)
+        found = set()
+        for value in statuses:
+            found |= self.by.get(value, set())
+        return found
+
+    def count(self, data, statuses):
+        if self.of is not data:
+            self._rebuild(data)
+        return sum(len(self.by.get(value, ())) for value in statuses)
+
+
+_ABSENT = object()
+
+
 class Progress:
     """The progress file rolled forward with its change log (engine.deltalog): every reader sees
     the current document; a task event appends only what it changed. A process that writes
@@ -218,8 +268,14 @@ class Progress:
         self._log = deltalog.DeltaLog(self.path)
         self.defer_snapshots = False
         self._snapshot_bytes = 0
+        small = os.environ.get("ORCH_PROGRESS_SMALL_BYTES", "")  # (the crash tests: the change log at any size)
+        if small.isdigit():
+            self.SMALL_SNAPSHOT = int(small)
         self._timer = None
         self._looked = float("-inf")  # when the files were last found unchanged
+        self._index = _StatusIndex()
+        self._index_lock = threading.Lock()
+        self._applied = self._pending = None  # deltas between the current view and the next
 
     # ------------------------------------------------------------------ reading
     def _versions(self):
@@ -242,9 +298,11 @@ class Progress:
             return view.data, view.header
         with self._lock:
             for _ in range(20):  # (a compaction by another process between our reads: look again)
+                self._applied = None
                 view = self._refresh(self._cache)
                 if view is not None:
-                    self._cache, self._looked = view, time.monotonic()
+                    self._set(view, self._applied)
+                    self._looked = time.monotonic()
                     return view.data, view.header
             raise StateFileError(f"{self.name}: it keeps changing under its change log; try again")
 
@@ -272,13 +330,15 @@ class Progress:
         if header is None or log_id is None or header.get("log") != log_id:
             return view._replace(log_version=self._versions()[1], data=view.snapshot, seq=view.snapshot_seq)
         if isinstance(header.get("base"), int) and header["base"] > view.snapshot_seq:
-            self._cache = _View()  # compacted after we read the snapshot
+            self._set(_View())  # compacted after we read the snapshot
             return None
         data, seq = view.data, view.seq
         fresh = [r for r in records if r["n"] > seq]
         for record in fresh:
             data = deltalog.apply(data, record["d"])
             seq = record["n"]
+        if view.data is self._cache.data:  # (only these deltas since the current view: the index follows them)
+            self._applied = [r["d"] for r in fresh]
         if fresh:
             problem = shape_problem(data)
             if problem:
@@ -305,6 +365,32 @@ class Progress:
 
     def exists(self):
         return os.path.exists(self.path)
+
+    def _set(self, view, deltas=None):
+        """Make VIEW current. The status index follows DELTAS (those that made VIEW's data from
+        the current view's) or is rebuilt on its next use. (Callers hold self._lock.)"""
+        with self._lock, self._index_lock:
+            self._index.follow(self._cache.data, view.data, deltas)
+            self._cache, self._pending = view, None
+
+    def ids_with(self, statuses):
+        """The tasks whose status is one of STATUSES (values), from the status index: no pass
+        over the task table (a run's scheduler asks this many times a second)."""
+        data = self._current()[0]
+        with self._index_lock:  # (not the file's lock: a reader never waits for a writer's fsync)
+            return self._index.ids(data, statuses)
+
+    def count_with(self, statuses):
+        data = self._current()[0]
+        with self._index_lock:
+            return self._index.count(data, statuses)
+
+    def status_values(self):
+        """Every status value some task has now (a handful)."""
+        data = self._current()[0]
+        with self._index_lock:
+            self._index.ids(data, ())
+            return [v for v, ids in self._index.by.items() if ids]
 
     # ------------------------------------------------------------------ writing
     @contextlib.contextmanager
@@ -387,14 +473,17 @@ class Progress:
 
     def _record(self, data, header, deltas):
         view = self._cache
+        self._pending = deltas  # (they live in a snapshot written now, unnumbered)
+        if not self.defer_snapshots or self._snapshot_bytes < self.SMALL_SNAPSHOT:
+            self._write_snapshot(data, header)
+            return
         log_id = view.snapshot.get(deltalog.LOG_KEY)
         continues = log_id is not None and self._log.header_is(log_id, view.snapshot_seq)
-        if not self.defer_snapshots or not continues or self._snapshot_bytes < self.SMALL_SNAPSHOT or \
-                self._log.size() > max(self.MIN_LOG_BYTES, self._snapshot_bytes):
-            self._write_snapshot(data, header, view.seq, log_id)  # (these deltas live in it, unnumbered)
+        if not continues or self._log.size() > max(self.MIN_LOG_BYTES, self._snapshot_bytes):
+            self._write_snapshot(data, header, view.seq, log_id or deltalog.new_id())
             return
         last = self._log.append(log_id, view.seq + 1, deltas)
-        self._cache = view._replace(log_version=self._log.version(), data=data, seq=last)
+        self._set(view._replace(log_version=self._log.version(), data=data, seq=last), deltas)
         if self._timer is None:  # the YAML file alone lags the events by at most SNAPSHOT_LAG
             self._timer = threading.Timer(self.SNAPSHOT_LAG, self._snapshot_due)
             self._timer.daemon = True
@@ -403,30 +492,47 @@ class Progress:
     def _snapshot_due(self):
         self._timer = None
         with contextlib.suppress(Exception):  # (the next event, or the loop's end, writes it then)
-            self.compact()
+            with self.locked():
+                data, header = self._current(fresh=True)
+                view = self._cache
+                log_id = view.snapshot.get(deltalog.LOG_KEY)
+                if log_id is not None and view.seq != view.snapshot_seq:
+                    self._pending = []  # (the same tasks, in a new dict)
+                    self._write_snapshot(data, header or HEADER, view.seq, log_id)
 
-    def _write_snapshot(self, data, header, seq, log_id=None):
-        """The whole document, holding every logged delta up to SEQ, then a fresh log
-        continuing it (rewritten only when it holds deltas or belongs to another snapshot)."""
-        log_id = log_id or deltalog.new_id()
+    def _write_snapshot(self, data, header, seq=0, log_id=None):
+        """The whole document. With LOG_ID, naming that change log and the last delta it
+        holds (SEQ), and a fresh log continuing it (rewritten only when it holds deltas or
+        belongs to another snapshot); without, a file that stands alone, as a small run's or
+        one at rest is (no bookkeeping keys; an old log is removed)."""
         data = dict(data)
-        data[deltalog.LOG_KEY], data[deltalog.SEQ_KEY] = log_id, seq
+        if log_id:
+            data[deltalog.LOG_KEY], data[deltalog.SEQ_KEY] = log_id, seq
+        else:
+            data.pop(deltalog.LOG_KEY, None)
+            data.pop(deltalog.SEQ_KEY, None)
+            seq = 0
         text = self._renderer.dump(data, header)
         store.atomic_write(self.path, text)
         self._snapshot_bytes = len(text)
-        if not self._log.header_is(log_id, seq, empty=True):
+        if log_id and not self._log.header_is(log_id, seq, empty=True):
             self._log.start(log_id, seq)
+        elif not log_id and self._log.version() is not None:
+            self._log.remove()
         snap_version, log_version = self._versions()
-        self._cache = _View(snap_version, log_version, data, header, data, seq, seq)
+        self._set(_View(snap_version, log_version, data, header, data, seq, seq), self._pending)
 
     def compact(self):
-        """Write the rolled-forward snapshot if the log holds anything (a run's loop ending, a
-        resume after a kill, a checkpoint about to copy the file)."""
+        """The rolled-forward document written alone, with no log beside it (a run's loop
+        ending, `run`/`resume` picking up a killed run's log, a checkpoint about to copy the
+        file): the YAML file alone is then current."""
         with self.locked():
             data, header = self._current(fresh=True)
             view = self._cache
-            if view.snapshot_version is not None and view.seq != view.snapshot_seq:
-                self._write_snapshot(data, header or HEADER, view.seq, view.snapshot.get(deltalog.LOG_KEY))
+            if view.snapshot_version is not None and (view.snapshot.get(deltalog.LOG_KEY) is not None
+                                                      or self._log.version() is not None):
+                self._pending = []  # (the same tasks, in a new dict)
+                self._write_snapshot(data, header or HEADER)
 
     def set_task(self, task_id, **fields):
         def change(data):

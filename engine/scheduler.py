@@ -52,10 +52,22 @@ class Scheduler:
     def __init__(self, ctx, task_ids, concurrency):
         self.ctx = ctx
         self.plan = ctx.plan
-        self.scope = [t for t in self.plan.order if t in set(task_ids)]
+        wanted = set(task_ids)
+        self.scope = [t for t in self.plan.order if t in wanted]
+        self.scope_set = set(self.scope)
         self.position = {t: i for i, t in enumerate(self.scope)}
         self.concurrency = max(1, int(concurrency))
+        self.children = {t: [] for t in self.scope}  # who waits on whom (depends_on and file order)
+        for t in self.scope:
+            for d in self._deps(t):
+                if d in self.children:
+                    self.children[d].append(t)
         self.rank = self._ranks()
+        # the order tasks start in (longest chain first, then the plan's); tasks that can no
+        # longer start are dropped from it as the scan meets them, so a scan costs what it finds
+        self.queue = sorted(self.scope, key=lambda t: (-self.rank[t], self.position[t]))
+        self.unreachable_seen = None  # the ended-unmerged tasks `_fail_unreachable` last looked at
+        self.ended_seen = 0  # how many tasks had ended at the last scan (fewer now: one was retried)
         self.jobs = {}
         self.budget_spent = None
         self.wake = threading.Event()  # a task was approved, merged or let go: look again now
@@ -83,7 +95,7 @@ class Scheduler:
                 self._collect()
                 self._fail_unreachable()
                 started = self._start_ready(workers)
-                busy = self.merging or self.merge_wake.is_set() or bool(ctx.tasks_in((S.APPROVED,), self.scope))
+                busy = self.merging or self.merge_wake.is_set() or bool(self._in((S.APPROVED,)))
                 if not self.jobs and not busy and not started:
                     break
                 if not started:
@@ -116,7 +128,7 @@ class Scheduler:
             self._let_starts_go_first()
             self.merging = True
             try:
-                approved = self.ctx.tasks_in((S.APPROVED,), self.scope)
+                approved = sorted(self._in((S.APPROVED,)), key=self.position.get)
                 if approved:
                     self.ctx.merges.merge(approved)
             except BaseException as exc:  # handed to the main thread, which stops the run
@@ -141,10 +153,9 @@ class Scheduler:
 
     def _merge_awaited(self):
         """Whether a task waiting to start depends on an approved, not yet merged, task."""
-        statuses = self.ctx.tasks.statuses(self.scope)
-        approved = {t for t, s in statuses.items() if s in (S.APPROVED, S.MERGING)}
-        return bool(approved) and any(s in STARTABLE and approved.intersection(self._deps(t))
-                                      for t, s in statuses.items())
+        tasks = self.ctx.tasks
+        return any(tasks.status(child) in STARTABLE
+                   for t in self._in((S.APPROVED, S.MERGING)) for child in self.children.get(t, ()))
 
     def _deps_done(self, task_id, statuses):
         """Whether TASK_ID may start as far as the plan's order goes: everything it depends on
@@ -156,9 +167,38 @@ class Scheduler:
 
     def _ready_to_start(self):
         """Whether a task of the scope waits only for a worker (every dependency merged)."""
-        statuses = self.ctx.tasks.statuses(self.scope)
-        return any(s in STARTABLE and t not in self.jobs and self._deps_done(t, statuses)
-                   for t, s in statuses.items())
+        return bool(self._startable(1))
+
+    def _in(self, statuses):
+        """The tasks of the scope with one of STATUSES (from the status index)."""
+        found = self.ctx.tasks.ids_in(statuses)
+        return found if len(found) <= len(self.scope_set) and found <= self.scope_set else found & self.scope_set
+
+    def _startable(self, wanted):
+        """Up to WANTED tasks that may start now (not in a worker, startable, dependencies
+        done, not waiting for the base), in start order. Tasks that never start again (ended,
+        in flight) leave the queue; tasks still waiting on others stay."""
+        tasks, found, keep = self.ctx.tasks, [], []
+        statuses = _StatusReader(tasks)
+        ended = tasks.count_in(TERMINAL)
+        if ended < self.ended_seen:  # a `retry` reopened a task the queue had dropped: from the scope again
+            self.queue = sorted(self.scope, key=lambda t: (-self.rank[t], self.position[t]))
+        self.ended_seen = ended
+        queue, i = self.queue, 0
+        while i < len(queue) and len(found) < wanted:
+            task_id = queue[i]
+            i += 1
+            status = tasks.status(task_id)
+            if status in TERMINAL:
+                continue  # (a `retry` puts it back: see `ended_seen`)
+            keep.append(task_id)
+            if task_id in self.jobs or status not in STARTABLE or not self._deps_done(task_id, statuses):
+                continue
+            if status == S.PENDING and self._waits_for_base(task_id, statuses):
+                continue
+            found.append(task_id)
+        self.queue = keep + queue[i:]
+        return found
 
     def _settle_placeholders(self, everything=False):
         """Placeholders of approved tasks whose worker is done (the main loop has looked)."""
@@ -208,6 +248,10 @@ class Scheduler:
         """A pending task whose dependency (`depends_on`) ended without being merged can never
         start; nor can one waiting on a task outside the scope that will not run. A task before
         it on a shared file that failed does not stop it (file order chains no failure)."""
+        ended = self.ctx.tasks.ids_in(TERMINAL - {S.MERGED})
+        if ended == self.unreachable_seen:
+            return  # nothing ended unmerged since the last look: nothing new is unreachable
+        self.unreachable_seen = ended
         statuses = self.ctx.tasks.statuses()
         for task_id in self.scope:
             if statuses.get(task_id) != S.PENDING:
@@ -233,19 +277,15 @@ class Scheduler:
         ctx = self.ctx
         if ctx.cancel.is_set():
             return 0
-        statuses = ctx.tasks.statuses()
-        ready = []
-        for task_id in self.scope:
-            status = statuses.get(task_id, S.PENDING)
-            if task_id in self.jobs or status not in STARTABLE + IN_FLIGHT:
-                continue
-            if status in STARTABLE and not self._deps_done(task_id, statuses):
-                continue
-            if status == S.PENDING and self._waits_for_base(task_id, statuses):
-                continue
-            ready.append((status not in IN_FLIGHT, -self.rank[task_id], self.position[task_id], task_id))
+        statuses = _StatusReader(ctx.tasks)
+        free = self.concurrency - len(self.jobs)
+        if free <= 0:
+            return 0
+        # a crash's tasks in flight go first (a worker resumes each), then the startable ones
+        resumed = sorted((t for t in self._in(IN_FLIGHT) if t not in self.jobs),
+                         key=lambda t: (-self.rank[t], self.position[t]))
         started = 0
-        for _, _, _, task_id in sorted(ready):
+        for task_id in resumed + self._startable(free):
             if len(self.jobs) >= self.concurrency:
                 break
             allowed, why = self.may_start()
@@ -329,7 +369,8 @@ class Scheduler:
         deps = self._deps(task_id)
         if not deps:
             return
-        busy = [t for t, s in statuses.items() if s in (S.RUNNING, S.EXECUTED, S.VERIFYING) and t not in deps]
+        busy = sorted((t for t in self._in((S.RUNNING, S.EXECUTED, S.VERIFYING)) if t not in deps),
+                      key=self.position.get)
         self.ctx.reporter.task(task_id, f"ready: {', '.join(deps)} merged"
                                + (f"; starting while {', '.join(busy)} still run(s)" if busy else ""))
 
@@ -338,21 +379,24 @@ class Scheduler:
         self.ctx.backend.stop({t: v for t, v in entries.items() if v.get("status") == S.RUNNING.value})
 
     def _ranks(self):
-        """Length of the longest chain (by complexity weight) from each task to the end."""
-        children = {t: [] for t in self.scope}
-        for t in self.scope:
-            for d in self._deps(t):
-                if d in children:
-                    children[d].append(t)
+        """Length of the longest chain (by complexity weight) from each task to the end; an
+        explicit stack, as a 10,000-task chain is deeper than Python's recursion. (A plan may
+        list a task before what it depends on: not the file's order.)"""
         rank = {}
-
-        def visit(t):  # (a plan may list a task before what it depends on: not the file's order)
-            if t not in rank:
+        for root in self.scope:
+            stack = [root]
+            while stack:
+                t = stack[-1]
+                if t in rank:
+                    stack.pop()
+                    continue
+                waiting = [c for c in self.children[t] if c not in rank]
+                if waiting:
+                    stack.extend(waiting)
+                    continue
+                stack.pop()
                 weight = WEIGHTS.get(str(self.plan.tasks[t].complexity or "").upper(), 1)
-                rank[t] = weight + max((visit(c) for c in children[t]), default=0)
-            return rank[t]
-        for t in self.scope:
-            visit(t)
+                rank[t] = weight + max((rank[c] for c in self.children[t]), default=0)
         return rank
 
     # ------------------------------------------------------------------ a worker
@@ -396,7 +440,7 @@ class Scheduler:
         wait to start (one checkout instead of a release and an acquire), else given back in
         the background."""
         slots = self.ctx.slots
-        waiting = any(s in STARTABLE for s in self.ctx.tasks.statuses(self.scope).values())
+        waiting = bool(self._in(STARTABLE))
         slot_id = slots.leases().get(task_id) if waiting and not self.ctx.cancel.is_set() else None
         if slot_id is not None:
             slots.park(task_id, slot_id)
@@ -674,6 +718,8 @@ class Scheduler:
 
     def _show_progress(self):
         ctx = self.ctx
+        if ctx.reporter.quiet:
+            return  # (a pass over every task, for nobody)
         statuses = ctx.tasks.statuses(self.scope)
         ctx.reporter.group_progress(ctx.progress.get("mode", "PARALLEL"),
                                     {t: s.value for t, s in statuses.items()})
@@ -695,3 +741,18 @@ def run_scope(ctx):
         return scheduler.budget_spent
     return None
 
+
+
+class _StatusReader:
+    """`statuses.get(task)` for the helpers that take a mapping, read task by task from the
+    progress file (no dict of the whole plan built per look); `items()` when one must look at
+    every task (a task waiting for the base: rare)."""
+
+    def __init__(self, tasks):
+        self.tasks = tasks
+
+    def get(self, task_id, default=None):
+        return self.tasks.status(task_id)
+
+    def items(self):
+        return self.tasks.statuses().items()

@@ -143,7 +143,7 @@ def _pending_transition(layout, data):
     seq = data.get("journal_seq") if data is not None else None
     if not isinstance(seq, int) or isinstance(seq, bool):
         return None
-    for record in store.Journal(layout.journal).since(seq):  # newest first
+    for record in store.Journal(layout.journal).since(seq, event="transition"):  # newest first
         if is_state_transition(record):
             # `prev_seq` is the journal_seq the file had when the transition was decided; other
             # events (the runner's, the tasks') may sit before and after the record.

@@ -536,6 +536,9 @@ def decode_journal_line(line):
     return _decode_line(line)
 
 
+_SEQ_PREFIX = re.compile(rb'\{"seq":(\d+),')  # how every record's line begins (Journal.append_many)
+
+
 class Journal:
     """Append-only JSON lines, each with a sequence number, UTC time, pid and checksum.
 
@@ -620,9 +623,12 @@ class Journal:
                     return None, line_end
                 start = 0  # no good record in the window: read the whole file
 
-    def since(self, seq):
+    def since(self, seq, event=None):
         """Good records with a sequence number above SEQ, newest first. Reads back from the end
-        only as far as it must (the records a state file has not caught up with are few)."""
+        only as far as it must. With EVENT, only records of that event: the others are passed
+        over on their bytes, without decoding (a run's state file may be thousands of task
+        records behind the journal's end while EXECUTE lasts, and every state read looks)."""
+        marker = f'"event":{json.dumps(event, ensure_ascii=False)}'.encode("utf-8") if event else None
         try:
             fh = _open_read(self.path)
         except FileNotFoundError:
@@ -638,6 +644,10 @@ class Journal:
                     lines = lines[1:]  # the window's first line may be cut
                 found = []
                 for raw in reversed(lines):
+                    if marker is not None and marker not in raw:
+                        prefix = _SEQ_PREFIX.match(raw)
+                        if prefix and int(prefix.group(1)) > seq:
+                            continue  # another event's record, after SEQ: not asked for
                     record = _decode_line(raw.decode("utf-8", "replace")) if raw.strip() else None
                     if record is None or not isinstance(record.get("seq"), int):
                         continue

@@ -37,6 +37,7 @@ class TaskStatus(str, enum.Enum):
 
 
 S = TaskStatus
+_VALUES = frozenset(s.value for s in S)
 TERMINAL = frozenset((S.MERGED, S.FAILED, S.BLOCKED, S.BLOCKED_PERMISSION))
 ACTIVE = frozenset(set(S) - TERMINAL)  # every status a task can still leave on its own
 
@@ -169,6 +170,20 @@ class TaskBook:
 
     def status(self, task_id):
         return status_of((self.progress.peek().get("tasks") or {}).get(task_id))
+
+    def ids_in(self, statuses):
+        """The set of tasks whose status is in STATUSES, from the progress file's status index
+        (no pass over the plan); a missing or unknown status reads as pending, as `status`."""
+        return self.progress.ids_with(self._values(statuses))
+
+    def count_in(self, statuses):
+        return self.progress.count_with(self._values(statuses))
+
+    def _values(self, statuses):
+        values = [s.value for s in statuses]
+        if S.PENDING in statuses:
+            values += [v for v in self.progress.status_values() if v not in _VALUES]
+        return values
 
     def statuses(self, task_ids=None):
         tasks = self.progress.peek().get("tasks") or {}

@@ -152,3 +152,29 @@ def test_real_sigkill_between_journal_and_file_then_others_append(tmp_path, cli_
     assert data["current_state"] == expected
     assert data["completed_phases"][:3] == ["IDLE", "DECOMPOSE", "PARALLELIZE"]
     assert "EXECUTE" in data["completed_phases"] or expected == "EXECUTE"
+
+
+def test_a_torn_transition_under_thousands_of_task_records_is_found_without_decoding_them(tmp_path, monkeypatch):
+    """A large run appends thousands of task records while the state file stays at EXECUTE's
+    journal_seq; every state read looks past them for a torn transition. The records of other
+    events are passed over on their bytes (engine.store.Journal.since(event=...)): only the
+    candidates are decoded, and a torn transition under 5,000 of them is still found."""
+    layout = Layout(str(tmp_path))
+    statefile.init("IDLE", layout=layout)
+    statefile.transition("DECOMPOSE", layout=layout)
+    journal = store.Journal(layout.journal)
+    seq = file_state(layout)["journal_seq"]
+    journal.append_many([("task", {"task": f"t{i}", "src": "pending", "dst": "running"}) for i in range(2500)])
+    journal.append("transition", kind="state", **{"from": "DECOMPOSE", "to": "PARALLELIZE", "forced": False,
+                                                 "prev_seq": seq})
+    journal.append_many([("task", {"task": f"t{i}", "src": "running", "dst": "merged"}) for i in range(2500)])
+    decoded = []
+    real = store._decode_line
+    monkeypatch.setattr(store, "_decode_line", lambda line: decoded.append(1) or real(line))
+    assert statefile.get_state(layout) == "PARALLELIZE"
+    assert len(decoded) < 20  # the candidates once per window read, not 5,000 task records
+    decoded.clear()
+    statefile.transition("EXECUTE", layout=layout)  # writes the rolled-forward file, then its own
+    journal.append_many([("task", {"task": f"t{i}", "src": "pending", "dst": "running"}) for i in range(3000)])
+    assert statefile.get_state(layout) == "EXECUTE"  # nothing torn: still no pass decoding every record
+    assert len(decoded) < 20

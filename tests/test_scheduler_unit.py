@@ -21,6 +21,18 @@ class _Book:
         ids = self.table if task_ids is None else task_ids
         return {t: self.table.get(t, S.PENDING) for t in ids}
 
+    def status(self, task_id):
+        return self.table.get(task_id, S.PENDING)
+
+    def ids_in(self, statuses):
+        return {t for t, s in self.table.items() if s in statuses}
+
+    def count_in(self, statuses):
+        return len(self.ids_in(statuses))
+
+    def field(self, task_id, key, default=None):
+        return default
+
     def entry(self, task_id):
         return {}
 
@@ -146,3 +158,54 @@ def test_the_main_loop_is_woken_when_a_job_is_done_not_only_when_its_worker_says
         assert s.wake.wait(5)
         for job in s.jobs.values():
             job.result(5)
+
+
+def test_ranks_of_a_chain_deeper_than_pythons_recursion():
+    n = 3000
+    tasks = [{"id": "t0"}] + [{"id": f"t{i}", "depends_on": [f"t{i - 1}"]} for i in range(1, n)]
+    s = _scheduler(tasks, {})
+    assert s.rank["t0"] == n and s.rank[f"t{n - 1}"] == 1
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+STATUSES = [S.PENDING, S.REJECTED, S.CONFLICTED, S.RUNNING, S.APPROVED, S.MERGED, S.FAILED]
+
+
+@st.composite
+def dags_with_statuses(draw):
+    n = draw(st.integers(1, 25))
+    tasks, statuses = [], {}
+    for i in range(n):
+        deps = sorted(set(draw(st.lists(st.integers(0, i - 1), max_size=2)))) if i else []
+        task = {"id": f"t{i}", "depends_on": [f"t{d}" for d in deps]}
+        if draw(st.booleans()):
+            task["complexity"] = draw(st.sampled_from(["S", "M", "L", "XL"]))
+        tasks.append(task)
+        statuses[f"t{i}"] = draw(st.sampled_from(STATUSES))
+    return tasks, statuses, draw(st.integers(1, 6)), draw(st.lists(st.integers(0, n - 1), max_size=3))
+
+
+@settings(max_examples=150, deadline=None)
+@given(case=dags_with_statuses(), changes=st.lists(st.tuples(st.integers(0, 24), st.sampled_from(STATUSES)),
+                                                    max_size=6))
+def test_the_start_queue_finds_what_a_scan_of_every_task_finds(case, changes):
+    """`_startable` (a queue that drops the tasks that ended, scanned only as far as it must)
+    picks exactly what the plain rule picks over every task: startable, not in a worker,
+    dependencies done, in (longest chain first, plan order); also after statuses change
+    between looks, a `retry` of an ended task included."""
+    tasks, statuses, wanted, in_jobs = case
+    s = _scheduler(tasks, statuses)
+    for step in range(len(changes) + 1):
+        s.jobs = {f"t{j}": None for j in in_jobs if f"t{j}" in statuses}
+
+        def plain_rule():
+            ready = [t for t in s.scope if t not in s.jobs and s.ctx.tasks.status(t) in scheduler_module.STARTABLE
+                     and s._deps_done(t, s.ctx.tasks.statuses())]
+            return sorted(ready, key=lambda t: (-s.rank[t], s.position[t]))[:wanted]
+
+        assert s._startable(wanted) == plain_rule()
+        if step < len(changes):
+            index, status = changes[step]
+            task = f"t{index % len(statuses)}"
+            statuses[task] = status

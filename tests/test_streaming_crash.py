@@ -73,6 +73,19 @@ def test_a_kill_inside_the_merge_queue_resumes_exactly(tmp_path, expected_tree, 
     assert_clean_and_once(repo, TASKS)
 
 
+@pytest.mark.parametrize("point", ["merge-moved", "approved", "merged-recorded:6", "handed-over:2"])
+def test_a_kill_inside_the_merge_queue_resumes_exactly_through_the_progress_change_log(tmp_path, expected_tree,
+                                                                                       point):
+    """The same kills with every task event going through the progress file's change log (as a
+    large plan's do): the events before the kill are in the log, not the YAML file, and
+    `resume` reads them back."""
+    repo, plan = demo_project(tmp_path, "p")
+    env = dict(python_env(), DEMO_FLAKY="cli", DEMO_AGENT_SLEEP="0", ORCH_PROGRESS_SMALL_BYTES="0")
+    crash_then_resume(repo, plan, env, point)
+    assert git(repo, "rev-parse", "main^{tree}") == expected_tree
+    assert_clean_and_once(repo, TASKS)
+
+
 @pytest.mark.parametrize("point", ["set-aside", "merge-moved:2", "merged-recorded:2", "merged-recorded:4"])
 def test_a_kill_during_a_conflict_retry_resumes_exactly(tmp_path, point):
     """Siblings writing one shared file: the later ones conflict, are set aside and re-run.

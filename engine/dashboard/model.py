@@ -174,20 +174,20 @@ class ProgressSource(YamlSource):
 
         super().__init__(*args, **kwargs)
         self.log = deltalog.DeltaLog(self.path)
-        self._rolled = (None, None, {})
+        self._rolled = (object(), None, None, {})  # (a key no read has)
 
     def load(self):
         from engine import deltalog
 
         snapshot = super().load()
-        key = (self.key, self.log.version())  # (the snapshot's file version: an id() may be reused)
-        if self._rolled[:2] == key:
-            return self._rolled[2]
+        key = (self.key, self.log.version(), id(snapshot))  # (a cold start's fallback has no file key)
+        if self._rolled[:3] == key:
+            return self._rolled[3]
         data = deltalog.roll_forward(snapshot, self.log)
         problem = self.check(data) if self.check and data is not snapshot else None
         if problem:
             self.error, data = f"{self.log.path}: {problem}: showing the last snapshot", snapshot
-        self._rolled = (key[0], key[1], data)
+        self._rolled = (*key, data)
         return data
 
 
