@@ -89,6 +89,21 @@ class Draft(dict):
         for key in list(dict.keys(self)):
             self._take(key)
 
+    def keys(self):  # (`{**draft}` goes through keys(), `dict(draft)` through iteration: every
+        self._all()    # value is copied first)
+        return dict.keys(self)
+
+    def __iter__(self):
+        self._all()
+        return dict.__iter__(self)
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
+    def __or__(self, other):
+        return dict(self.copy(), **dict(other))
+
     def items(self):
         self._all()
         return dict.items(self)
@@ -116,9 +131,14 @@ class Draft(dict):
 
 
 def plain(value):
-    """VALUE with every Draft turned back into a plain dict (its unreached entries shared)."""
+    """VALUE as the file holds it: every Draft a plain dict (its unreached entries shared),
+    every tuple a list (as YAML writes one and every reader reads it back)."""
     if isinstance(value, Draft):
         return {k: plain(v) for k, v in dict.items(value)}
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
     return value
 
 
@@ -145,6 +165,8 @@ def changes(base, work):
         if key in NESTED and isinstance(value, Draft) and isinstance(base.get(key), dict) and not value.removed:
             old = base[key]
             for name in value.reached:
+                if not dict.__contains__(value, name):
+                    continue  # (looked for with .get, never there)
                 entry = plain(dict.__getitem__(value, name))
                 if name not in old or old[name] != entry:
                     delta.setdefault(key, {})[name] = entry
@@ -153,6 +175,28 @@ def changes(base, work):
         if key not in base or base[key] != value:
             delta.setdefault("set", {})[key] = value
     return delta or None
+
+
+def check_encodable(delta):
+    """Raise (TypeError, ValueError) unless DELTA goes into the log as it would be written
+    whole: a set, a key that is not a string or a lone surrogate is refused here, for its own
+    change only (never the whole batch at the append)."""
+    if delta is not None:
+        json.dumps(delta, ensure_ascii=False).encode("utf-8")
+        for value in _containers(delta):
+            if isinstance(value, dict) and not all(isinstance(k, str) for k in value):
+                raise TypeError("a key that is not a string in the progress file")
+
+
+def _containers(value):
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        yield item
+        if isinstance(item, dict):
+            todo.extend(v for v in item.values() if isinstance(v, (dict, list, tuple)))
+        elif isinstance(item, (list, tuple)):
+            todo.extend(v for v in item if isinstance(v, (dict, list, tuple)))
 
 
 def apply(data, delta):

@@ -205,7 +205,8 @@ class _StatusIndex:
         self.of = data
 
     def follow(self, old, new, deltas):
-        if deltas is None or self.of is not old or any("tasks" in (d.get("set") or ()) for d in deltas):
+        if deltas is None or self.of is not old or \
+                any("tasks" in (d.get("set") or ()) or "tasks" in (d.get("unset") or ()) for d in deltas):
             self.of = None
             return
         for delta in deltas:
@@ -308,7 +309,9 @@ class Progress:
 
     def _refresh(self, view):
         """The view for the files as they are now, from VIEW where it still holds; None when
-        the snapshot read is already older than its log (read both again)."""
+        the snapshot changed while its log was read (read both again). The versions are taken
+        before reading: an append landing meanwhile is seen as a change by the next look,
+        never taken as read."""
         snap_version, log_version = self._versions()
         if snap_version is None:
             return _View(log_version=log_version)
@@ -323,15 +326,18 @@ class Progress:
             seq = data.get(deltalog.SEQ_KEY) if isinstance(data.get(deltalog.SEQ_KEY), int) else 0
             view = _View(snap_version, None, data, header, data, seq, seq)
         header, records, restarted = self._log.read()
+        if self._versions()[0] != snap_version:
+            return None  # a whole write (and perhaps a new log) came between: both again
         if restarted and view.seq != view.snapshot_seq:  # the log was replaced: from the snapshot again
             view = _View(view.snapshot_version, None, view.snapshot, view.header, view.snapshot,
                          view.snapshot_seq, view.snapshot_seq)
         log_id = view.snapshot.get(deltalog.LOG_KEY)
-        if header is None or log_id is None or header.get("log") != log_id:
-            return view._replace(log_version=self._versions()[1], data=view.snapshot, seq=view.snapshot_seq)
-        if isinstance(header.get("base"), int) and header["base"] > view.snapshot_seq:
-            self._set(_View())  # compacted after we read the snapshot
-            return None
+        base = header.get("base") if header is not None else None
+        if header is None or log_id is None or header.get("log") != log_id or \
+                not isinstance(base, int) or base > view.snapshot_seq:
+            # not this snapshot's log (another lineage, or one that went on from a later snapshot
+            # of it than this file, put back by hand): the snapshot stands alone
+            return view._replace(log_version=log_version, data=view.snapshot, seq=view.snapshot_seq)
         data, seq = view.data, view.seq
         fresh = [r for r in records if r["n"] > seq]
         for record in fresh:
@@ -343,7 +349,7 @@ class Progress:
             problem = shape_problem(data)
             if problem:
                 raise StateFileError(f"{self._log.path}: {problem} (file left untouched)")
-        return view._replace(log_version=self._versions()[1], data=data, seq=seq)
+        return view._replace(log_version=log_version, data=data, seq=seq)
 
     def load(self):
         """The parsed file (a private copy the caller may change)."""
@@ -442,10 +448,11 @@ class Progress:
                 work = deltalog.draft(data)
                 try:
                     item.result = item.change(work)
+                    delta = deltalog.changes(data, work)
+                    deltalog.check_encodable(delta)  # (a value JSON cannot hold fails this change only)
                 except Exception as exc:  # this change only: the others go on
                     item.error = exc
                     continue
-                delta = deltalog.changes(data, work)
                 if delta is not None:
                     data = deltalog.apply(data, delta)
                     deltas.append(delta)
@@ -482,8 +489,13 @@ class Progress:
         if not continues or self._log.size() > max(self.MIN_LOG_BYTES, self._snapshot_bytes):
             self._write_snapshot(data, header, view.seq, log_id or deltalog.new_id())
             return
-        last = self._log.append(log_id, view.seq + 1, deltas)
-        self._set(view._replace(log_version=self._log.version(), data=data, seq=last), deltas)
+        try:
+            last = self._log.append(log_id, view.seq + 1, deltas)
+            self._set(view._replace(log_version=self._log.version(), data=data, seq=last), deltas)
+        except BaseException:  # (Ctrl-C between the append and the view): read it all again next time
+            self._log.rewind()
+            self._set(_View())
+            raise
         if self._timer is None:  # the YAML file alone lags the events by at most SNAPSHOT_LAG
             self._timer = threading.Timer(self.SNAPSHOT_LAG, self._snapshot_due)
             self._timer.daemon = True

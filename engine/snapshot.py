@@ -182,12 +182,12 @@ class Snapshots:
             data = store.read_bytes(os.path.join(self.path(cp_id), name))
             target = _sources(self.layout)[name]
             with store.file_lock(target):
-                store.atomic_write(target, data)
                 if name == PROGRESS:  # the restored file is the whole truth: no later change rolls it forward
                     from engine import deltalog
 
                     with contextlib.suppress(FileNotFoundError):
-                        os.unlink(target + deltalog.SUFFIX)
+                        os.unlink(target + deltalog.SUFFIX)  # (first: a kill after it leaves a file standing alone)
+                store.atomic_write(target, data)
         store.Journal(self.layout.journal).append("checkpoint-restore", id=cp_id, files=sorted(manifest["files"]))
         return manifest
 

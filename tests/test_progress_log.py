@@ -213,3 +213,109 @@ def test_readers_never_see_a_document_go_back_while_the_writer_compacts(layout):
         t.join()
     assert problems == []
     assert all(v["status"] == "merged" for v in Progress(layout).peek()["tasks"].values())
+
+
+# ------------------------------------------------ found by a red-team pass (each failed before its fix)
+def small_run(layout, n=5):
+    writer = deferred(layout)
+    writer.update(lambda d: d.setdefault("tasks", {}).update({f"t{i}": {"status": "pending"} for i in range(n)}))
+    writer.update(lambda d: d.update(status="running"))  # the second write starts the log
+    return writer
+
+
+def test_an_append_landing_while_a_reader_reads_the_log_is_not_lost_by_its_next_write(layout):
+    """The reader used to record the log's version after reading it: an append in between
+    looked read; its next whole write (a `retry`) dropped the orchestrator's event."""
+    writer = small_run(layout)
+    writer.set_task("t1", status="running")
+    cli = Progress(layout)
+    real = cli._log.read
+
+    def read_then_the_orchestrator_appends():
+        result = real()
+        cli._log.read = real
+        writer.set_task("t1", status="merged")
+        return result
+    cli._log.read = read_then_the_orchestrator_appends
+    cli.peek()
+    cli.set_task("t2", status="failed")
+    assert Progress(layout).task("t1")["status"] == "merged"
+
+
+def test_an_older_snapshot_of_the_same_log_put_back_stands_alone(layout):
+    """Used to fail every read, write and compaction for good ("it keeps changing")."""
+    writer = small_run(layout)
+    writer.set_task("t1", status="running")
+    writer._snapshot_due()
+    with open(layout.progress, "rb") as fh:
+        older = fh.read()
+    writer.set_task("t1", status="merged")
+    writer._snapshot_due()
+    with open(layout.progress, "wb") as fh:  # a person copies a backup back
+        fh.write(older)
+    assert Progress(layout).task("t1")["status"] == "running"
+    Progress(layout).set_task("t2", status="x")
+    writer.compact()
+
+
+def test_an_interrupt_between_the_append_and_the_view_loses_nothing(layout):
+    """Ctrl-C after the fsynced append: the writer's own view used to miss the change, number
+    the next one again and erase it at compaction."""
+    writer = small_run(layout)
+    real = writer._set
+
+    def interrupted(*args, **kwargs):
+        writer._set = real
+        raise KeyboardInterrupt
+    writer._set = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        writer.set_task("t1", status="merged")
+    writer.set_task("t2", status="running")
+    assert writer.task("t1")["status"] == "merged"
+    writer.compact()
+    assert on_disk(layout)["tasks"]["t1"]["status"] == "merged"
+
+
+def test_a_whole_write_between_a_readers_two_reads_is_not_read_as_the_past(layout):
+    writer = small_run(layout)
+    writer._snapshot_due()
+    writer.set_task("t1", status="merged")
+    reader = Progress(layout)
+    real = reader._log.read
+
+    def compaction_in_between():
+        reader._log.read = real
+        writer.compact()
+        return real()
+    reader._log.read = compaction_in_between
+    assert reader.task("t1")["status"] == "merged"
+
+
+def test_a_draft_never_lets_a_change_touch_the_shared_document(layout):
+    writer = small_run(layout)
+    shared = writer.peek()
+    writer.update(lambda d: dict(d["tasks"])["t1"].update(status="leaked"))
+    writer.update(lambda d: {**d}["tasks"]["t2"].update(status="leaked"))
+    assert shared["tasks"]["t1"]["status"] == shared["tasks"]["t2"]["status"] == "pending"
+    writer.update(lambda d: d["tasks"].get("t99"))  # looked for, never there: no change, no error
+    writer.update(lambda d: d.__ior__({"extra": 1}))
+    assert Progress(layout).peek()["extra"] == 1
+    writer.update(lambda d: d.pop("tasks"))
+    assert writer.ids_with(["pending"]) == set() and "tasks" not in Progress(layout).peek()
+
+
+@pytest.mark.parametrize("value", [{1, 2}, {1: "x"}, "\udcff"])
+def test_a_value_the_file_cannot_hold_fails_its_own_change_only(layout, value):
+    writer = small_run(layout)
+    items = [(lambda d: d["tasks"]["t1"].update(extra=value)), (lambda d: d["tasks"]["t2"].update(status="ok"))]
+    import concurrent.futures as cf
+
+    pool = cf.ThreadPoolExecutor(2)
+    with writer.locked():  # both queued, then committed as one batch
+        futures = [pool.submit(writer.update, change) for change in items]
+        time.sleep(0.2)
+    pool.shutdown(wait=True)
+    with pytest.raises((TypeError, ValueError)):
+        futures[0].result()
+    futures[1].result()
+    assert Progress(layout).task("t2")["status"] == "ok" and "extra" not in Progress(layout).task("t1")
