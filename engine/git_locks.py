@@ -123,8 +123,3 @@ def find_stale(paths, grace=LOCK_GRACE):
     if held is None:
         return []
     return sorted(p for p, ident in present.items() if ident[:2] not in held and time.time() - ident[2] >= grace)
-
-
-def clear_repository(common_dir, grace=LOCK_GRACE):
-    """`clear_stale` over every lock of a repository's git directory (its worktrees' included)."""
-    return clear_stale(lock_files(common_dir), grace)

@@ -53,9 +53,12 @@ def start_run(repo, plan, sleep, **env):
 class Dashboard:
     """`orchestrator dashboard` as a real subprocess, read over HTTP like the page reads it."""
 
-    def __init__(self, repo, *args):
+    timeout = 30  # seconds a request may take
+
+    def __init__(self, repo, *args, env=None):
         self.proc = subprocess.Popen([PYTHON, "-m", "engine.cli.orchestrator", "dashboard", *args], cwd=repo,
-                                     env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     env=env or python_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
         line = self.proc.stdout.readline()
         match = re.fullmatch(r"Dashboard: http://127\.0\.0\.1:(\d+)/\n", line)
         assert match, (line, self.proc.stderr.read() if self.proc.poll() is not None else "")
@@ -63,7 +66,7 @@ class Dashboard:
         self.url = f"http://127.0.0.1:{self.port}/"
 
     def request(self, path, method="GET", host=None):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
         try:
             conn.putrequest(method, path, skip_host=True)
             conn.putheader("Host", host or f"127.0.0.1:{self.port}")

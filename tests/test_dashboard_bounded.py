@@ -6,8 +6,6 @@ A real `orchestrator dashboard` process serves a real repository whose branch ad
 file; its memory is the kernel's high-water mark of its resident set (VmHWM), read before and
 after the requests."""
 
-import http.client
-import json
 import os
 import re
 import selectors
@@ -18,7 +16,8 @@ import time
 
 import pytest
 
-from tests.conftest import PYTHON, ROOT
+from tests.conftest import ROOT
+from tests.test_dashboard import Dashboard
 
 BIG_MB = 50
 MB = 1024 * 1024
@@ -73,27 +72,13 @@ def big_repo(tmp_path_factory):
     return repo, env
 
 
-class Server:
-    def __init__(self, repo, env):
-        self.proc = subprocess.Popen([PYTHON, "-m", "engine.cli.orchestrator", "dashboard"], cwd=repo, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        match = re.fullmatch(r"Dashboard: http://127\.0\.0\.1:(\d+)/\n", line)
-        assert match, (line, self.proc.stderr.read() if self.proc.poll() is not None else "")
-        self.port = int(match.group(1))
+class Server(Dashboard):
+    """The dashboard process of tests/test_dashboard.py, with its memory and children read from /proc."""
 
-    def get(self, path):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        try:
-            conn.putrequest("GET", path, skip_host=True)
-            conn.putheader("Host", f"127.0.0.1:{self.port}")
-            conn.endheaders()
-            res = conn.getresponse()
-            body = res.read()
-            assert res.status == 200, (path, res.status, body[:300])
-            return json.loads(body)
-        finally:
-            conn.close()
+    timeout = 60  # (a 50 MB diff under load)
+
+    def __init__(self, repo, env):
+        super().__init__(repo, env=env)
 
     def peak_kib(self):
         """The kernel's high-water mark of the server's resident set."""
@@ -119,13 +104,6 @@ class Server:
         self.get("/api/snapshot")
         self.get("/api/task/big")
         assert "+++ b/small.txt" in self.get("/api/task/small/diff")["text"]
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-        self.proc.stdout.close()
-        self.proc.stderr.close()
 
 
 @pytest.fixture

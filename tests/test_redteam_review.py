@@ -125,25 +125,9 @@ def test_an_approval_a_pending_task_waits_for_ends_the_start_first_wait(tmp_path
     git(repo, "-c", "user.name=a", "-c", "user.email=a@b", "commit", "-q", "--allow-empty", "-m", "init")
     git(repo, "branch", "auto/d")
 
-    class Book:
-        def __init__(self, table):
-            self.table = table
+    from tests.test_scheduler_unit import _Book
 
-        def statuses(self, task_ids=None):
-            return {t: self.table.get(t, S.PENDING) for t in (self.table if task_ids is None else task_ids)}
-
-        def status(self, task_id):
-            return self.table.get(task_id, S.PENDING)
-
-        def ids_in(self, statuses):
-            return {t for t, s in self.table.items() if s in statuses}
-
-        def count_in(self, statuses):
-            return len(self.ids_in(statuses))
-
-        def field(self, task_id, key, default=None):
-            return default
-
+    class Book(_Book):
         def fire_all(self, events):
             for task_id, event, _, _ in events:
                 if event == "approve":
