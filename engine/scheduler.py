@@ -32,6 +32,7 @@ from engine.tasks import TERMINAL, TaskStatus as S
 WEIGHTS = {"S": 1, "M": 2, "L": 3, "XL": 5}
 MERGE_GRACE = 3.0  # seconds a cancelled run waits for the merge in flight
 START_FIRST = 0.5  # at most this long a merge nobody waits for lets starting tasks go first
+HOLD_FOR_MERGE = 1.0  # at most this long a worker is kept for a task whose dependency is being merged
 STARTABLE = (S.PENDING, S.REJECTED, S.CONFLICTED)
 IN_FLIGHT = (S.RUNNING, S.EXECUTED, S.VERIFYING)  # a worker's business (after a crash: resumed)
 
@@ -63,11 +64,13 @@ class Scheduler:
                 if d in self.children:
                     self.children[d].append(t)
         self.rank = self._ranks()
-        # the order tasks start in (longest chain first, then the plan's); tasks that can no
-        # longer start are dropped from it as the scan meets them, so a scan costs what it finds
-        self.queue = sorted(self.scope, key=lambda t: (-self.rank[t], self.position[t]))
+        # the order tasks start in (`start_order`); tasks that can no longer start are dropped
+        # from it as the scan meets them, so a scan costs what it finds
+        self.queue = sorted(self.scope, key=self.start_order)
         self.unreachable_seen = None  # the ended-unmerged tasks `_fail_unreachable` last looked at
         self.ended_seen = 0  # how many tasks had ended at the last scan (fewer now: one was retried)
+        self.held_since = {}  # task -> when a worker was first kept for it (its dependency merging)
+        self.hold_for_merge = HOLD_FOR_MERGE
         self.jobs = {}
         self.budget_spent = None
         self.wake = threading.Event()  # a task was approved, merged or let go: look again now
@@ -177,28 +180,54 @@ class Scheduler:
     def _startable(self, wanted):
         """Up to WANTED tasks that may start now (not in a worker, startable, dependencies
         done, not waiting for the base), in start order. Tasks that never start again (ended,
-        in flight) leave the queue; tasks still waiting on others stay."""
+        in flight) leave the queue; tasks still waiting on others stay. A task whose only wait
+        is a merge already under way (a dependency approved or merging) keeps a worker for
+        itself, for at most `hold_for_merge` seconds, from the tasks after it in the order: a
+        merge takes a fraction of a second, while a shorter chain started in its place would
+        hold the worker for a whole agent run (the longest chain would start that much later)."""
         tasks, found, keep = self.ctx.tasks, [], []
         statuses = _StatusReader(tasks)
         ended = tasks.count_in(TERMINAL)
         if ended < self.ended_seen:  # a `retry` reopened a task the queue had dropped: from the scope again
-            self.queue = sorted(self.scope, key=lambda t: (-self.rank[t], self.position[t]))
+            self.queue = sorted(self.scope, key=self.start_order)
         self.ended_seen = ended
-        queue, i = self.queue, 0
-        while i < len(queue) and len(found) < wanted:
+        queue, i, kept_for = self.queue, 0, 0
+        while i < len(queue) and len(found) + kept_for < wanted:
             task_id = queue[i]
             i += 1
             status = tasks.status(task_id)
             if status in TERMINAL:
                 continue  # (a `retry` puts it back: see `ended_seen`)
             keep.append(task_id)
-            if task_id in self.jobs or status not in STARTABLE or not self._deps_done(task_id, statuses):
+            if task_id in self.jobs or status not in STARTABLE:
+                continue
+            if not self._deps_done(task_id, statuses):
+                kept_for += self._keeps_a_worker(task_id, status, statuses)
                 continue
             if status == S.PENDING and self._waits_for_base(task_id, statuses):
                 continue
             found.append(task_id)
         self.queue = keep + queue[i:]
         return found
+
+    def _keeps_a_worker(self, task_id, status, statuses):
+        """Whether pending TASK_ID waits only for merges under way (every dependency merged,
+        approved or merging; a task before it on a shared file ended, approved or merging),
+        and has not waited so for longer than `hold_for_merge`."""
+        task, soon = self.plan.tasks[task_id], False
+        if status == S.PENDING:
+            for dep in task.all_deps:
+                dep_status = statuses.get(dep)
+                if dep_status in (S.APPROVED, S.MERGING):
+                    soon = True
+                elif dep_status != S.MERGED and (dep in task.depends_on or dep_status not in TERMINAL):
+                    soon = False
+                    break
+        if not soon:
+            self.held_since.pop(task_id, None)
+            return False
+        now = time.monotonic()
+        return now - self.held_since.setdefault(task_id, now) < self.hold_for_merge
 
     def _settle_placeholders(self, everything=False):
         """Placeholders of approved tasks whose worker is done (the main loop has looked)."""
@@ -283,7 +312,7 @@ class Scheduler:
             return 0
         # a crash's tasks in flight go first (a worker resumes each), then the startable ones
         resumed = sorted((t for t in self._in(IN_FLIGHT) if t not in self.jobs),
-                         key=lambda t: (-self.rank[t], self.position[t]))
+                         key=self.start_order)
         started = 0
         for task_id in resumed + self._startable(free):
             if len(self.jobs) >= self.concurrency:
@@ -377,6 +406,14 @@ class Scheduler:
     def _stop_running(self):
         entries = self.ctx.progress.get("tasks") or {}
         self.ctx.backend.stop({t: v for t, v in entries.items() if v.get("status") == S.RUNNING.value})
+
+    def start_order(self, task_id):
+        """Longest chain first (`_ranks`); among equal chains, the task more tasks wait on
+        directly (it frees more of them at once); then the plan's order. (A simulation of this
+        policy with no overhead over 300 random DAGs with estimates: the tie-break lowers the
+        mean makespan a little and the worst seeds most, e.g. bench_dag's seed 6 from 1.09x
+        to 1.02x the bound.)"""
+        return -self.rank[task_id], -len(self.children[task_id]), self.position[task_id]
 
     def _ranks(self):
         """Length of the longest chain (by complexity weight) from each task to the end; an

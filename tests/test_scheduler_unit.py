@@ -136,6 +136,33 @@ def test_a_worker_that_goes_on_with_a_conflict_drops_its_placeholder():
     assert done.wait(5)
 
 
+def test_a_worker_is_kept_for_a_longer_chain_whose_dependency_is_being_merged():
+    """DAG benchmark, seed 4: t0's agent ended and its merge was a few ms away when a worker
+    freed; the scheduler started a short task that was ready (rank 2) in it, and t0's
+    dependent, head of the longest chain (rank 13), waited a whole agent run for a worker.
+    A task that waits only for a merge under way keeps a worker from the tasks after it,
+    for at most `hold_for_merge`; not once its dependency went back to its agent."""
+    tasks = [{"id": "a", "complexity": "M"}, {"id": "b", "depends_on": ["a"], "complexity": "XL"},
+             {"id": "short", "complexity": "S"}]
+    statuses = {"a": S.APPROVED, "b": S.PENDING, "short": S.PENDING}
+    s = _scheduler(tasks, statuses)
+    assert s._startable(1) == []  # b keeps the one free worker
+    assert s._startable(2) == ["short"]  # a second one goes to the short task
+    statuses["a"] = S.MERGING
+    assert s._startable(1) == []
+    statuses["a"] = S.MERGED
+    assert s._startable(1) == ["b"]
+    statuses["a"] = S.CONFLICTED  # back to its agent (its worker goes on with it): not a merge's wait
+    s.jobs = {"a": object()}
+    assert s._startable(1) == ["short"]
+    s.jobs = {}
+    statuses["a"] = S.APPROVED
+    s.hold_for_merge = 0.2
+    assert s._startable(1) == []
+    time.sleep(0.25)
+    assert s._startable(1) == ["short"]  # a merge that takes this long does not hold a worker
+
+
 def test_no_task_is_ready_when_what_is_left_waits_for_a_dependency():
     s = _scheduler([{"id": "a"}, {"id": "c", "depends_on": ["a"]}], {"a": S.APPROVED, "c": S.PENDING})
     assert not s._ready_to_start()
@@ -169,7 +196,7 @@ def test_ranks_of_a_chain_deeper_than_pythons_recursion():
 
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
-STATUSES = [S.PENDING, S.REJECTED, S.CONFLICTED, S.RUNNING, S.APPROVED, S.MERGED, S.FAILED]
+STATUSES = [S.PENDING, S.REJECTED, S.CONFLICTED, S.RUNNING, S.APPROVED, S.MERGING, S.MERGED, S.FAILED]
 
 
 @st.composite
@@ -192,17 +219,28 @@ def dags_with_statuses(draw):
 def test_the_start_queue_finds_what_a_scan_of_every_task_finds(case, changes):
     """`_startable` (a queue that drops the tasks that ended, scanned only as far as it must)
     picks exactly what the plain rule picks over every task: startable, not in a worker,
-    dependencies done, in (longest chain first, plan order); also after statuses change
-    between looks, a `retry` of an ended task included."""
+    dependencies done, in (longest chain first, most direct dependents, plan order), where a pending task whose
+    dependencies are all merged, approved or merging (one at least not merged yet) keeps
+    its place among the WANTED; also after statuses change between looks, a `retry` of an
+    ended task included."""
     tasks, statuses, wanted, in_jobs = case
     s = _scheduler(tasks, statuses)
+    s.hold_for_merge = 1e9  # (the hold's time limit has its own test)
+    deps = {t["id"]: t["depends_on"] for t in tasks}
     for step in range(len(changes) + 1):
         s.jobs = {f"t{j}": None for j in in_jobs if f"t{j}" in statuses}
 
         def plain_rule():
-            ready = [t for t in s.scope if t not in s.jobs and s.ctx.tasks.status(t) in scheduler_module.STARTABLE
-                     and s._deps_done(t, s.ctx.tasks.statuses())]
-            return sorted(ready, key=lambda t: (-s.rank[t], s.position[t]))[:wanted]
+            def ready(t):
+                return all(statuses[d] == S.MERGED for d in deps[t])
+
+            def merging_soon(t):
+                return statuses[t] == S.PENDING and not ready(t) and \
+                    all(statuses[d] in (S.MERGED, S.APPROVED, S.MERGING) for d in deps[t])
+            candidates = [t for t in s.scope if t not in s.jobs and statuses[t] in scheduler_module.STARTABLE
+                          and (ready(t) or merging_soon(t))]
+            first = sorted(candidates, key=lambda t: (-s.rank[t], -len(s.children[t]), s.position[t]))[:wanted]
+            return [t for t in first if ready(t)]
 
         assert s._startable(wanted) == plain_rule()
         if step < len(changes):
