@@ -29,6 +29,7 @@ def handle(ctx):
 
         with ThreadPoolExecutor(max_workers=min(8, len(held))) as workers:  # independent slots: release together
             list(workers.map(ctx.slots.release, held))
+    written = []
     for n in groups:
         tasks = ctx.group_tasks(n)
         failed = [t for t in tasks if statuses[t] != S.MERGED]
@@ -37,7 +38,8 @@ def handle(ctx):
         e2e = (ctx.progress.peek().get("parallel_groups") or {}).get(f"group_{n}", {}).get("e2e")
         if e2e == "failed":
             summary += " E2E failed on the merged result."
-        ctx.memory.write_group(n, "failed" if failed or e2e == "failed" else "post", summary, context=n == groups[-1])
+        written.append((n, "failed" if failed or e2e == "failed" else "post", summary))
+    ctx.memory.write_groups(written)
     ctx.progress.update(lambda d: [d.setdefault("parallel_groups", {}).setdefault(f"group_{n}", {}).update(
         status="done") for n in groups])
     remaining = [i for i in range(1, len(ctx.plan.groups) + 1) if not ctx.group_finished(i)]

@@ -35,8 +35,7 @@ def handle(ctx):
             data.setdefault("parallel_groups", {}).setdefault(f"group_{n}", {})["status"] = "running"
 
     ctx.progress.update(record)
-    for n in scope:
-        ctx.memory.write_group(n, "pre", f"Tasks: {', '.join(plan.groups[n - 1])}.", context=n == scope[-1])
+    ctx.memory.write_groups([(n, "pre", f"Tasks: {', '.join(plan.groups[n - 1])}.") for n in scope])
     label = f"{scope[0]}" if len(scope) == 1 else f"{scope[0]}-{scope[-1]}"
     ctx.reporter.mode(label, len(plan.groups), mode, tasks, concurrency, reason)
     return "EXECUTE"
