@@ -9,13 +9,18 @@ def handle(ctx):
     statuses = ctx.tasks.statuses(ctx.scope_tasks())
     if any(s not in TERMINAL for s in statuses.values()):
         return "EXECUTE"
+    verdicts = {}
     for n in ctx.scope_groups():
         group = {t: statuses[t] for t in ctx.group_tasks(n)}
-        summary = {"merged": [t for t, s in group.items() if s == S.MERGED],
-                   "blocked": [t for t, s in group.items() if s in (S.BLOCKED, S.BLOCKED_PERMISSION)],
-                   "failed": [t for t, s in group.items() if s == S.FAILED]}
-        ctx.progress.update(lambda d, n=n, summary=summary: d.setdefault("parallel_groups", {}).setdefault(
-            f"group_{n}", {}).update(qa=summary))
+        verdicts[n] = {"merged": [t for t, s in group.items() if s == S.MERGED],
+                       "blocked": [t for t, s in group.items() if s in (S.BLOCKED, S.BLOCKED_PERMISSION)],
+                       "failed": [t for t, s in group.items() if s == S.FAILED]}
+
+    def record(data):  # (every group of the scope in one write)
+        for n, summary in verdicts.items():
+            data.setdefault("parallel_groups", {}).setdefault(f"group_{n}", {}).update(qa=summary)
+
+    ctx.progress.update(record)
     plan = ctx.plan
     if plan.e2e or (plan.work_type or "").upper() == "FRONTEND":
         return "E2E"
