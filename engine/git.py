@@ -9,6 +9,7 @@ git 2.39 races on parallel `worktree add` and can leave a branch without its wor
 """
 
 import codecs
+import contextlib
 import os
 import re
 import stat
@@ -59,6 +60,10 @@ def executable():
 # `worktree list/add/remove`, `branch -D`, a checkout of an existing branch, a rebase naming
 # its branch ("failed to read .../commondir: Success", ".../locked: No such file").
 _HALF_WRITTEN = re.compile(r"failed to read (.*worktrees)/[^/]+/(commondir|gitdir|locked)")
+# An add cut short after its placeholder HEAD (the null commit): every command that walks all
+# refs dies on it ("fatal: bad object worktrees/X/HEAD"); for an instant while an add runs, for
+# good when it was killed there. The message names the record relative to the common directory.
+_UNFINISHED_HEAD = re.compile(r"bad object worktrees/[^/\s]+/HEAD")
 # Failures that another git process causes for an instant, retried: one of git's own lock
 # files held (shared refs, packed-refs, config), or a half-written worktree record.
 _TRANSIENT = re.compile(r"Unable to create '[^']*\.lock': File exists|cannot lock ref|"
@@ -87,6 +92,10 @@ def run(cwd, *args, check=True, input=None, env=None):
     if half_written:
         _mend_records(os.path.join(cwd, half_written.group(1)))
         proc = once()
+    elif proc.returncode != 0 and _UNFINISHED_HEAD.search(proc.stderr or ""):
+        with contextlib.suppress(GitError):  # (the common directory can be asked: only HEADs are broken)
+            _mend_records(_records_root(cwd))
+            proc = once()
     if check and proc.returncode != 0:
         raise GitError(cmd, proc.returncode, proc.stderr or proc.stdout)
     return proc
@@ -342,13 +351,16 @@ RECORD_GRACE = 2.0
 
 
 def broken_worktree_records(repo, grace=RECORD_GRACE):
-    """[(admin dir, finished)] for the worktree records under `<common dir>/worktrees/` whose
-    `commondir` is there but empty (or holds only NULs: a crash that kept the size and lost
-    the data), untouched for `grace` seconds. Git dies on such a record
-    in every command that looks at all worktrees, and `worktree prune` keeps it while its
-    `locked` says "initializing", so one wedges the repository: a `worktree add` killed between
-    creating that file and writing it, or a crash that lost the file's unsynced contents.
-    `finished`: the add got to its end (_record_finished)."""
+    """[(admin dir, finished)] for the worktree records under `<common dir>/worktrees/` that a
+    `worktree add` cut short or a crash left half written, untouched for `grace` seconds:
+    - `commondir` there but empty (or holding only NULs: a crash that kept the size and lost
+      the data): git dies on it in every command that looks at all worktrees;
+    - an add killed after writing its placeholder HEAD (the null commit) and before pointing
+      it at the branch, its `locked` ("initializing") still there: every command that walks
+      all refs (`fetch`'s connectivity check, `gc`, `fsck`) dies on "bad object
+      worktrees/X/HEAD" (the Ray executor's fetches, seen in the kill-inside-git campaign).
+    `worktree prune` keeps either while `locked` says "initializing", so one wedges the
+    repository. `finished`: the add got to its end (_record_finished)."""
     return _broken_records(_records_root(repo), grace)
 
 
@@ -364,11 +376,31 @@ def _broken_records(root, grace=RECORD_GRACE):
             st = os.stat(os.path.join(admin, "commondir"), follow_symlinks=False)
         except OSError:
             continue
-        if (not stat.S_ISREG(st.st_mode) or st.st_size > 64 or time.time() - st.st_mtime < grace
-                or os.path.islink(admin) or _record_file(admin, "commondir").strip("\0 \n")):
+        if not stat.S_ISREG(st.st_mode) or st.st_size > 64 or os.path.islink(admin):
             continue
-        found.append((admin, _record_finished(admin)))
+        finished = _record_finished(admin)
+        if not _record_file(admin, "commondir").strip("\0 \n"):
+            changed = st.st_mtime  # (an add writes commondir, then HEAD: an empty one is its last write)
+        elif finished:
+            continue  # a whole record
+        else:
+            changed = _newest_change(admin, st)
+        if time.time() - changed < grace:
+            continue  # maybe a live add, writing it now
+        found.append((admin, finished))
     return found
+
+
+def _newest_change(admin, commondir_stat):
+    """When an unfinished record last changed: its commondir's, HEAD's or `locked`'s mtime (a
+    live add writes them in turn, then points HEAD at its branch within milliseconds)."""
+    newest = commondir_stat.st_mtime
+    for name in ("HEAD", "locked"):
+        try:
+            newest = max(newest, os.stat(os.path.join(admin, name), follow_symlinks=False).st_mtime)
+        except OSError:
+            pass
+    return newest
 
 
 def _record_finished(admin):
@@ -497,7 +529,10 @@ def fetch_ref(cwd, remote, ref, dst=None):
     """Fetch `ref` from `remote` into the local ref `dst` (default: the same name); the commit,
     or None when the remote has no such ref."""
     dst = dst or ref
-    for attempt in range(3):  # "did not send all necessary objects": seen twice in CI's Ray runs, cause not found
+    # "did not send all necessary objects": the connectivity check met a worktree record's
+    # placeholder HEAD ("bad object worktrees/X/HEAD"), for an instant while an add runs (retried
+    # here) or for good after an add was killed there (`run` mends that record, then retries)
+    for attempt in range(3):
         proc = run(cwd, "fetch", "-q", "--no-tags", "--no-write-fetch-head", remote, f"+{ref}:{dst}", check=False)
         if proc.returncode == 0 or "did not send all necessary objects" not in (proc.stderr or ""):
             break

@@ -60,8 +60,8 @@ def find_issues(pool):
     broken = git.broken_worktree_records(repo)
     if broken:  # git lists no worktree until these are mended: they come first, alone
         return [Issue("worktree-record-broken", admin,
-                      f"git's record of worktree '{os.path.basename(admin)}' has an empty commondir (an interrupted "
-                      "`git worktree add`, or a crash): every git command that looks at all worktrees fails",
+                      f"git's record of worktree '{os.path.basename(admin)}' is half written (an interrupted "
+                      "`git worktree add`, or a crash): git commands that look at all worktrees or all refs fail",
                       lambda admin=admin, finished=finished: git.mend_worktree_record(admin, finished))
                 for admin, finished in broken]
     from engine import git_locks

@@ -105,7 +105,7 @@ def test_a_record_an_interrupted_add_left_half_written_is_removed_and_nothing_is
     admin = half_written_worktree(repo, "interrupted")
     age(os.path.join(admin, "commondir"))
     report = pm("health")
-    assert report.code != 0 and "'interrupted' has an empty commondir" in report.err
+    assert report.code != 0 and "'interrupted' is half written" in report.err
     assert os.path.isdir(admin)  # health without --repair changes nothing
     acquired = pm("acquire", "x")
     assert acquired.code == 0, acquired
@@ -160,3 +160,82 @@ def test_a_fifo_or_a_link_in_a_record_neither_blocks_nor_is_followed(repo, tmp_p
     git.repair_worktree_records(str(repo))
     assert not os.path.exists(admin) and os.path.exists(other)
     assert (outside / "keep.txt").read_text() == "mine\n"
+
+
+def add_killed_after_its_placeholder_head(repo, tmp_path, name="cut"):
+    """What the Ray kill-inside-git campaign left (CI and here): a `git worktree add` killed
+    after writing its placeholder HEAD (the null commit) and before pointing it at its branch.
+    The record is copied from that run: commondir "../..", HEAD forty zeros, `locked` still
+    "initializing", the worktree's own directory holding only its `.git` file."""
+    path = tmp_path / name
+    git.run(str(repo), "worktree", "add", "-q", "--detach", str(path))
+    admin = os.path.join(str(repo), ".git", "worktrees", name)
+    with open(os.path.join(admin, "HEAD"), "w") as fh:
+        fh.write("0" * 40 + "\n")
+    with open(os.path.join(admin, "locked"), "w") as fh:
+        fh.write("initializing\n")
+    for entry in os.listdir(path):
+        if entry != ".git":
+            shutil.rmtree(path / entry) if (path / entry).is_dir() else os.unlink(path / entry)
+    return admin
+
+
+def _remote_with_a_ref(repo, tmp_path):
+    remote = tmp_path / "remote.git"
+    git.run(str(tmp_path), "init", "-q", "--bare", str(remote))
+    head = git.out(str(repo), "rev-parse", "HEAD")
+    git.run(str(repo), "push", "-q", str(remote), f"{head}:refs/orchestrator/r/t/base-1")
+    return str(remote), head
+
+
+def test_a_fetch_is_not_wedged_by_an_add_killed_after_its_placeholder_head(repo, tmp_path, capfd):
+    """Before: every `git fetch` in the repository failed ("fatal: bad object worktrees/cut/HEAD",
+    "did not send all necessary objects"), so a Ray run's resume exited 1 on every try
+    (tests/ray/test_ray_pipeline.py's kill campaign). `worktree prune` keeps such a record."""
+    remote, head = _remote_with_a_ref(repo, tmp_path)
+    admin = add_killed_after_its_placeholder_head(repo, tmp_path)
+    for name in ("HEAD", "locked", "commondir"):
+        age(os.path.join(admin, name))
+    git_cli(str(repo), "worktree", "prune")
+    assert os.path.isdir(admin)  # (prune keeps it)
+    fetch = ["fetch", "-q", remote, "+refs/orchestrator/r/t/base-1:refs/orchestrator/r/t/base-1"]
+    assert "bad object worktrees/cut/HEAD" in git_cli_fails(repo, *fetch)  # the wedge, by git alone
+    assert git.fetch_ref(str(repo), remote, "refs/orchestrator/r/t/base-1") == head
+    assert not os.path.exists(admin)
+    assert "interrupted `git worktree add`: removed" in capfd.readouterr().err
+
+
+def test_health_reports_and_repairs_an_add_killed_after_its_placeholder_head(repo, tmp_path, pm):
+    assert pm("init", "2").code == 0
+    remote, _ = _remote_with_a_ref(repo, tmp_path)
+    admin = add_killed_after_its_placeholder_head(repo, tmp_path, "killed")
+    for name in ("HEAD", "locked", "commondir"):
+        age(os.path.join(admin, name))
+    fetch = ["fetch", "-q", remote, "+refs/orchestrator/r/t/base-1:refs/orchestrator/r/t/base-1"]
+    assert "bad object worktrees/killed/HEAD" in git_cli_fails(repo, *fetch)
+    report = pm("health")
+    assert report.code != 0 and "'killed' is half written" in report.err
+    assert os.path.isdir(admin)  # health without --repair changes nothing
+    assert pm("health", "--repair").code == 0
+    assert not os.path.exists(admin)
+    assert git.run(str(repo), *fetch, check=False).returncode == 0
+
+
+def test_a_live_add_between_its_placeholder_head_and_its_branch_is_left_alone(repo, tmp_path):
+    """For a few milliseconds a live add's record looks the same: a young one is never touched
+    (what decides is its newest file, not its commondir alone)."""
+    admin = add_killed_after_its_placeholder_head(repo, tmp_path, "live")
+    age(os.path.join(admin, "commondir"))
+    assert git.broken_worktree_records(str(repo)) == [] and git.repair_worktree_records(str(repo)) == []
+    for name in ("HEAD", "locked"):
+        age(os.path.join(admin, name))
+    assert git.broken_worktree_records(str(repo)) == [(admin, False)]
+
+
+def git_cli_fails(repo, *args):
+    """The stderr of a git command expected to fail, run without engine.git's mend."""
+    import subprocess
+
+    proc = subprocess.run(["git", *args], cwd=str(repo), capture_output=True, text=True)
+    assert proc.returncode != 0, proc
+    return proc.stderr
