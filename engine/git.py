@@ -372,30 +372,34 @@ def _broken_records(root, grace=RECORD_GRACE):
     found = []
     for name in names:
         admin = os.path.join(root, name)
+        if os.path.islink(admin):
+            continue
         try:
             st = os.stat(os.path.join(admin, "commondir"), follow_symlinks=False)
+        except FileNotFoundError:
+            st = None  # (an add writes HEAD before it creates commondir)
         except OSError:
             continue
-        if not stat.S_ISREG(st.st_mode) or st.st_size > 64 or os.path.islink(admin):
+        if st is not None and (not stat.S_ISREG(st.st_mode) or st.st_size > 64):
             continue
         finished = _record_finished(admin)
-        if not _record_file(admin, "commondir").strip("\0 \n"):
-            changed = st.st_mtime  # (an add writes commondir, then HEAD: an empty one is its last write)
-        elif finished:
-            continue  # a whole record
+        if st is not None and not _record_file(admin, "commondir").strip("\0 \n"):
+            changed = st.st_mtime  # (an empty commondir: the add's write of it was its last)
+        elif finished or _in_use(admin):
+            continue  # a whole record, or an add still at work (its HEAD update can run a slow hook)
         else:
-            changed = _newest_change(admin, st)
+            changed = _newest_change(admin)
         if time.time() - changed < grace:
             continue  # maybe a live add, writing it now
         found.append((admin, finished))
     return found
 
 
-def _newest_change(admin, commondir_stat):
-    """When an unfinished record last changed: its commondir's, HEAD's or `locked`'s mtime (a
-    live add writes them in turn, then points HEAD at its branch within milliseconds)."""
-    newest = commondir_stat.st_mtime
-    for name in ("HEAD", "locked"):
+def _newest_change(admin):
+    """When an unfinished record last changed: the newest mtime of its files (a live add
+    writes them in turn, then points HEAD at its branch through HEAD.lock)."""
+    newest = 0.0
+    for name in ("commondir", "HEAD", "HEAD.lock", "locked", "gitdir"):
         try:
             newest = max(newest, os.stat(os.path.join(admin, name), follow_symlinks=False).st_mtime)
         except OSError:
@@ -403,13 +407,27 @@ def _newest_change(admin, commondir_stat):
     return newest
 
 
+def _in_use(admin):
+    """Whether a live process works in the worktree the record is for (engine.git_locks),
+    or that cannot be known: such a record is never taken for an abandoned add."""
+    from engine import git_locks
+
+    dotgit = _record_file(admin, "gitdir").strip()
+    if not os.path.isabs(dotgit):
+        return False  # (no worktree named: nobody can be working in it)
+    return git_locks.working_in(os.path.dirname(dotgit)) is not False
+
+
 def _record_finished(admin):
     """The record's add got to its end: it let go of its `locked` ("initializing"), or it has
-    a HEAD (a ref, a commit, or a link under core.preferSymlinkRefs), which an add writes last."""
+    a HEAD (a ref, a commit, or a link under core.preferSymlinkRefs), which an add writes last,
+    or an index (an add never writes one before its HEAD points somewhere; a worktree a
+    person locked whose HEAD a crash emptied still has its index: it is theirs)."""
     head = os.path.join(admin, "HEAD")
     if os.path.islink(head):
         return bool(os.readlink(head))
-    return not os.path.lexists(os.path.join(admin, "locked")) or _record_file(admin, "HEAD").strip("0\n") != ""
+    return not os.path.lexists(os.path.join(admin, "locked")) or _record_file(admin, "HEAD").strip("0\n") != "" \
+        or os.path.lexists(os.path.join(admin, "index"))
 
 
 def _record_file(admin, name):

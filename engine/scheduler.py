@@ -69,7 +69,7 @@ class Scheduler:
         self.queue = sorted(self.scope, key=self.start_order)
         self.unreachable_seen = None  # the ended-unmerged tasks `_fail_unreachable` last looked at
         self.ended_seen = 0  # how many tasks had ended at the last scan (fewer now: one was retried)
-        self.held_since = {}  # task -> when a worker was first kept for it (its dependency merging)
+        self.held_since = {}  # task -> (the dependencies it waits to see merged, since when a worker is kept for it)
         self.hold_for_merge = HOLD_FOR_MERGE
         self.jobs = {}
         self.budget_spent = None
@@ -102,7 +102,7 @@ class Scheduler:
                 if not self.jobs and not busy and not started:
                     break
                 if not started:
-                    self.wake.wait(timeout=1.0)
+                    self.wake.wait(timeout=self._next_look())
         except BaseException:
             ctx.cancel.set()
             self.stopping.set()
@@ -191,6 +191,7 @@ class Scheduler:
         if ended < self.ended_seen:  # a `retry` reopened a task the queue had dropped: from the scope again
             self.queue = sorted(self.scope, key=self.start_order)
         self.ended_seen = ended
+        self._forget_holds_whose_merge_ended()
         queue, i, kept_for = self.queue, 0, 0
         while i < len(queue) and len(found) + kept_for < wanted:
             task_id = queue[i]
@@ -213,21 +214,42 @@ class Scheduler:
     def _keeps_a_worker(self, task_id, status, statuses):
         """Whether pending TASK_ID waits only for merges under way (every dependency merged,
         approved or merging; a task before it on a shared file ended, approved or merging),
-        and has not waited so for longer than `hold_for_merge`."""
-        task, soon = self.plan.tasks[task_id], False
+        and has not waited for these merges longer than `hold_for_merge`."""
+        task, under_merge = self.plan.tasks[task_id], set()
         if status == S.PENDING:
             for dep in task.all_deps:
                 dep_status = statuses.get(dep)
                 if dep_status in (S.APPROVED, S.MERGING):
-                    soon = True
+                    under_merge.add(dep)
                 elif dep_status != S.MERGED and (dep in task.depends_on or dep_status not in TERMINAL):
-                    soon = False
+                    under_merge = set()
                     break
-        if not soon:
+        if not under_merge:
             self.held_since.pop(task_id, None)
             return False
+        now, under_merge = time.monotonic(), frozenset(under_merge)
+        held = self.held_since.get(task_id)
+        if held is None or held[0] != under_merge:
+            held = self.held_since[task_id] = (under_merge, now)
+        return now - held[1] < self.hold_for_merge
+
+    def _next_look(self):
+        """How long the main loop sleeps when nothing wakes it: a second, or until the first
+        hold still running runs out (then a task after the held one may take its worker)."""
         now = time.monotonic()
-        return now - self.held_since.setdefault(task_id, now) < self.hold_for_merge
+        ends = [since + self.hold_for_merge - now for _, since in list(self.held_since.values())]
+        return min([1.0] + [end + 0.01 for end in ends if end > 0])
+
+    def _forget_holds_whose_merge_ended(self):
+        """A hold ends with the merges it waited for: merged (its task starts) or sent back
+        (a conflict); approved again later, they are new merges and hold afresh. (A scan stops
+        early and may not reach the held task: this looks at every hold, few as they are.)"""
+        if not self.held_since:
+            return
+        under_way = self.ctx.tasks.ids_in((S.APPROVED, S.MERGING))
+        for task_id, (deps, _) in list(self.held_since.items()):
+            if not deps <= under_way:
+                self.held_since.pop(task_id, None)
 
     def _settle_placeholders(self, everything=False):
         """Placeholders of approved tasks whose worker is done (the main loop has looked)."""

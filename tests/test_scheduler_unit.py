@@ -163,6 +163,20 @@ def test_a_worker_is_kept_for_a_longer_chain_whose_dependency_is_being_merged():
     assert s._startable(1) == ["short"]  # a merge that takes this long does not hold a worker
 
 
+def test_the_main_loop_looks_again_when_a_hold_runs_out_not_a_second_later():
+    """Red-team finding: with nothing to wake it, the main loop slept its usual second past a
+    hold's end (a hold of 1 s lasted up to 2 s). An expired hold never makes it spin."""
+    tasks = [{"id": "a"}, {"id": "b", "depends_on": ["a"]}, {"id": "short"}]
+    s = _scheduler(tasks, {"a": S.APPROVED, "b": S.PENDING, "short": S.PENDING})
+    assert s._next_look() == 1.0
+    s.hold_for_merge = 0.3
+    assert s._startable(1) == []
+    assert 0.2 < s._next_look() <= 0.32
+    time.sleep(0.35)
+    assert s._next_look() == 1.0  # (run out: the next scan starts `short`)
+    assert s._startable(1) == ["short"]
+
+
 def test_no_task_is_ready_when_what_is_left_waits_for_a_dependency():
     s = _scheduler([{"id": "a"}, {"id": "c", "depends_on": ["a"]}], {"a": S.APPROVED, "c": S.PENDING})
     assert not s._ready_to_start()
@@ -208,6 +222,9 @@ def dags_with_statuses(draw):
         task = {"id": f"t{i}", "depends_on": [f"t{d}" for d in deps]}
         if draw(st.booleans()):
             task["complexity"] = draw(st.sampled_from(["S", "M", "L", "XL"]))
+        files = draw(st.lists(st.sampled_from(["a.py", "b.py"]), max_size=1))
+        if files:  # tasks sharing a file run in plan order: an implicit edge that chains no failure
+            task["files"] = files
         tasks.append(task)
         statuses[f"t{i}"] = draw(st.sampled_from(STATUSES))
     return tasks, statuses, draw(st.integers(1, 6)), draw(st.lists(st.integers(0, n - 1), max_size=3))
@@ -220,23 +237,27 @@ def test_the_start_queue_finds_what_a_scan_of_every_task_finds(case, changes):
     """`_startable` (a queue that drops the tasks that ended, scanned only as far as it must)
     picks exactly what the plain rule picks over every task: startable, not in a worker,
     dependencies done, in (longest chain first, most direct dependents, plan order), where a pending task whose
-    dependencies are all merged, approved or merging (one at least not merged yet) keeps
-    its place among the WANTED; also after statuses change between looks, a `retry` of an
+    dependencies are all merged, approved or merging (one at least not merged yet; a task
+    before it on a shared file ended, approved or merging) keeps its place among the WANTED; also after statuses change between looks, a `retry` of an
     ended task included."""
     tasks, statuses, wanted, in_jobs = case
     s = _scheduler(tasks, statuses)
     s.hold_for_merge = 1e9  # (the hold's time limit has its own test)
     deps = {t["id"]: t["depends_on"] for t in tasks}
+    before_on_a_file = {t: [d for d in s.plan.tasks[t].implicit_deps if d not in deps[t]] for t in deps}
+    merging = (S.APPROVED, S.MERGING)
     for step in range(len(changes) + 1):
         s.jobs = {f"t{j}": None for j in in_jobs if f"t{j}" in statuses}
 
         def plain_rule():
             def ready(t):
-                return all(statuses[d] == S.MERGED for d in deps[t])
+                return all(statuses[d] == S.MERGED for d in deps[t]) and \
+                    all(statuses[d] in scheduler_module.TERMINAL for d in before_on_a_file[t])
 
             def merging_soon(t):
                 return statuses[t] == S.PENDING and not ready(t) and \
-                    all(statuses[d] in (S.MERGED, S.APPROVED, S.MERGING) for d in deps[t])
+                    all(statuses[d] in (S.MERGED, *merging) for d in deps[t]) and \
+                    all(statuses[d] in (*scheduler_module.TERMINAL, *merging) for d in before_on_a_file[t])
             candidates = [t for t in s.scope if t not in s.jobs and statuses[t] in scheduler_module.STARTABLE
                           and (ready(t) or merging_soon(t))]
             first = sorted(candidates, key=lambda t: (-s.rank[t], -len(s.children[t]), s.position[t]))[:wanted]

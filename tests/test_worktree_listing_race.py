@@ -177,6 +177,10 @@ def add_killed_after_its_placeholder_head(repo, tmp_path, name="cut"):
     for entry in os.listdir(path):
         if entry != ".git":
             shutil.rmtree(path / entry) if (path / entry).is_dir() else os.unlink(path / entry)
+    for entry in os.listdir(admin):  # (that record held nothing else: no index, no logs)
+        if entry not in ("HEAD", "commondir", "gitdir", "locked"):
+            shutil.rmtree(os.path.join(admin, entry)) if os.path.isdir(os.path.join(admin, entry)) \
+                else os.unlink(os.path.join(admin, entry))
     return admin
 
 
@@ -194,7 +198,7 @@ def test_a_fetch_is_not_wedged_by_an_add_killed_after_its_placeholder_head(repo,
     (tests/ray/test_ray_pipeline.py's kill campaign). `worktree prune` keeps such a record."""
     remote, head = _remote_with_a_ref(repo, tmp_path)
     admin = add_killed_after_its_placeholder_head(repo, tmp_path)
-    for name in ("HEAD", "locked", "commondir"):
+    for name in ("HEAD", "locked", "commondir", "gitdir"):
         age(os.path.join(admin, name))
     git_cli(str(repo), "worktree", "prune")
     assert os.path.isdir(admin)  # (prune keeps it)
@@ -209,7 +213,7 @@ def test_health_reports_and_repairs_an_add_killed_after_its_placeholder_head(rep
     assert pm("init", "2").code == 0
     remote, _ = _remote_with_a_ref(repo, tmp_path)
     admin = add_killed_after_its_placeholder_head(repo, tmp_path, "killed")
-    for name in ("HEAD", "locked", "commondir"):
+    for name in ("HEAD", "locked", "commondir", "gitdir"):
         age(os.path.join(admin, name))
     fetch = ["fetch", "-q", remote, "+refs/orchestrator/r/t/base-1:refs/orchestrator/r/t/base-1"]
     assert "bad object worktrees/killed/HEAD" in git_cli_fails(repo, *fetch)
@@ -227,7 +231,7 @@ def test_a_live_add_between_its_placeholder_head_and_its_branch_is_left_alone(re
     admin = add_killed_after_its_placeholder_head(repo, tmp_path, "live")
     age(os.path.join(admin, "commondir"))
     assert git.broken_worktree_records(str(repo)) == [] and git.repair_worktree_records(str(repo)) == []
-    for name in ("HEAD", "locked"):
+    for name in ("HEAD", "locked", "gitdir"):
         age(os.path.join(admin, name))
     assert git.broken_worktree_records(str(repo)) == [(admin, False)]
 
@@ -239,3 +243,27 @@ def git_cli_fails(repo, *args):
     proc = subprocess.run(["git", *args], cwd=str(repo), capture_output=True, text=True)
     assert proc.returncode != 0, proc
     return proc.stderr
+
+
+def test_a_record_whose_worktree_a_live_process_works_in_is_left_alone(repo, tmp_path):
+    """Whatever its files say and however old they are: a process working in the worktree (a
+    person's shell there, an add's own children, whose GIT_WORK_TREE names it) means the
+    record is in use. Gone that process, the abandoned add's record is mended."""
+    import subprocess
+
+    admin = add_killed_after_its_placeholder_head(repo, tmp_path, "busy")
+    for name in ("HEAD", "locked", "commondir", "gitdir"):
+        age(os.path.join(admin, name))
+    shell = subprocess.Popen(["sleep", "60"], cwd=str(tmp_path / "busy"))
+    try:
+        assert git.broken_worktree_records(str(repo)) == []
+    finally:
+        shell.kill()
+        shell.wait()
+    named = subprocess.Popen(["sleep", "60"], env=dict(os.environ, GIT_WORK_TREE=str(tmp_path / "busy")))
+    try:
+        assert git.broken_worktree_records(str(repo)) == []
+    finally:
+        named.kill()
+        named.wait()
+    assert git.broken_worktree_records(str(repo)) == [(admin, False)]
