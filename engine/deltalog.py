@@ -24,7 +24,6 @@ task, so the cost per task grew with the plan. Instead:
 
 import json
 import os
-import zlib
 
 from engine import store
 
@@ -214,24 +213,6 @@ def apply(data, delta):
     return new
 
 
-def _line(record):
-    body = json.dumps(record, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
-    return json.dumps(dict(record, sum=zlib.crc32(body.encode("utf-8"))), ensure_ascii=False,
-                      separators=(",", ":")) + "\n"
-
-
-def _decode(raw):
-    try:
-        record = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(record, dict):
-        return None
-    check = record.pop("sum", None)
-    body = json.dumps(record, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
-    return record if check == zlib.crc32(body.encode("utf-8")) else None
-
-
 def roll_forward(snapshot, log):
     """SNAPSHOT (a parsed progress file) with the deltas of LOG that continue it: for a reader
     that keeps no state between reads (the dashboard)."""
@@ -294,7 +275,7 @@ class DeltaLog:
         for raw in chunk[:end].split(b"\n"):
             if not raw.strip():
                 continue
-            record = _decode(raw.decode("utf-8", "replace"))
+            record = store.decode_journal_line(raw.decode("utf-8", "replace"))
             if record is None:
                 continue  # a corrupt line: skipped, as the journal does
             if self._header is None and self._count == 0 and "log" in record:
@@ -325,7 +306,8 @@ class DeltaLog:
                 raise RuntimeError("the change log was replaced while locked")
             if self._offset < st.st_size:
                 os.ftruncate(fd, self._offset)  # a torn line of a killed writer
-            data = "".join(_line({"n": first_n + i, "d": d}) for i, d in enumerate(deltas)).encode("utf-8")
+            lines = (store.checksummed_line({"n": first_n + i, "d": d}) for i, d in enumerate(deltas))
+            data = "".join(lines).encode("utf-8")
             os.lseek(fd, self._offset, os.SEEK_SET)
             written = 0
             while written < len(data):
@@ -339,7 +321,7 @@ class DeltaLog:
 
     def start(self, log_id, base):
         """A new log continuing snapshot LOG_ID at BASE (written after the snapshot)."""
-        text = _line({"log": log_id, "base": base})
+        text = store.checksummed_line({"log": log_id, "base": base})
         store.atomic_write(self.path, text, keep_last_good=False)
         self._inode = os.stat(self.path).st_ino
         self._offset, self._header, self._count = len(text.encode("utf-8")), {"log": log_id, "base": base}, 0

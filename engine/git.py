@@ -65,9 +65,9 @@ _HALF_WRITTEN = re.compile(r"failed to read (.*worktrees)/[^/]+/(commondir|gitdi
 # good when it was killed there. The message names the record relative to the common directory.
 _UNFINISHED_HEAD = re.compile(r"bad object worktrees/[^/\s]+/HEAD")
 # Failures that another git process causes for an instant, retried: one of git's own lock
-# files held (shared refs, packed-refs, config), or a half-written worktree record.
+# files held (shared refs, packed-refs, config), or a worktree record an add is writing.
 _TRANSIENT = re.compile(r"Unable to create '[^']*\.lock': File exists|cannot lock ref|"
-                        r"could not lock config file|" + _HALF_WRITTEN.pattern)
+                        r"could not lock config file|" + _HALF_WRITTEN.pattern + "|" + _UNFINISHED_HEAD.pattern)
 
 
 def run(cwd, *args, check=True, input=None, env=None):
@@ -88,25 +88,34 @@ def run(cwd, *args, check=True, input=None, env=None):
         if proc.returncode == 0 or not _TRANSIENT.search(proc.stderr or ""):
             break
         time.sleep(0.05 * (attempt + 1))
-    half_written = _HALF_WRITTEN.search(proc.stderr or "") if proc.returncode != 0 else None
-    if half_written:
-        _mend_records(os.path.join(cwd, half_written.group(1)))
+    root = _broken_records_root(cwd, proc.stderr or "") if proc.returncode != 0 else None
+    if root:  # still there after the retries: an add cut short for good, mended
+        _mend_records(root)
         proc = once()
-    elif proc.returncode != 0 and _UNFINISHED_HEAD.search(proc.stderr or ""):
-        with contextlib.suppress(GitError):  # (the common directory can be asked: only HEADs are broken)
-            _mend_records(_records_root(cwd))
-            proc = once()
     if check and proc.returncode != 0:
         raise GitError(cmd, proc.returncode, proc.stderr or proc.stdout)
     return proc
 
 
+def _broken_records_root(cwd, stderr):
+    """The worktree records' directory when STDERR says git died on one, else None: from the
+    message itself for a half-written commondir (asked from inside the worktree whose record
+    is broken, git would fail the same way), from git for a placeholder HEAD (only HEADs are
+    broken then: the common directory can be asked)."""
+    half_written = _HALF_WRITTEN.search(stderr)
+    if half_written:
+        return os.path.join(cwd, half_written.group(1))
+    if _UNFINISHED_HEAD.search(stderr):
+        with contextlib.suppress(GitError):
+            return _records_root(cwd)
+    return None
+
+
 def _mend_records(root):
     """A record still half written after the retries: wait until it is RECORD_GRACE old (a
     live add fills it well before; another caller may mend it first), mend it and say so on
-    stderr; `run` then tries once more whatever happened here. ROOT, the records' directory, comes
-    from git's message, never from git: asked from inside the worktree whose record is broken,
-    git would fail the same way."""
+    stderr; `run` then tries once more whatever happened here. ROOT, the records' directory:
+    see `_broken_records_root`."""
     deadline = time.monotonic() + RECORD_GRACE + 0.5
     try:
         while True:
@@ -408,14 +417,14 @@ def _newest_change(admin):
 
 
 def _in_use(admin):
-    """Whether a live process works in the worktree the record is for (engine.git_locks),
-    or that cannot be known: such a record is never taken for an abandoned add."""
-    from engine import git_locks
+    """Whether a live process works in the worktree the record is for (engine.procs), or
+    that cannot be known: such a record is never taken for an abandoned add."""
+    from engine import procs
 
     dotgit = _record_file(admin, "gitdir").strip()
     if not os.path.isabs(dotgit):
         return False  # (no worktree named: nobody can be working in it)
-    return git_locks.working_in(os.path.dirname(dotgit)) is not False
+    return procs.working_in(os.path.dirname(dotgit)) is not False
 
 
 def _record_finished(admin):
@@ -547,14 +556,9 @@ def fetch_ref(cwd, remote, ref, dst=None):
     """Fetch `ref` from `remote` into the local ref `dst` (default: the same name); the commit,
     or None when the remote has no such ref."""
     dst = dst or ref
-    # "did not send all necessary objects": the connectivity check met a worktree record's
-    # placeholder HEAD ("bad object worktrees/X/HEAD"), for an instant while an add runs (retried
-    # here) or for good after an add was killed there (`run` mends that record, then retries)
-    for attempt in range(3):
-        proc = run(cwd, "fetch", "-q", "--no-tags", "--no-write-fetch-head", remote, f"+{ref}:{dst}", check=False)
-        if proc.returncode == 0 or "did not send all necessary objects" not in (proc.stderr or ""):
-            break
-        time.sleep(0.2 * (attempt + 1))
+    # (a fetch's "did not send all necessary objects" came with "bad object worktrees/X/HEAD":
+    # a worktree add's placeholder HEAD, which `run` waits out or mends)
+    proc = run(cwd, "fetch", "-q", "--no-tags", "--no-write-fetch-head", remote, f"+{ref}:{dst}", check=False)
     if proc.returncode != 0:
         if "couldn't find remote ref" in (proc.stderr or ""):
             return None

@@ -53,39 +53,6 @@ def lock_files(*git_dirs):
     return sorted(found)
 
 
-def working_in(directory):
-    """Whether some live process works in DIRECTORY: its current directory is there or below,
-    or its environment names it (GIT_WORK_TREE, GIT_DIR). None when that cannot be known (no
-    /proc). A live `git worktree add` runs its HEAD update (and that update's
-    reference-transaction hook) with GIT_WORK_TREE set to the worktree it is making, and a
-    person's shell works in theirs: such a record is in use. A process we may not read
-    (another user's, an init) is passed over: the add that made a record in our repository
-    runs as us."""
-    if not os.path.isdir("/proc/self"):
-        return None
-    real = os.path.realpath(directory)
-
-    def inside(path):
-        return path == real or path.startswith(real + os.sep)
-
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            if inside(os.readlink(f"/proc/{pid}/cwd")):
-                return True
-            with open(f"/proc/{pid}/environ", "rb") as fh:
-                environ = fh.read()
-        except OSError:
-            continue  # exited meanwhile, or not ours to read
-        for entry in environ.split(b"\0"):
-            if entry.startswith((b"GIT_WORK_TREE=", b"GIT_DIR=")):
-                value = os.fsdecode(entry.partition(b"=")[2])
-                if inside(os.path.realpath(value) if os.path.isabs(value) else value):
-                    return True
-    return False
-
-
 def open_files():
     """{(st_dev, st_ino)} of every file some live process has open, or None when that cannot
     be known here (no /proc, or a process whose descriptors we may not read)."""

@@ -295,6 +295,39 @@ def _launch_failure(exc, command, cwd):
     return f"cannot start `{_short(command)}`: {exc}"
 
 
+def working_in(directory):
+    """Whether some live process works in DIRECTORY: its current directory is there or below,
+    or its environment names it (GIT_WORK_TREE, GIT_DIR). None when that cannot be known (no
+    /proc). A live `git worktree add` runs its HEAD update (and that update's
+    reference-transaction hook) with GIT_WORK_TREE set to the worktree it is making, and a
+    person's shell works in theirs: such a record is in use. A process we may not read
+    (another user's, an init) is passed over: the add that made a record in our repository
+    runs as us."""
+    if not os.path.isdir("/proc/self"):
+        return None
+    real = os.path.realpath(directory)
+
+    def inside(path):
+        return path == real or path.startswith(real + os.sep)
+
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if inside(os.readlink(f"/proc/{pid}/cwd")):
+                return True
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                environ = fh.read()
+        except OSError:
+            continue  # exited meanwhile, or not ours to read
+        for entry in environ.split(b"\0"):
+            name, _, value = entry.partition(b"=")
+            if name in (b"GIT_WORK_TREE", b"GIT_DIR") and value.startswith(b"/") and \
+                    inside(os.path.realpath(os.fsdecode(value))):
+                return True
+    return False
+
+
 # --------------------------------------------------------------------------- the marker sweep
 def _marked(needle):
     """(pid, start time) of every process of ours whose environment carries `needle`."""

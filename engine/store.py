@@ -516,8 +516,14 @@ def _checksum(record):
     return f"{zlib.crc32(payload.encode('utf-8')):08x}"
 
 
+def checksummed_line(record):
+    """RECORD as one JSON line carrying its checksum (`sum`): the journal's lines and the
+    progress file's change log (engine.deltalog) are written so."""
+    return json.dumps(dict(record, sum=_checksum(record)), ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
 def _decode_line(line):
-    """A journal record, or None when the line is torn or fails its checksum."""
+    """A record written by `checksummed_line`, or None when the line is torn or fails its checksum."""
     try:
         record = json.loads(line)
     except ValueError:
@@ -525,14 +531,17 @@ def _decode_line(line):
     if not isinstance(record, dict):
         return None
     expected = record.pop("sum", None)
-    if expected != _checksum(record):
+    check = _checksum(record)
+    # (the change log's lines up to stop 23 carried the same CRC as a number: a run killed then
+    # and resumed by this version still reads its last events)
+    if expected != check and expected != int(check, 16):
         return None
     return record
 
 
 def decode_journal_line(line):
-    """A journal line as its record, or None when it is torn or fails its checksum (for readers
-    that follow the journal themselves, e.g. the dashboard)."""
+    """A journal line (or the change log's) as its record, or None when it is torn or fails its
+    checksum (for readers that follow the file themselves: the dashboard, engine.deltalog)."""
     return _decode_line(line)
 
 
@@ -577,8 +586,7 @@ class Journal:
                     record = {"seq": seq, "ts": utc_now(), "event": event, "pid": os.getpid()}
                     record.update(fields)
                     records.append(record)
-                    lines.append(json.dumps(dict(record, sum=_checksum(record)), ensure_ascii=False,
-                                            separators=(",", ":")) + "\n")
+                    lines.append(checksummed_line(record))
                 if valid_end is not None and valid_end < st.st_size:
                     os.ftruncate(fd, valid_end)  # drop a torn tail
                 os.lseek(fd, 0, os.SEEK_END)

@@ -158,6 +158,30 @@ def test_a_torn_append_is_ignored_then_cut_off(layout):
         assert b"mer" not in fh.read()
 
 
+def test_a_log_written_with_the_earlier_numeric_checksum_is_still_read(layout):
+    """The change log's lines now carry the journal's checksum (engine.store.checksummed_line);
+    up to stop 23 they carried the same CRC as a number. A run killed then and resumed by this
+    version keeps its last events."""
+    import json
+    import zlib
+
+    big_plan(layout, 200)
+    writer = deferred(layout)
+    writer.set_task("t00001", status="running")
+    writer.set_task("t00002", status="running")
+    path = layout.progress + deltalog.SUFFIX
+    with open(path) as fh:
+        lines = [json.loads(line) for line in fh]
+    for record in lines:
+        record.pop("sum")
+        body = json.dumps(record, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+        record["sum"] = zlib.crc32(body.encode("utf-8"))  # the earlier form
+    with open(path, "w") as fh:
+        fh.write("".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in lines))
+    reader = Progress(layout)
+    assert [reader.task(t)["status"] for t in ("t00001", "t00002", "t00003")] == ["running", "running", "pending"]
+
+
 def test_a_snapshot_replaced_by_hand_is_not_rolled_forward_with_an_older_log(layout):
     big_plan(layout, 200)
     writer = deferred(layout)
