@@ -218,16 +218,23 @@ def commits_ahead(repo, branch, base):
     return proc.stdout.split() if proc.returncode == 0 else None
 
 
-def branch_tips(repo, *branches):
+def branch_tips(repo, *branches, trees=None):
     """{branch: commit} for every local branch, or only for those of BRANCHES that exist, in
-    one call (`for-each-ref` with each full ref name as a pattern; only exact names kept)."""
+    one call (`for-each-ref` with each full ref name as a pattern; only exact names kept).
+    TREES, a dict, receives {branch: tree} from the same call."""
     patterns = [f"refs/heads/{b}" for b in branches] or ["refs/heads/"]
-    text = out(repo, "for-each-ref", "--format=%(objectname) %(refname)", *patterns)
+    fields = "%(objectname) %(tree) %(refname)" if trees is not None else "%(objectname) %(refname)"
+    text = out(repo, "for-each-ref", f"--format={fields}", *patterns)
     tips = {}
     for line in text.splitlines():
         sha, _, ref = line.partition(" ")
+        if trees is not None:
+            tree, _, ref = ref.partition(" ")
         if not branches or ref in patterns:
-            tips[ref[len("refs/heads/"):]] = sha
+            name = ref[len("refs/heads/"):]
+            tips[name] = sha
+            if trees is not None:
+                trees[name] = tree
     return tips
 
 

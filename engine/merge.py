@@ -116,12 +116,17 @@ def progress_dependencies(root):
 def merge_branches(repo, target, branches, message="feat: Merge {branch}", delete_merged=True, dry_run=False):
     """Merge BRANCHES into TARGET in the given order; see the module docstring."""
     target = target or default_target(repo)
-    tips = git.branch_tips(repo)  # (one call: every branch tip, the target's among them)
+    trees = {}
+    try:
+        tips = git.branch_tips(repo, trees=trees)  # (one call: every branch tip and tree, the target's among them)
+    except git.GitError:  # a branch whose tip cannot be read (its tree neither): it fails alone below
+        trees.clear()
+        tips = git.branch_tips(repo)
     if target.startswith("-") or target not in tips:
         raise OrchestratorError(f"target branch does not exist: {target}")
     report = MergeReport(target=target, branches=list(branches), dry_run=dry_run)
     start = tips[target]
-    current, current_tree = start, None
+    current, current_tree = start, trees.get(target)
     for branch in branches:
         tip = tips.get(branch)
         if tip is None:
@@ -138,7 +143,7 @@ def merge_branches(repo, target, branches, message="feat: Merge {branch}", delet
         # A branch the target already contains merges to the target's own tree; only then is
         # the history asked (the same tree can also come from a branch whose changes are in)
         if current_tree is None:
-            current_tree = git.resolve_commit(repo, current, "tree")  # (once per batch, then each merge's)
+            current_tree = git.resolve_commit(repo, current, "tree")
         if tree == current_tree and git.is_ancestor(repo, tip, current):
             report.already.append(branch)
             report.merged.append(branch)

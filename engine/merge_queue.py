@@ -115,9 +115,13 @@ class MergeQueue:
         statuses = ctx.tasks.fire_all([(t, "merged", {"merged_commit": head, "completed_at": stamp}, None)
                                        for t, _ in merged])
         crashpoint("merged-recorded")
-        # The base contains the branches now: the safe delete (git itself keeps a branch a slot
-        # still has checked out; that slot's release deletes it)
-        git.delete_branch(ctx.repo, *[b for _, b in merged], check=False)
+        # The base contains the branches now: the safe delete. A branch a slot still holds is
+        # left to that slot (its release, or the hand-over to the next task, drops it): git
+        # would refuse it anyway, and this call is between the merge and a dependent's start.
+        held = ctx.slots.leases()
+        free = [b for t, b in merged if t not in held]
+        if free:
+            git.delete_branch(ctx.repo, *free, check=False)
         self._drop_kept_attempts([t for t, _ in merged])
         for task_id, branch in merged:
             ctx.reporter.task(task_id, "merged" + (" (already in the base)" if branch in already else ""))

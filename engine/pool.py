@@ -263,8 +263,10 @@ class Pool:
         base_label, base_commit = (base, tips[base]) if base in tips else worktree.resolve_base(repo, base)
         # Asked before taking the pool's lock (a git call under it would serialize every
         # acquire): the lock does not keep anyone else from checking a branch out anyway, and
-        # two acquires of one task are told apart inside it.
-        listing = self._refuse_if_checked_out_elsewhere(repo, branch)
+        # two acquires of one task are told apart inside it. A branch that does not exist is
+        # checked out nowhere: no listing then (git itself still refuses an unborn one that is).
+        known_absent = base in tips and branch not in tips
+        listing = None if known_absent else self._refuse_if_checked_out_elsewhere(repo, branch)
         with self.lock():
             data = self.load()
             for slot in data["worktrees"]:
@@ -293,8 +295,7 @@ class Pool:
         self.journal.append("acquire-intent", slot=slot["id"], task=task, branch=branch, base=base_commit,
                             **({"took_over": previous} if take_over is not None else {}))
         try:
-            created_branch = self._prepare(repo, path, branch, base_commit, listing,
-                                           known_absent=base in tips and branch not in tips)
+            created_branch = self._prepare(repo, path, branch, base_commit, listing, known_absent=known_absent)
             worktree.copy_into(self.root, path, never=(self.dir, self.state_path))
             worktree.run_setup(self.root, path, {"TASK_ID": task, "WORKTREE": path, "BRANCH": branch,
                                                  "BASE": base_label})
@@ -333,15 +334,18 @@ class Pool:
 
         The fast path is one `checkout -f -B` and one `clean` in the existing worktree; a
         missing or broken slot (the checkout fails) is re-created under the worktree lock.
-        KNOWN_ABSENT: the caller has just seen that BRANCH does not exist.
+        KNOWN_ABSENT: the caller has just seen that BRANCH does not exist. LISTING (git's
+        worktree list) may be None: a slot with its `.git` file is then tried as it is, and
+        the listing is asked for only if that fails.
         """
         unique = None if known_absent else git.unique_commits(repo, branch, base_commit)  # None: no such branch
         reuse = bool(unique)
         if reuse:
             warn(f"[WARN] Reusing existing branch {branch} ({unique} commit(s) not in the base)")
         real = os.path.realpath(path)
-        entry = next((e for e in listing if os.path.realpath(e["path"]) == real), None)
-        if entry is not None and not entry["prunable"] and os.path.isfile(os.path.join(path, ".git")):
+        entry = None if listing is None else next((e for e in listing if os.path.realpath(e["path"]) == real), None)
+        if (listing is None or entry is not None and not entry["prunable"]) and \
+                os.path.isfile(os.path.join(path, ".git")):
             clear_stale_locks(path, branch, repo)
             try:
                 forgotten = git.forget_operations(path)  # a slot is handed out clean of every such state
@@ -355,11 +359,21 @@ class Pool:
                 return not reuse
             except GitError:
                 pass  # a broken slot: re-create it below
+        start = None if reuse else base_commit
+        if listing is None and not os.path.lexists(path):
+            try:  # the usual new slot; git refuses a path it still lists, and that is cleared below
+                worktree.add_worktree(repo, path, branch, start)
+                return not reuse
+            except GitError:
+                pass
         # A fresh slot needs no clearing, unless git still lists a deleted worktree (which keeps
         # its branch "checked out"): then the discard's prune goes first.
+        if listing is None:
+            listing = git.worktrees(repo)
+            entry = next((e for e in listing if os.path.realpath(e["path"]) == real), None)
         broken = entry is not None or os.path.lexists(path) or any(e["prunable"] for e in listing)
         try:
-            worktree.add_worktree(repo, path, branch, None if reuse else base_commit,
+            worktree.add_worktree(repo, path, branch, start,
                                   discard=(lambda: self._discard_broken(repo, path)) if broken else None)
         except GitError as exc:  # the contract's line for it
             raise OrchestratorError(f"Failed to create worktree: {exc.detail}") from exc

@@ -26,6 +26,7 @@ class Slots:
         self._releasing = {}  # task id -> Future of its slot's release (or hand-over)
         self._parked = {}  # approved task id -> the slot it still holds, for the next task to take over
         self._fresh = {}  # task id -> the base commit of the slot just leased to it
+        self._dropping = []  # Futures of merged branches a hand-over left to drop
 
     @property
     def pool(self):
@@ -153,24 +154,38 @@ class Slots:
             slot_id = self._parked.pop(previous)
             done = self._releasing[previous] = Future()  # its task waits for this if it needs a checkout again
         try:
-            return self.pool.acquire(task_id, self.ctx.base, take_over=slot_id, previous_merged=lambda: (
-                self.ctx.tasks.status(previous) == TaskStatus.MERGED))
+            # (the previous branch, once merged, is dropped in the background below, not
+            # between the checkout and the agent's start)
+            lease = self.pool.acquire(task_id, self.ctx.base, take_over=slot_id, previous_merged=lambda: False)
         except OrchestratorError as exc:
             self.ctx.reporter.line(f"{slot_id} not handed over ({exc.message}); leasing another slot")
             self.give_back(previous)
             return None
         finally:
             done.set_result(None)
+        with self._lock:
+            self._dropping.append(self._background().submit(self._drop_if_merged, previous))
+        return lease
+
+    def _drop_if_merged(self, task_id):
+        """The branch of merged TASK_ID, which the merge queue could not delete while a slot
+        had it checked out (one left by a kill is dropped by the merge queue's settle)."""
+        if self.ctx.tasks.status(task_id) == TaskStatus.MERGED:
+            git.delete_branch(self.ctx.repo, self.ctx.plan.tasks[task_id].branch, check=False)
+
+    def _background(self):
+        """The two threads that give slots back and drop branches (caller holds the lock)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._releaser is None:
+            self._releaser = ThreadPoolExecutor(max_workers=2, thread_name_prefix="release")
+        return self._releaser
 
     def release_later(self, task_id):
         """Give the slot back in the background: the task's worker is free at once, and the
         next task takes one of the spare slots meanwhile."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        with self._lock:
-            if self._releaser is None:
-                self._releaser = ThreadPoolExecutor(max_workers=2, thread_name_prefix="release")
-            self._releasing[task_id] = self._releaser.submit(self.give_back, task_id)
+        with self._lock:  # (recorded as it is submitted: `hold` waits for it)
+            self._releasing[task_id] = self._background().submit(self.give_back, task_id)
 
     def give_back(self, task_id):
         """`release`, or, when the slot cannot be released (its worktree was deleted), a
@@ -191,7 +206,9 @@ class Slots:
             parked, self._parked = list(self._parked), {}
         for task_id in parked:
             self.release_later(task_id)
-        for future in list(self._releasing.values()):
+        with self._lock:
+            dropping, self._dropping = self._dropping, []
+        for future in list(self._releasing.values()) + dropping:
             self._wait(future)
 
     def _wait(self, future):
