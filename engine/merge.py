@@ -13,6 +13,7 @@ the identical computation and stops before the last step, so its prediction is e
 a real merge does.
 """
 
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -185,10 +186,52 @@ def _move_target(repo, target, old, new):
         git.run(repo, "update-ref", "-m", "parallel-orchestrator merge", f"refs/heads/{target}", new, old)
         return
     proc = git.run(where, "merge", "--ff-only", "-q", new, check=False)
+    if proc.returncode != 0 and _clear_what_a_killed_merge_left(where, new, proc.stderr):
+        proc = git.run(where, "merge", "--ff-only", "-q", new, check=False)
     if proc.returncode != 0:
         detail = (proc.stderr.strip().splitlines() or ["fast-forward refused"])[0]
         raise OrchestratorError(f"cannot update {target} in {where}: {detail} "
                                 "(commit or stash your changes; nothing was merged)")
+
+
+def _clear_what_a_killed_merge_left(where, new, refusal):
+    """A fast-forward killed while it wrote the checkout's files (before its index) leaves
+    them behind: new files untracked, changed ones as local changes, every one already with the
+    content the fast-forward writes; the next one refuses to overwrite them. When every file
+    git names (REFUSAL) holds exactly its content in NEW, nothing of anyone's is lost: the
+    untracked ones are removed and the changed ones restored, and True says try again. A file
+    with any other content (a person's work) keeps the refusal."""
+    untracked, changed, section = [], [], None
+    for line in refusal.splitlines():
+        if line.endswith("would be overwritten by merge:"):
+            section = untracked if "untracked" in line else changed
+        elif line.startswith("\t") and section is not None:
+            if line[1:].startswith('"'):
+                return False  # (a quoted, unusual name: left to a person)
+            section.append(line[1:])
+        else:
+            section = None
+    paths = untracked + changed
+    if not paths:
+        return False
+    listed = git.run(where, "ls-tree", "-z", new, "--", *paths, check=False).stdout.split("\0")
+    wanted = {}
+    for entry in filter(None, listed):
+        info, _, path = entry.partition("\t")
+        mode, kind, oid = info.split()
+        if kind == "blob" and mode in ("100644", "100755"):
+            wanted[path] = oid
+    if set(wanted) != set(paths) or any(os.path.islink(os.path.join(where, p)) or
+                                        not os.path.isfile(os.path.join(where, p)) for p in paths):
+        return False
+    found = git.run(where, "hash-object", "--", *paths, check=False).stdout.split()
+    if found != [wanted[p] for p in paths]:
+        return False
+    for path in untracked:
+        os.unlink(os.path.join(where, path))
+    if changed:
+        git.run(where, "checkout", "-q", "--", *changed)
+    return True
 
 
 def header_lines(report):

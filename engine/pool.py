@@ -233,7 +233,8 @@ class Pool:
                 raise OrchestratorError(f"Pool has busy slots: {names}. Release them or use --force")
         for slot in busy:
             self.release(slot["id"], force=False, quiet=True)
-        self._remove_slot_worktrees(keep=lambda n: n <= size)
+        if os.path.isdir(self.dir):  # (with no directory there is no slot to remove; a record git
+            self._remove_slot_worktrees(keep=lambda n: n <= size)  # kept of one is cleared by the acquire)
         store.makedirs(self.dir)
         worktree.exclude_from_status(repo, os.path.relpath(self.dir, repo))
         data = {"version": "1.0", "pool_size": size, "created_at": local_timestamp(), "pool_dir": self.rel(self.dir),

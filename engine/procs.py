@@ -220,6 +220,109 @@ def _stop(proc, marker, grace):
     sweep(marker, grace=0)
 
 
+class _WarmReapers:
+    """Reapers started ahead of need, while nothing waits for them (a run keeps a few while
+    its agents work): a Python interpreter takes some 20 ms to start, which otherwise sits
+    between one agent's end and the next one's start. A warm reaper waits for its orders on
+    stdin (engine/reaper.py); one that gets none (our process ended) exits. Used only for a
+    launch that cannot fail in Popen (the directory exists, the command and environment are
+    plain and well under the kernel's limit): any other is run cold, whose errors are ours."""
+
+    MAX_ARGS_BYTES = 100_000  # (the kernel's limit is at least 128 KB per string, 2 MB in all)
+
+    def __init__(self):
+        import threading
+
+        self._lock = threading.Lock()
+        self._idle = []  # [(Popen, marker)]
+        self._wanted = 0
+        self._spawning = 0
+
+    def keep(self, count):
+        """Keep COUNT reapers ready from now on (0: let the idle ones go)."""
+        with self._lock:
+            self._wanted = count if os.path.isdir(f"/proc/{os.getpid()}/fd") else 0
+            spare = self._idle[self._wanted:]
+            del self._idle[self._wanted:]
+        for proc, _ in spare:
+            self._dismiss(proc)
+        self._refill()
+
+    def take(self, command, cwd, env):
+        """A ready reaper for this launch, or None (none ready, or the launch must run cold)."""
+        with self._lock:
+            if not self._idle:
+                return None
+        if not _plain_launch(command, cwd, env, self.MAX_ARGS_BYTES):
+            return None
+        with self._lock:
+            while self._idle:
+                proc, marker = self._idle.pop(0)
+                if proc.poll() is None:
+                    break
+            else:
+                proc = None
+        self._refill()
+        return (proc, marker) if proc is not None else None
+
+    def _refill(self):
+        with self._lock:
+            missing = self._wanted - len(self._idle) - self._spawning
+            self._spawning += max(0, missing)
+        if missing > 0:
+            import threading
+
+            threading.Thread(target=self._spawn, args=(missing,), name="warm-reapers", daemon=True).start()
+
+    def _spawn(self, count):
+        for _ in range(count):
+            marker = MARKER_PREFIX + os.urandom(8).hex()
+            try:
+                proc = subprocess.Popen([sys.executable, "-I", "-S", REAPER, "-", "-", marker, "-", "-"], cwd="/",
+                                        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True)
+            except OSError:
+                proc = None
+            with self._lock:
+                self._spawning -= 1
+                if proc is not None and len(self._idle) < self._wanted:
+                    self._idle.append((proc, marker))
+                    proc = None
+            if proc is not None:
+                self._dismiss(proc)
+
+    @staticmethod
+    def _dismiss(proc):
+        """An idle reaper we no longer want: no orders, so it exits at once."""
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+
+
+def _plain_launch(command, cwd, env, limit):
+    """True when Popen could not refuse this launch: CWD a directory, no NUL and nothing
+    unencodable in the command or environment, and all of it well under the kernel's limit."""
+    if not os.path.isdir(cwd):
+        return False
+    try:
+        size = len(os.fsencode(command)) + sum(len(os.fsencode(k)) + len(os.fsencode(v)) + 2
+                                               for k, v in env.items())
+        return size < limit and "\0" not in command and not any("\0" in k or "\0" in v or "=" in k
+                                                                  for k, v in env.items())
+    except (TypeError, UnicodeError, AttributeError):
+        return False
+
+
+_warm = _WarmReapers()
+
+
+def keep_reapers_warm(count):
+    """Keep COUNT reapers started ahead of need for run_command (0: none). A run asks for
+    them while its agents work and lets them go when it ends."""
+    _warm.keep(count)
+
+
 def run_command(command, cwd, *, env=None, output_path, timeout=None, header=None, on_start=None,
                 cancel=None, exit_path=None, grace=1.0, max_output=OUTPUT_LIMIT):
     """Run the shell line `command` in `cwd` (see the rules above) and return a CommandResult.
@@ -233,21 +336,55 @@ def run_command(command, cwd, *, env=None, output_path, timeout=None, header=Non
     processes get before KILL. A command whose output passes `max_output` bytes (None: no
     limit) is stopped with its tree: `output_limited`, code -SIGXFSZ.
     """
-    marker = MARKER_PREFIX + os.urandom(8).hex()  # (what secrets.token_hex does, without its imports)
     env = dict(os.environ if env is None else env)
+    warm = _warm.take(command, cwd, env)
+    marker = warm[1] if warm else MARKER_PREFIX + os.urandom(8).hex()  # (secrets.token_hex, without its imports)
     env[marker] = "1"
-    argv = [sys.executable, "-I", "-S", REAPER, repr(float(grace)), exit_path or "", marker,
-            str(int(max_output or 0)), command]
-    fd, start_offset = _open_output(output_path, header)
-    started = time.monotonic()
     try:
+        fd, start_offset = _open_output(output_path, header)
+    except BaseException:
+        if warm:
+            _WarmReapers._dismiss(warm[0])
+        raise
+    started = time.monotonic()
+    proc = warm and _order(warm[0], (float(grace), exit_path or "", int(max_output or 0), command, cwd, env,
+                                     os.getpid(), fd))
+    if not proc:  # (a warm reaper that could not take its order is gone: this one runs cold)
+        argv = [sys.executable, "-I", "-S", REAPER, repr(float(grace)), exit_path or "", marker,
+                str(int(max_output or 0)), command]
         try:
-            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=fd,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-        except (OSError, ValueError, UnicodeError) as exc:
-            raise CommandLaunchError(_launch_failure(exc, command, cwd)) from None
+            try:
+                proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=fd,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+            except (OSError, ValueError, UnicodeError) as exc:
+                raise CommandLaunchError(_launch_failure(exc, command, cwd)) from None
+        finally:
+            os.close(fd)
+            fd = None
+    try:
+        return _follow(proc, marker, command, output_path, start_offset, started, timeout, on_start, cancel,
+                       grace, max_output)
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
+
+
+def _order(proc, order):
+    """Hand a warm reaper its ORDER; PROC, or None if it could not take it (it died)."""
+    import marshal
+
+    try:
+        proc.stdin.write(marshal.dumps(order))
+        proc.stdin.close()
+        return proc
+    except OSError:
+        _WarmReapers._dismiss(proc)
+        return None
+
+
+def _follow(proc, marker, command, output_path, start_offset, started, timeout, on_start, cancel, grace,
+            max_output):
+    """The rest of run_command, once the reaper runs the command."""
     result = CommandResult(0, False, 0.0, output_path, output_start=start_offset, timeout=timeout, pid=proc.pid)
     try:
         if on_start:

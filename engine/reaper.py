@@ -156,9 +156,44 @@ def _die_like(sig):
     os._exit(128 + sig)
 
 
+def _await_order():
+    """A reaper started ahead of need (WARM on the command line: every argument but the marker
+    is "-"): its orders, marshalled on stdin, once the command is known; the output goes to the
+    file its orchestrator (pid PARENT) opened as fd OUT, reopened here through /proc. No order
+    (the orchestrator ended or had no use for it): None."""
+    import marshal
+
+    chunks = []
+    while True:
+        chunk = os.read(0, 1 << 16)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    if not chunks:
+        return None
+    grace, exit_path, output_limit, command, cwd, env, parent, out = marshal.loads(b"".join(chunks))
+    fd = os.open(f"/proc/{parent}/fd/{out}", os.O_WRONLY | os.O_APPEND)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.chdir(cwd)
+    return grace, exit_path, output_limit, command, env
+
+
 def main(argv):
-    grace, exit_path, output_limit, command = float(argv[1]), argv[2], int(argv[4]), argv[5]
-    _set_subreaper()
+    env = None
+    if argv[1:6] == ["-", "-", argv[3], "-", "-"]:  # (argv[3]: the marker)
+        _set_subreaper()
+        order = _await_order()
+        if order is None:
+            os._exit(0)
+        grace, exit_path, output_limit, command, env = order
+    else:
+        grace, exit_path, output_limit, command = float(argv[1]), argv[2], int(argv[4]), argv[5]
+        _set_subreaper()
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, WAKE_SIGNALS)
     pid = os.fork()
     if pid == 0:
@@ -166,7 +201,9 @@ def main(argv):
             for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # what Python changed at start-up
                 signal.signal(sig, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-            os.execv("/bin/sh", ["/bin/sh", "-c", command])
+            if env is None:
+                os.execv("/bin/sh", ["/bin/sh", "-c", command])
+            os.execve("/bin/sh", ["/bin/sh", "-c", command], env)
         finally:
             os._exit(127)
     reaper = Reaper(pid)

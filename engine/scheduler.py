@@ -22,7 +22,7 @@ import os
 import threading
 import time
 
-from engine import git, store, worktree
+from engine import git, procs, store, worktree
 from engine.errors import OrchestratorError
 from engine.executor import Attempt
 from engine.faults import crashpoint
@@ -33,6 +33,7 @@ WEIGHTS = {"S": 1, "M": 2, "L": 3, "XL": 5}
 MERGE_GRACE = 3.0  # seconds a cancelled run waits for the merge in flight
 START_FIRST = 0.5  # at most this long a merge nobody waits for lets starting tasks go first
 HOLD_FOR_MERGE = 1.0  # at most this long a worker is kept for a task whose dependency is being merged
+WARM_REAPERS = 2  # reapers kept started ahead of the next agent's launch (engine.procs)
 STARTABLE = (S.PENDING, S.REJECTED, S.CONFLICTED)
 IN_FLIGHT = (S.RUNNING, S.EXECUTED, S.VERIFYING)  # a worker's business (after a crash: resumed)
 
@@ -92,12 +93,16 @@ class Scheduler:
         merger = threading.Thread(target=self._merger, name="merge-queue", daemon=True)
         merger.start()
         self.merge_wake.set()  # approved before a restart: merge them first
+        warm = False
         try:
             while True:
                 self.wake.clear()  # (before looking: a wake-up from now on is never lost)
                 self._collect()
                 self._fail_unreachable()
                 started = self._start_ready(workers)
+                if not warm and self.ctx.backend.needs_checkout:  # (once the first starts are under way)
+                    warm = True
+                    procs.keep_reapers_warm(min(self.concurrency, WARM_REAPERS))
                 busy = self.merging or self.merge_wake.is_set() or bool(self._in((S.APPROVED,)))
                 if not self.jobs and not busy and not started:
                     break
@@ -112,13 +117,15 @@ class Scheduler:
             # a merge in flight normally ends in well under a second; one stuck in a hook is not
             # waited for (the task stays `merging`, and the next run settles it against the base)
             merger.join(timeout=MERGE_GRACE)
-            ctx.slots.settle_releases()
+            ctx.slots.close()
             raise
+        finally:
+            procs.keep_reapers_warm(0)
         self.stopping.set()
         self.merge_wake.set()
         merger.join()
         workers.shutdown(wait=True)
-        ctx.slots.settle_releases()
+        ctx.slots.close()
 
     def _merger(self):
         """The merge queue's own thread: whatever is approved goes in, in batches, while the

@@ -211,6 +211,15 @@ class Slots:
         for future in list(self._releasing.values()) + dropping:
             self._wait(future)
 
+    def close(self):
+        """Settle every release and end the background threads (a scope's end; they start
+        again if needed)."""
+        self.settle_releases()
+        with self._lock:
+            releaser, self._releaser = self._releaser, None
+        if releaser is not None:
+            releaser.shutdown(wait=True)
+
     def _wait(self, future):
         if future is not None:
             future.result()

@@ -274,3 +274,40 @@ def test_what_qa_leaves_in_an_approved_task_s_slot_is_not_merged(tmp_path, monke
     assert "qa-report.txt" not in git(repo, "ls-tree", "-r", "--name-only", "main").split()
     assert "WIP" not in git(repo, "log", "--format=%s", "main")
     assert branches(repo) == ["main"]
+
+
+def test_a_new_branch_is_leased_without_a_worktree_listing_and_a_slot_deleted_by_hand_is_made_again(
+        repo, pool, monkeypatch):
+    """A branch that does not exist is checked out nowhere, so its lease asks git for no
+    worktree listing; a slot whose directory a person deleted (git still lists it) is made
+    again, the listing asked for only then."""
+    from engine import git as gitmod
+
+    listings = []
+    real = gitmod.worktrees
+    monkeypatch.setattr(gitmod, "worktrees", lambda r: listings.append(r) or real(r))
+    slot, path, _ = pool.acquire("a", "main")
+    assert listings == [] and os.path.isfile(os.path.join(path, ".git"))
+    pool.release(slot)
+    import shutil
+
+    shutil.rmtree(path)  # git still lists it, as prunable
+    assert any(e["prunable"] for e in real(str(repo)))
+    listings.clear()
+    slot2, path2, _ = pool.acquire("b", "main")
+    assert slot2 == slot and path2 == path and listings  # the listing, asked for once git refused
+    assert git(path, "symbolic-ref", "--short", "HEAD") == "auto/b"
+    assert not any(e["prunable"] for e in real(str(repo)))
+
+
+def test_a_hand_over_drops_the_merged_previous_branch_after_the_next_task_starts(tmp_path):
+    """In a run, an approved task's slot goes to the next task at once; its branch, merged
+    meanwhile, is dropped in the background (not between the checkout and the agent's
+    start), and no merged branch is left when the run ends."""
+    repo, plan = demo_plan(tmp_path, SIX_TASKS, max_agents=2)
+    proc = subprocess.run([PYTHON, "-m", "engine.cli.orchestrator", "run", "--all-groups", "--quiet", str(plan)],
+                          cwd=repo, env=python_env(), capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    journal = [json.loads(line) for line in open(os.path.join(repo, ".claude/pool-journal.jsonl"))]
+    assert any(r["event"] == "acquire-intent" and r.get("took_over") for r in journal)  # hand-overs happened
+    assert [b for b in branches(repo) if b.startswith("auto/")] == []

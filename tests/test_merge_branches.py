@@ -268,3 +268,39 @@ def test_run_with_an_unrelated_history_branch_merges_the_others(sealed_env, tmp_
     assert tasks["bad"]["status"] == "failed" and "unrelated history" in tasks["bad"]["failure"]
     assert git(repo, "show", "main:app/good1.py") and git(repo, "show", "main:app/good2.py")
     assert git(repo, "show", "main:u.txt", check=False) == ""
+
+
+def what_a_killed_fast_forward_leaves(repo, files):
+    """The checkout a `git merge --ff-only` SIGKILLed mid-write leaves: the new commit's files
+    written (new ones untracked, changed ones differing from the index), the index and the
+    ref as before (its index.lock, never committed, is removed by the next run's lock sweep)."""
+    for name, content in files.items():
+        path = os.path.join(str(repo), name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as fh:
+            fh.write(content)
+
+
+def test_a_fast_forward_killed_mid_write_does_not_wedge_the_next_merge(mb, repo):
+    """Found by the kill-inside-git campaign: every resume after such a kill exited with
+    "untracked working tree files would be overwritten by merge"."""
+    commit_file(repo, "shared.txt", "v1\n")
+    branch_with(repo, "auto/a", {"app/a.py": "a\n", "shared.txt": "v2\n"})
+    what_a_killed_fast_forward_leaves(repo, {"app/a.py": "a\n", "shared.txt": "v2\n"})
+    r = mb()
+    assert r.code == 0, r
+    assert git(repo, "show", "main:app/a.py") == "a" and git(repo, "show", "main:shared.txt") == "v2"
+    assert git(repo, "status", "--porcelain") == ""
+
+
+def test_a_persons_file_in_the_way_still_refuses_the_merge_untouched(mb, repo):
+    """Only files holding exactly what the merge writes are cleared; one with anything else
+    is a person's, and the merge refuses as before."""
+    commit_file(repo, "shared.txt", "v1\n")
+    branch_with(repo, "auto/a", {"app/a.py": "a\n", "shared.txt": "v2\n"})
+    what_a_killed_fast_forward_leaves(repo, {"app/a.py": "a\n", "shared.txt": "my own edit\n"})
+    before = git(repo, "rev-parse", "main")
+    r = mb()
+    assert r.code == 1 and "nothing was merged" in r.out
+    assert git(repo, "rev-parse", "main") == before
+    assert open("shared.txt").read() == "my own edit\n" and open("app/a.py").read() == "a\n"

@@ -8,10 +8,25 @@ import time
 
 import pytest
 
+from engine import procs
 from engine.procs import (INTERRUPTED, TIMED_OUT, CommandLaunchError, alive, feedback, process_start_time,
                           run_command, stop_group, tail_text)
 
 LONG = 60  # how long leftover children would live if nobody stopped them
+
+
+@pytest.fixture(autouse=True, params=["cold", "warm"])
+def reapers(request):
+    """Every test twice: with reapers started per command, and with reapers started ahead of
+    need (engine.procs.keep_reapers_warm, as a run does), which must behave the same."""
+    if request.param == "warm":
+        procs.keep_reapers_warm(4)
+        deadline = time.time() + 20
+        while len(procs._warm._idle) < 4:
+            assert time.time() < deadline, "warm reapers never became ready"
+            time.sleep(0.01)
+    yield request.param
+    procs.keep_reapers_warm(0)
 
 
 @pytest.fixture(autouse=True)

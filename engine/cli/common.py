@@ -75,7 +75,24 @@ def run(group, default_prog, args=None):
 
 
 def exit_with(group, default_prog):
-    sys.exit(run(group, default_prog))
+    """Run the command and end the process with its code. Once the command is done and no
+    thread of ours is left working, the interpreter's own tear-down (every module and object
+    freed, some 20-50 ms) is skipped: the atexit handlers run and the output is flushed, then
+    the process ends, as it would after that tear-down (everything of ours is written and
+    closed by then)."""
+    code = run(group, default_prog)
+    import atexit
+    import threading
+
+    atexit._run_exitfuncs()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a reader gone (`| head -1`) or a closed stream: the usual way
+        sys.exit(code)
+    if any(t is not threading.main_thread() and not t.daemon for t in threading.enumerate()):
+        sys.exit(code)  # (a thread still working is joined the usual way)
+    os._exit(int(code))
 
 
 class ContractGroup(click.Group):
