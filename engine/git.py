@@ -284,12 +284,27 @@ def worktrees(repo):
 
 
 def status(path, *pathspec):
-    """(branch or None if detached, [porcelain lines]) of a worktree in one call."""
-    lines = run(path, "status", "--porcelain=v1", "-b", "--untracked-files=normal", "--", *pathspec).stdout
-    lines = lines.splitlines()
-    first = lines[0][3:] if lines and lines[0].startswith("## ") else ""
-    branch = None if first.startswith(("HEAD (no branch)", "No commits yet")) else first.split("...")[0] or None
-    return branch, lines[1:]
+    """(branch or None if detached, [porcelain lines of what differs]) of a worktree in one call."""
+    branch, _, dirty = head_status(path, *pathspec)
+    return branch, dirty
+
+
+def head_status(path, *pathspec):
+    """(branch or None if detached or unborn, HEAD's commit or None, [porcelain v2 lines of
+    what differs, untracked files included]) of a worktree in one call."""
+    text = run(path, "status", "--porcelain=v2", "--branch", "--untracked-files=normal", "--", *pathspec).stdout
+    branch = tip = None
+    dirty = []
+    for line in text.splitlines():
+        if line.startswith("# branch.oid "):
+            tip = line[len("# branch.oid "):]
+        elif line.startswith("# branch.head "):
+            branch = line[len("# branch.head "):]
+        elif line and not line.startswith("# "):
+            dirty.append(line)
+    if tip == "(initial)":
+        tip = branch = None
+    return (None if branch == "(detached)" else branch), tip, dirty
 
 
 def detach(path, commit):

@@ -670,14 +670,14 @@ class Scheduler:
             ctx.reporter.task(task_id, f"blocked on permission: denied {', '.join(result.denied)}; {hint}")
             return
         if result.exit_code == 0 and not result.timed_out:
-            problem, tip = self._check_work(task_id, path)
+            problem, tip, changed = self._check_work(task_id, path)
             if problem:
                 ctx.tasks.record_attempt(task_id, n, outcome="failed", reason=problem, **done)
                 raise TaskFailure(problem)
             ctx.reporter.task(task_id, f"agent done in {result.duration:.1f}s")
             # straight on to QA: one write records both events, the checkout is not looked at twice
             self._verify(task_id, fresh=path, done=(task_id, "agent_done", {"pid": None, "elapsed": elapsed},
-                                                    dict(done, n=n, outcome="executed")), tip=tip)
+                                                    dict(done, n=n, outcome="executed")), tip=tip, changed=changed)
             return
         why = f"timed out after {result.duration:.0f}s" if result.timed_out else \
             (result.reason or f"exit {result.exit_code}")
@@ -697,39 +697,49 @@ class Scheduler:
             ctx.reporter.task(task_id, f"agent {why}: failed (retries exhausted, see {ctx.log_path(task_id)})")
 
     def _check_work(self, task_id, path):
-        """(why an agent that exited 0 still has nothing to verify or None, its branch tip).
-        Leftovers are committed first, so QA verifies exactly what will be merged."""
+        """(why an agent that exited 0 still has nothing to verify or None, its branch tip,
+        the files it changes or None). Leftovers are committed first, so QA verifies exactly
+        what will be merged. The usual case costs two git calls: the checkout's status (its
+        tip with it) and the files the branch changes since its fork from the base (some file:
+        so it has commits the base has not); only an empty answer asks the history."""
         ctx = self.ctx
         task = self.plan.tasks[task_id]
         if path is not None:
             if not os.path.isdir(path):
-                return "the agent deleted its worktree", None
-            current, committed = self._commit_leftovers(task_id, path)
+                return "the agent deleted its worktree", None, None
+            current, committed, tip = self._commit_leftovers(task_id, path)
             if current != task.branch:
                 return f"the agent left {task.branch} (its checkout is on {current or 'a detached HEAD'}); " \
-                       "its work is kept there", None
+                       "its work is kept there", None, None
             if committed:
                 ctx.reporter.task(task_id, "committed what the agent left uncommitted")
+            elif tip:
+                changed = git.changed_files(ctx.repo, ctx.base, task.branch)
+                if changed:
+                    return None, tip, changed
         ahead = git.commits_ahead(ctx.repo, task.branch, f"refs/heads/{ctx.base}")  # None: no branch
         if ahead is None:
-            return f"the attempt left no branch {task.branch}", None
+            return f"the attempt left no branch {task.branch}", None, None
         if not ahead and not task.allow_empty:
-            return "no changes: the agent exited 0 without committing anything beyond the base", None
-        return None, (ahead[0] if ahead else None)
+            return "no changes: the agent exited 0 without committing anything beyond the base", None, None
+        return None, (ahead[0] if ahead else None), None
 
     def _commit_leftovers(self, task_id, path):
-        """(the branch checked out at PATH or None, whether leftovers were committed): one
-        `git status` answers both, and leftovers are committed only on the task's own branch."""
-        current, dirty = git.status(path, *worktree.leftover_pathspec())
+        """(the branch checked out at PATH or None, whether leftovers were committed, its tip
+        unless they were): one `git status` answers all, and leftovers are committed only on
+        the task's own branch."""
+        current, tip, dirty = git.head_status(path, *worktree.leftover_pathspec())
         committed = bool(dirty) and current == self.plan.tasks[task_id].branch and \
             worktree.commit_leftovers(path, f"{task_id}: uncommitted work left by the agent", known_dirty=True)
-        return current, committed
+        self.ctx.slots.seen_clean(task_id, not dirty or committed)  # (`add -A` took every leftover)
+        return current, committed, (None if committed else tip)
 
-    def _verify(self, task_id, fresh=None, done=None, tip=None):
+    def _verify(self, task_id, fresh=None, done=None, tip=None, changed=None):
         """QA on the committed tip of the task's branch. FRESH is the checkout `_check_work`
         has just looked at (right after the agent), DONE the agent's event to record with the
-        start of QA, TIP the branch tip it saw; otherwise the checkout is checked here. A task
-        with no verify command is approved in the same write as the agent's end."""
+        start of QA, TIP the branch tip it saw and CHANGED the files it found changed (None:
+        not asked); otherwise the checkout is checked here. A task with no verify command is
+        approved in the same write as the agent's end."""
         ctx = self.ctx
         task = self.plan.tasks[task_id]
         n = int(ctx.tasks.entry(task_id).get("iterations") or 1)
@@ -741,9 +751,10 @@ class Scheduler:
         started = ([done] if done else []) + [(task_id, "verify", {}, None)]
         if not task.verify and done and tip:  # nothing to run, nothing can move the tip: one write
             ctx.journal.append("qa-result", task=task_id, verdict="APPROVED")
-            self._approve(task_id, started, tip)
+            self._approve(task_id, started, tip, changed)
             return
         ctx.tasks.fire_all(started)
+        ctx.slots.seen_clean(task_id, False)  # (the checks may leave files in it)
         verdict = ctx.checks.verify(task_id, path, n)
         ctx.journal.append("qa-result", task=task_id, verdict=verdict.verdict)
         stamp = store.utc_now()
@@ -765,11 +776,13 @@ class Scheduler:
             ctx.reporter.task(task_id, "TASK_REJECTED" + (", retrying with the feedback" if status == S.REJECTED
                                                           else ": retries exhausted"))
 
-    def _approve(self, task_id, before, tip):
-        """Record TASK_ID approved at TIP (after the events BEFORE, in the same write); the
-        merge queue takes it while this worker gives its slot back."""
+    def _approve(self, task_id, before, tip, changed=None):
+        """Record TASK_ID approved at TIP (after the events BEFORE, in the same write), with
+        the files it changes (CHANGED, when just asked at that tip); the merge queue takes it
+        while this worker gives its slot back."""
         ctx = self.ctx
-        changed = git.changed_files(ctx.repo, ctx.base, self.plan.tasks[task_id].branch)
+        if changed is None:
+            changed = git.changed_files(ctx.repo, ctx.base, self.plan.tasks[task_id].branch)
         ctx.tasks.fire_all(before + [(task_id, "approve", dict(
             qa_verified=True, qa_timestamp=store.utc_now(), test_result="passed", changed_files=changed,
             slot=None, approved_tip=tip), None)])  # (slot: given back right after)

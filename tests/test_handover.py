@@ -229,8 +229,8 @@ def test_a_slot_is_let_go_when_the_merge_queue_takes_its_task_before_its_worker_
     approve = scheduler.Scheduler._approve
     seen = []
 
-    def approve_then_wait_for_the_merge_queue(self, task_id, before, tip):
-        approve(self, task_id, before, tip)
+    def approve_then_wait_for_the_merge_queue(self, task_id, before, tip, changed=None):
+        approve(self, task_id, before, tip, changed)
         deadline = time.monotonic() + 10
         while self.ctx.tasks.status(task_id) == S.APPROVED and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -311,3 +311,48 @@ def test_a_hand_over_drops_the_merged_previous_branch_after_the_next_task_starts
     journal = [json.loads(line) for line in open(os.path.join(repo, ".claude/pool-journal.jsonl"))]
     assert any(r["event"] == "acquire-intent" and r.get("took_over") for r in journal)  # hand-overs happened
     assert [b for b in branches(repo) if b.startswith("auto/")] == []
+
+
+def _git_commands(trace_path):
+    """The git subcommands a GIT_TRACE file records (one per `trace: built-in: git ...` line)."""
+    commands = []
+    for line in open(trace_path, errors="replace"):
+        if "trace: built-in: git " in line:
+            commands.append(line.split("trace: built-in: git ", 1)[1].split()[0].strip("'"))
+    return commands
+
+
+def test_a_checkout_seen_clean_is_handed_over_without_a_git_clean(tmp_path):
+    repo, plan = demo_plan(tmp_path, SIX_TASKS, max_agents=2)
+    trace = tmp_path / "trace"
+    proc = subprocess.run([PYTHON, "-m", "engine.cli.orchestrator", "run", "--all-groups", "--quiet", str(plan)],
+                          cwd=repo, env=dict(python_env(), GIT_TRACE=str(trace)), capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    commands = _git_commands(trace)
+    assert commands.count("checkout") >= 4  # hand-overs: a checkout each
+    assert "clean" not in commands
+
+
+def test_files_a_check_left_in_the_checkout_are_cleaned_before_the_next_task(tmp_path):
+    """QA's own command runs in the checkout after its `git status`: what it leaves is
+    cleaned at the hand-over, so the next task's agent starts in a clean checkout (its agent
+    fails if it finds the file, and every task merges at its first attempt)."""
+    from engine import demo
+
+    agent = (f"test ! -e qa-artifact.txt && {PYTHON} "
+             f"{os.path.join(os.path.dirname(demo.__file__), 'demo_agent.py')}")
+    repo, plan = demo_plan(tmp_path, "".join(f"  - {{id: t{i}, description: task {i}, verify: 'touch qa-artifact.txt'}}\n"
+                                             for i in range(4)), max_agents=1)
+    plan.write_text(plan.read_text().replace("agent: ", f"agent: {json.dumps(agent)}\n# was: ", 1))
+    trace = tmp_path / "trace"
+    proc = subprocess.run([PYTHON, "-m", "engine.cli.orchestrator", "run", "--all-groups", "--quiet", str(plan)],
+                          cwd=repo, env=dict(python_env(), GIT_TRACE=str(trace)), capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    with open(os.path.join(repo, ".claude", "auto-progress.yaml")) as fh:
+        import yaml
+
+        tasks = yaml.safe_load(fh)["tasks"]
+    assert {t: (v["status"], v["iterations"]) for t, v in tasks.items()} == {f"t{i}": ("merged", 1) for i in range(4)}
+    assert "clean" in _git_commands(trace)
