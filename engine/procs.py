@@ -239,11 +239,13 @@ class _WarmReapers:
         self._spawning = 0
 
     def keep(self, count):
-        """Keep COUNT reapers ready from now on (0: let the idle ones go)."""
+        """Keep COUNT reapers ready from now on: more are started now if fewer wait, and ones
+        beyond COUNT are used up before more are started (0: the waiting ones go now)."""
         with self._lock:
             self._wanted = count if os.path.isdir(f"/proc/{os.getpid()}/fd") else 0
-            spare = self._idle[self._wanted:]
-            del self._idle[self._wanted:]
+            spare = self._idle if not self._wanted else []
+            if spare:
+                self._idle = []
         for proc, _ in spare:
             self._dismiss(proc)
         self._refill()
@@ -285,7 +287,7 @@ class _WarmReapers:
                 proc = None
             with self._lock:
                 self._spawning -= 1
-                if proc is not None and len(self._idle) < self._wanted:
+                if proc is not None and self._wanted:
                     self._idle.append((proc, marker))
                     proc = None
             if proc is not None:
@@ -319,7 +321,8 @@ _warm = _WarmReapers()
 
 def keep_reapers_warm(count):
     """Keep COUNT reapers started ahead of need for run_command (0: none). A run asks for
-    them while its agents work and lets them go when it ends."""
+    one per agent as it begins (they start while it prepares), then for a few while its agents
+    work, and lets them go when it ends."""
     _warm.keep(count)
 
 

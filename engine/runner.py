@@ -17,12 +17,14 @@ import hashlib
 import os
 import time
 
-from engine import git, statefile, store
+from engine import git, procs, statefile, store
 from engine.context import Options, RunContext
 from engine.errors import OrchestratorError
 from engine.paths import Layout
 from engine.plan import check_for_run, digest as plan_digest
 from engine.procs import process_start_time
+
+WARM_AT_START = 8  # reapers started as a run begins, at most (one per agent of its first wave)
 
 PIPELINE = ("DECOMPOSE", "PARALLELIZE", "EXECUTE", "QA", "E2E", "INTEGRATE", "CHECKPOINT")
 __all__ = ["Options", "RunContext", "start", "start_goal", "resume", "loop"]
@@ -278,9 +280,12 @@ def loop(run):
     from states import handler_for
 
     run.progress.defer_snapshots = True  # task events append to the change log (engine.deltalog)
+    if run.progress.get("executor") != "ray":  # the first agents' reapers start while the run prepares
+        procs.keep_reapers_warm(min(run.settings.max_agents, WARM_AT_START))
     try:
         return _loop(run, handler_for)
     finally:  # however the loop ends (a boundary, Ctrl-C, an error): the YAML file alone is current
+        procs.keep_reapers_warm(0)
         with contextlib.suppress(Exception):
             run.progress.compact()
 
