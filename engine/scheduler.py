@@ -100,9 +100,13 @@ class Scheduler:
                 self._collect()
                 self._fail_unreachable()
                 started = self._start_ready(workers)
-                if not warm and self.ctx.backend.needs_checkout:  # (once the first starts are under way)
+                if not warm:  # (once the first starts are under way, while their slots are prepared)
                     warm = True
-                    procs.keep_reapers_warm(min(self.concurrency, WARM_REAPERS))
+                    if self.ctx.backend.needs_checkout:
+                        procs.keep_reapers_warm(min(self.concurrency, WARM_REAPERS))
+                    from engine import tasks
+
+                    tasks.machine()  # (built here, not by the first task event, which waits for it)
                 busy = self.merging or self.merge_wake.is_set() or bool(self._in((S.APPROVED,)))
                 if not self.jobs and not busy and not started:
                     break
