@@ -229,6 +229,7 @@ class _WarmReapers:
     plain and well under the kernel's limit): any other is run cold, whose errors are ours."""
 
     MAX_ARGS_BYTES = 100_000  # (the kernel's limit is at least 128 KB per string, 2 MB in all)
+    REFILL_DELAY = 0.25  # seconds after a launch before the reaper it took is replaced
 
     def __init__(self):
         import threading
@@ -264,19 +265,21 @@ class _WarmReapers:
                     break
             else:
                 proc = None
-        self._refill()
+        self._refill(after=self.REFILL_DELAY)
         return (proc, marker) if proc is not None else None
 
-    def _refill(self):
+    def _refill(self, after=0.0):
         with self._lock:
             missing = self._wanted - len(self._idle) - self._spawning
             self._spawning += max(0, missing)
         if missing > 0:
             import threading
 
-            threading.Thread(target=self._spawn, args=(missing,), name="warm-reapers", daemon=True).start()
+            threading.Thread(target=self._spawn, args=(missing, after), name="warm-reapers", daemon=True).start()
 
-    def _spawn(self, count):
+    def _spawn(self, count, after):
+        if after:
+            time.sleep(after)  # (launches come in bursts: the one taken is replaced once it is over)
         for _ in range(count):
             marker = MARKER_PREFIX + os.urandom(8).hex()
             try:

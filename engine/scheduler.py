@@ -33,7 +33,8 @@ WEIGHTS = {"S": 1, "M": 2, "L": 3, "XL": 5}
 MERGE_GRACE = 3.0  # seconds a cancelled run waits for the merge in flight
 START_FIRST = 0.5  # at most this long a merge nobody waits for lets starting tasks go first
 HOLD_FOR_MERGE = 1.0  # at most this long a worker is kept for a task whose dependency is being merged
-WARM_REAPERS = 2  # reapers kept started ahead of the next agent's launch (engine.procs)
+WARM_REAPERS = 8  # at most this many reapers kept started ahead of the agents' launches (engine.procs):
+# one per agent, so a wave of agents ending together starts the next wave without a Python start-up each
 STARTABLE = (S.PENDING, S.REJECTED, S.CONFLICTED)
 IN_FLIGHT = (S.RUNNING, S.EXECUTED, S.VERIFYING)  # a worker's business (after a crash: resumed)
 
