@@ -599,8 +599,9 @@ def set_branch(repo, branch, commit):
 
 # --------------------------------------------------------------------------- the task flow's operations
 def changed_files(repo, base, branch):
-    """Files BRANCH changes since it forked from BASE (three-dot diff), sorted."""
-    proc = run(repo, "diff", "--name-only", "-z", f"{base}...refs/heads/{branch}", "--", check=False)
+    """Files BRANCH changes since it forked from the local branch BASE (three-dot diff),
+    sorted. Both are named as branches: a tag called like the base is not the base."""
+    proc = run(repo, "diff", "--name-only", "-z", f"refs/heads/{base}...refs/heads/{branch}", "--", check=False)
     return sorted(f for f in proc.stdout.split("\0") if f) if proc.returncode == 0 else []
 
 

@@ -198,9 +198,11 @@ def _clear_what_a_killed_merge_left(where, new, refusal):
     """A fast-forward killed while it wrote the checkout's files (before its index) leaves
     them behind: new files untracked, changed ones as local changes, every one already with the
     content the fast-forward writes; the next one refuses to overwrite them. When every file
-    git names (REFUSAL) holds exactly its content in NEW, nothing of anyone's is lost: the
+    git names (REFUSAL) holds exactly the bytes of its blob in NEW (no filter applied: a clean
+    filter could make a person's file hash like it), nothing of anyone's is lost: the
     untracked ones are removed and the changed ones restored, and True says try again. A file
-    with any other content (a person's work) keeps the refusal."""
+    with any other content (a person's work, or one a checkout filter rewrote) keeps the
+    refusal."""
     untracked, changed, section = [], [], None
     for line in refusal.splitlines():
         if line.endswith("would be overwritten by merge:"):
@@ -224,7 +226,8 @@ def _clear_what_a_killed_merge_left(where, new, refusal):
     if set(wanted) != set(paths) or any(os.path.islink(os.path.join(where, p)) or
                                         not os.path.isfile(os.path.join(where, p)) for p in paths):
         return False
-    found = git.run(where, "hash-object", "--", *paths, check=False).stdout.split()
+    # (the bytes as they are: a clean filter could make a person's file hash like the commit's)
+    found = git.run(where, "hash-object", "--no-filters", "--", *paths, check=False).stdout.split()
     if found != [wanted[p] for p in paths]:
         return False
     for path in untracked:

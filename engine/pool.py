@@ -246,7 +246,7 @@ class Pool:
         return size
 
     # ------------------------------------------------------------------ acquire
-    def acquire(self, task, base=None, take_over=None, previous_merged=None, known_clean=False):
+    def acquire(self, task, base=None, take_over=None, previous_merged=None):
         """Lease a slot for TASK; return a Lease: (slot id, absolute path, branch).
 
         TAKE_OVER names a slot this lease owner (POOL_OWNER_PID) holds for a task that no
@@ -254,9 +254,7 @@ class Pool:
         queue takes from there): the slot passes to TASK directly, one checkout instead of
         a release and an acquire. The previous branch is kept unless the base already has it;
         PREVIOUS_MERGED, when given, answers that (asked once the slot has left the branch,
-        so a merge recorded meanwhile is seen) instead of a look at the history. KNOWN_CLEAN:
-        the caller has just seen the handed-over checkout hold nothing untracked (its `git
-        status`, nothing run there since): the checkout needs no `git clean` after it.
+        so a merge recorded meanwhile is seen) instead of a look at the history.
         """
         git.check_ref_component(task)
         repo = self.repo
@@ -298,8 +296,7 @@ class Pool:
         self.journal.append("acquire-intent", slot=slot["id"], task=task, branch=branch, base=base_commit,
                             **({"took_over": previous} if take_over is not None else {}))
         try:
-            created_branch = self._prepare(repo, path, branch, base_commit, listing, known_absent=known_absent,
-                                           known_clean=known_clean and take_over is not None)
+            created_branch = self._prepare(repo, path, branch, base_commit, listing, known_absent=known_absent)
             worktree.copy_into(self.root, path, never=(self.dir, self.state_path))
             worktree.run_setup(self.root, path, {"TASK_ID": task, "WORKTREE": path, "BRANCH": branch,
                                                  "BASE": base_label})
@@ -333,7 +330,7 @@ class Pool:
             raise OrchestratorError(f"Branch {branch} is checked out in {where}")
         return listing
 
-    def _prepare(self, repo, path, branch, base_commit, listing, known_absent=False, known_clean=False):
+    def _prepare(self, repo, path, branch, base_commit, listing, known_absent=False):
         """Point the slot's worktree at BRANCH; return True if the branch was created/reset.
 
         The fast path is one `checkout -f -B` and one `clean` in the existing worktree; a
@@ -359,8 +356,7 @@ class Pool:
                     git.run(path, "checkout", "-q", "-f", branch, "--")
                 else:
                     git.run(path, "checkout", "-q", "-f", "-B", branch, base_commit, "--")
-                if not known_clean:
-                    git.run(path, "clean", "-q", "-ffd")
+                git.run(path, "clean", "-q", "-ffd")
                 return not reuse
             except GitError:
                 pass  # a broken slot: re-create it below

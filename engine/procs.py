@@ -284,7 +284,7 @@ class _WarmReapers:
             marker = MARKER_PREFIX + os.urandom(8).hex()
             try:
                 proc = subprocess.Popen([sys.executable, "-I", "-S", REAPER, "-", "-", marker, "-", "-"], cwd="/",
-                                        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.DEVNULL, start_new_session=True)
             except OSError:
                 proc = None
@@ -303,18 +303,21 @@ class _WarmReapers:
             proc.stdin.close()
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
+        with contextlib.suppress(OSError):
+            proc.stdout.close()
 
 
 def _plain_launch(command, cwd, env, limit):
-    """True when Popen could not refuse this launch: CWD a directory, no NUL and nothing
-    unencodable in the command or environment, and all of it well under the kernel's limit."""
+    """True when a warm reaper takes this launch: CWD a directory, no NUL, empty name or
+    anything unencodable in the command or environment (Popen's own checks), and all of it
+    well under the kernel's limit. (What the kernel still refuses, the reaper reports.)"""
     if not os.path.isdir(cwd):
         return False
     try:
-        size = len(os.fsencode(command)) + sum(len(os.fsencode(k)) + len(os.fsencode(v)) + 2
+        size = len(os.fsencode(command)) + sum(len(os.fsencode(k)) + len(os.fsencode(v)) + 10
                                                for k, v in env.items())
-        return size < limit and "\0" not in command and not any("\0" in k or "\0" in v or "=" in k
-                                                                  for k, v in env.items())
+        return size < limit and "\0" not in command and not any(
+            not k or "\0" in k or "\0" in v or "=" in k for k, v in env.items())
     except (TypeError, UnicodeError, AttributeError):
         return False
 
@@ -353,8 +356,17 @@ def run_command(command, cwd, *, env=None, output_path, timeout=None, header=Non
             _WarmReapers._dismiss(warm[0])
         raise
     started = time.monotonic()
-    proc = warm and _order(warm[0], (float(grace), exit_path or "", int(max_output or 0), command, cwd, env,
-                                     os.getpid(), fd))
+    proc = warm and _order(warm[0], (float(grace), exit_path or "", int(max_output or 0), command,
+                                     os.path.abspath(cwd), env, os.getpid(), fd))
+    if proc:
+        try:
+            proc = proc if _started(proc, fd, command, cwd) else None
+        except CommandLaunchError:
+            raise
+        except BaseException:  # (Ctrl-C while it starts: the command may have started)
+            os.close(fd)
+            _stop(proc, marker, grace)
+            raise
     if not proc:  # (a warm reaper that could not take its order is gone: this one runs cold)
         argv = [sys.executable, "-I", "-S", REAPER, repr(float(grace)), exit_path or "", marker,
                 str(int(max_output or 0)), command]
@@ -373,6 +385,25 @@ def run_command(command, cwd, *, env=None, output_path, timeout=None, header=Non
     finally:
         if fd is not None:
             os.close(fd)
+
+
+def _started(proc, fd, command, cwd):
+    """A warm reaper's answer once its command runs: True; the launch's failure raised as
+    CommandLaunchError, as Popen's would be; False if it died first (then the launch runs cold)."""
+    try:
+        answer = proc.stdout.readline().decode("ascii", "replace").split()
+    finally:
+        proc.stdout.close()
+    if answer == ["OK"]:
+        return True
+    proc.wait()
+    if len(answer) == 2 and answer[0] == "E" and answer[1].lstrip("-").isdigit():
+        os.close(fd)
+        number = int(answer[1])
+        exc = ValueError("the environment cannot be passed to a command") if number < 0 else \
+            OSError(number, os.strerror(number))
+        raise CommandLaunchError(_launch_failure(exc, command, cwd))
+    return False
 
 
 def _order(proc, order):

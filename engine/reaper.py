@@ -159,8 +159,10 @@ def _die_like(sig):
 def _await_order():
     """A reaper started ahead of need (WARM on the command line: every argument but the marker
     is "-"): its orders, marshalled on stdin, once the command is known; the output goes to the
-    file its orchestrator (pid PARENT) opened as fd OUT, reopened here through /proc. No order
-    (the orchestrator ended or had no use for it): None."""
+    file its orchestrator (pid PARENT) opened as fd OUT, reopened here through /proc. Its stdout
+    is a pipe to the orchestrator until the command has started: one line, "OK" or "E <errno>"
+    (the launch failed as Popen's would: the directory, the kernel refusing the command).
+    No order (the orchestrator ended or had no use for it): None."""
     import marshal
 
     chunks = []
@@ -172,40 +174,74 @@ def _await_order():
     if not chunks:
         return None
     grace, exit_path, output_limit, command, cwd, env, parent, out = marshal.loads(b"".join(chunks))
-    fd = os.open(f"/proc/{parent}/fd/{out}", os.O_WRONLY | os.O_APPEND)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    os.chdir(cwd)
-    return grace, exit_path, output_limit, command, env
+    try:
+        fd = os.open(f"/proc/{parent}/fd/{out}", os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        os.chdir(cwd)
+    except OSError as exc:
+        _refuse(exc.errno)
+    return grace, exit_path, output_limit, command, env, fd
 
 
-def main(argv):
-    env = None
-    if argv[1:6] == ["-", "-", argv[3], "-", "-"]:  # (argv[3]: the marker)
-        _set_subreaper()
-        order = _await_order()
-        if order is None:
-            os._exit(0)
-        grace, exit_path, output_limit, command, env = order
-    else:
-        grace, exit_path, output_limit, command = float(argv[1]), argv[2], int(argv[4]), argv[5]
-        _set_subreaper()
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, WAKE_SIGNALS)
+def _refuse(errno):
+    """A warm launch that cannot start: say why to the orchestrator, and end."""
+    os.write(1, f"E {errno}\n".encode("ascii"))
+    os._exit(127)
+
+
+def _start(command, env, out, previous):
+    """Fork and exec the command; its pid. A warm launch (OUT: the output file, ENV: the
+    whole environment) learns from a close-on-exec pipe whether the exec happened, tells its
+    orchestrator, and only then writes its own messages to the output file too."""
+    status = os.pipe2(os.O_CLOEXEC) if out is not None else None
     pid = os.fork()
     if pid == 0:
         try:
             for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # what Python changed at start-up
                 signal.signal(sig, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-            if env is None:
+            if out is None:
                 os.execv("/bin/sh", ["/bin/sh", "-c", command])
+            os.dup2(out, 1)
+            os.dup2(out, 2)
             os.execve("/bin/sh", ["/bin/sh", "-c", command], env)
+        except OSError as exc:
+            if status is not None:
+                os.write(status[1], str(exc.errno).encode("ascii"))
+        except ValueError:  # (an environment execve refuses outright: no errno, said as -1)
+            if status is not None:
+                os.write(status[1], b"-1")
         finally:
             os._exit(127)
+    if status is not None:
+        os.close(status[1])
+        failed = os.read(status[0], 64)
+        os.close(status[0])
+        if failed:
+            os.waitpid(pid, 0)
+            _refuse(int(failed))
+        os.write(1, b"OK\n")
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.close(out)
+    return pid
+
+
+def main(argv):
+    env = out = None
+    if argv[1:6] == ["-", "-", argv[3], "-", "-"]:  # (argv[3]: the marker)
+        _set_subreaper()
+        order = _await_order()
+        if order is None:
+            os._exit(0)
+        grace, exit_path, output_limit, command, env, out = order
+    else:
+        grace, exit_path, output_limit, command = float(argv[1]), argv[2], int(argv[4]), argv[5]
+        _set_subreaper()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, WAKE_SIGNALS)
+    pid = _start(command, env, out, previous)
     reaper = Reaper(pid)
     how = reaper.wait_command(output_limit)
     if how == "limit":

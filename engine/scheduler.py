@@ -736,7 +736,6 @@ class Scheduler:
         current, tip, dirty = git.head_status(path, *worktree.leftover_pathspec())
         committed = bool(dirty) and current == self.plan.tasks[task_id].branch and \
             worktree.commit_leftovers(path, f"{task_id}: uncommitted work left by the agent", known_dirty=True)
-        self.ctx.slots.seen_clean(task_id, not dirty or committed)  # (`add -A` took every leftover)
         return current, committed, (None if committed else tip)
 
     def _verify(self, task_id, fresh=None, done=None, tip=None, changed=None):
@@ -759,7 +758,6 @@ class Scheduler:
             self._approve(task_id, started, tip, changed)
             return
         ctx.tasks.fire_all(started)
-        ctx.slots.seen_clean(task_id, False)  # (the checks may leave files in it)
         verdict = ctx.checks.verify(task_id, path, n)
         ctx.journal.append("qa-result", task=task_id, verdict=verdict.verdict)
         stamp = store.utc_now()

@@ -27,7 +27,6 @@ class Slots:
         self._parked = {}  # approved task id -> the slot it still holds, for the next task to take over
         self._fresh = {}  # task id -> the base commit of the slot just leased to it
         self._dropping = []  # Futures of merged branches a hand-over left to drop
-        self._clean = set()  # task ids whose checkout `git status` has just seen clean, nothing run there since
 
     @property
     def pool(self):
@@ -89,7 +88,6 @@ class Slots:
 
         with self._lock:  # (approved, then conflicted: its own slot if still parked, else wait for it to go)
             self._parked.pop(task_id, None)
-            self._clean.discard(task_id)
             leaving = self._releasing.get(task_id)
         self._wait(leaving)
         slot_id = self.leases().get(task_id)
@@ -136,13 +134,6 @@ class Slots:
             self.ctx.tasks.update(task_id, slot=None)
         return slot_id
 
-    def seen_clean(self, task_id, clean=True):
-        """What `git status` has just said of TASK_ID's checkout (CLEAN: nothing untracked or
-        changed); anything run in it afterwards says False. A clean one is handed over to the
-        next task without a `git clean`."""
-        with self._lock:
-            (self._clean.add if clean else self._clean.discard)(task_id)
-
     def park(self, task_id, slot_id):
         """Keep the slot of approved TASK_ID leased for the next task to take over (one
         checkout instead of a release and an acquire); `settle_releases` gives back what no
@@ -161,13 +152,11 @@ class Slots:
                 return None
             previous = next(iter(self._parked))
             slot_id = self._parked.pop(previous)
-            clean = previous in self._clean
             done = self._releasing[previous] = Future()  # its task waits for this if it needs a checkout again
         try:
             # (the previous branch, once merged, is dropped in the background below, not
             # between the checkout and the agent's start)
-            lease = self.pool.acquire(task_id, self.ctx.base, take_over=slot_id, previous_merged=lambda: False,
-                                      known_clean=clean)
+            lease = self.pool.acquire(task_id, self.ctx.base, take_over=slot_id, previous_merged=lambda: False)
         except OrchestratorError as exc:
             self.ctx.reporter.line(f"{slot_id} not handed over ({exc.message}); leasing another slot")
             self.give_back(previous)

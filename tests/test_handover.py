@@ -322,18 +322,6 @@ def _git_commands(trace_path):
     return commands
 
 
-def test_a_checkout_seen_clean_is_handed_over_without_a_git_clean(tmp_path):
-    repo, plan = demo_plan(tmp_path, SIX_TASKS, max_agents=2)
-    trace = tmp_path / "trace"
-    proc = subprocess.run([PYTHON, "-m", "engine.cli.orchestrator", "run", "--all-groups", "--quiet", str(plan)],
-                          cwd=repo, env=dict(python_env(), GIT_TRACE=str(trace)), capture_output=True, text=True,
-                          timeout=180)
-    assert proc.returncode == 0, proc.stderr
-    commands = _git_commands(trace)
-    assert commands.count("checkout") >= 4  # hand-overs: a checkout each
-    assert "clean" not in commands
-
-
 def test_files_a_check_left_in_the_checkout_are_cleaned_before_the_next_task(tmp_path):
     """QA's own command runs in the checkout after its `git status`: what it leaves is
     cleaned at the hand-over, so the next task's agent starts in a clean checkout (its agent

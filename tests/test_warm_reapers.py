@@ -138,3 +138,22 @@ def test_a_run_keeps_reapers_warm_only_while_it_runs(tmp_path):
     assert warm, lines  # the later ones in reapers started ahead of them
     leftover = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if procs.reaper_marker(pid)]
     assert leftover == []  # (no reaper of ours at all: the agents' ended with them, the waiting ones let go)
+
+
+def test_what_the_kernel_refuses_a_warm_reaper_reports_as_popen_would(tmp_path, monkeypatch):
+    """The checks before a warm launch are cheap, not complete: what still fails (the
+    directory gone since it was looked at, an environment the kernel refuses) the waiting
+    reaper reports before its command would run, and run_command raises the launch error a
+    cold start gives, with nothing run."""
+    procs.keep_reapers_warm(2)
+    before = set(ready(2))
+    monkeypatch.setattr(procs, "_plain_launch", lambda *a: True)  # (as if the directory were there a moment ago)
+    out = tmp_path / "out"
+    with pytest.raises(procs.CommandLaunchError, match="does not exist"):
+        procs.run_command(f"touch {tmp_path}/ran", str(tmp_path / "gone"), output_path=str(out))
+    with pytest.raises(procs.CommandLaunchError, match="argument list too long"):
+        procs.run_command(f"touch {tmp_path}/ran", str(tmp_path), output_path=str(out),
+                          env=dict(os.environ, BIG="x" * 3_000_000))
+    assert not (tmp_path / "ran").exists()
+    assert not before & {p.pid for p, _ in procs._warm._idle}  # both were used (and told why they could not)
+    assert all(gone(pid) for pid in before)

@@ -86,8 +86,9 @@ def exit_with(group, default_prog):
 
     atexit._run_exitfuncs()
     try:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:  # (None: started with that descriptor closed, `cmd >&-`)
+                stream.flush()
     except (OSError, ValueError):  # a reader gone (`| head -1`) or a closed stream: the usual way
         sys.exit(code)
     if any(t is not threading.main_thread() and not t.daemon for t in threading.enumerate()):
