@@ -180,10 +180,11 @@ def has_commits(repo):
 
 
 def current_branch(repo):
-    """The checked-out branch name, or None when HEAD is detached (or unborn)."""
-    proc = run(repo, "symbolic-ref", "-q", "--short", "HEAD", check=False)
+    """The checked-out branch name, or None when HEAD is detached (or unborn). (Not `--short`:
+    with a tag of the same name git shortens refs/heads/main to "heads/main".)"""
+    proc = run(repo, "symbolic-ref", "-q", "HEAD", check=False)
     name = proc.stdout.strip()
-    return name if proc.returncode == 0 and name else None
+    return name[len("refs/heads/"):] if proc.returncode == 0 and name.startswith("refs/heads/") else None
 
 
 def resolve_commit(repo, rev, kind="commit"):

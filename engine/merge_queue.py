@@ -168,7 +168,7 @@ class MergeQueue:
         ctx = self.ctx
         branch = ctx.plan.tasks[task_id].branch
         old = git.branch_commit(ctx.repo, branch)
-        if old is None or not git.rebase_onto(path, ctx.base, branch):
+        if old is None or not git.rebase_onto(path, f"refs/heads/{ctx.base}", branch):
             return False
         new = git.branch_commit(ctx.repo, branch)
         ctx.journal.append("branch-rebased", task=task_id, branch=branch, old=old, new=new)

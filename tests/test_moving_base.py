@@ -114,3 +114,16 @@ def test_validate_graph_and_the_progress_file_tell_the_two_kinds_of_edge_apart(r
     snapshot = RunModel(str(repo)).snapshot()
     edges = {t["id"]: (t["depends_on"], t["file_order"]) for t in snapshot["tasks"]}
     assert edges["q"] == (["p"], ["p"]) and edges["r"] == (["q"], [])
+
+
+def test_a_rebase_onto_the_moved_base_is_onto_the_branch_even_with_a_tag_of_its_name(repo, monkeypatch):
+    """The same rebase with a tag `main` at the first commit (a release tag named like the
+    base): the branch is replayed onto the branch main, not the tag, so QA approves at once
+    and the agent runs once (`git rebase main` took the tag, and y was rejected again)."""
+    git(repo, "tag", "main", "main")
+    monkeypatch.setenv("Y_SLEEP", "1.5")
+    r = run_plan(repo, [{"id": "x"}, {"id": "y", "verify": "test -f x.txt && test -f y.txt"}])
+    assert r.code == 0, r
+    y = progress(repo)["tasks"]["y"]
+    assert y["status"] == "merged" and [a["kind"] for a in y["attempts"]] == ["agent", "rebase"]
+    assert len((repo / "y-env.log").read_text().splitlines()) == 1
