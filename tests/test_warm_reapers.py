@@ -157,3 +157,14 @@ def test_what_the_kernel_refuses_a_warm_reaper_reports_as_popen_would(tmp_path, 
     assert not (tmp_path / "ran").exists()
     assert not before & {p.pid for p, _ in procs._warm._idle}  # both were used (and told why they could not)
     assert all(gone(pid) for pid in before)
+
+
+def test_no_directory_means_ours_in_a_warm_reaper_too(tmp_path, monkeypatch):
+    """cwd None is the caller's own directory (Popen's rule; a backend with no checkout runs
+    its agent so): a warm reaper runs it there (found by the full suite: a TypeError)."""
+    monkeypatch.chdir(tmp_path)
+    procs.keep_reapers_warm(1)
+    (pid,) = ready(1)
+    result = procs.run_command("pwd", None, output_path=str(tmp_path / "out"))
+    assert result.code == 0 and result.pid == pid
+    assert (tmp_path / "out").read_text() == f"{tmp_path}\n"
