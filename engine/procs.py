@@ -288,9 +288,12 @@ class _WarmReapers:
                                         stderr=subprocess.DEVNULL, start_new_session=True)
             except OSError:
                 proc = None
+            if proc is not None and proc.stdout.readline() != b"R\n":  # (ready once it says so)
+                self._dismiss(proc)
+                proc = None
             with self._lock:
                 self._spawning -= 1
-                if proc is not None and self._wanted:
+                if proc is not None and len(self._idle) < self._wanted:
                     self._idle.append((proc, marker))
                     proc = None
             if proc is not None:

@@ -160,8 +160,9 @@ def _await_order():
     """A reaper started ahead of need (WARM on the command line: every argument but the marker
     is "-"): its orders, marshalled on stdin, once the command is known; the output goes to the
     file its orchestrator (pid PARENT) opened as fd OUT, reopened here through /proc. Its stdout
-    is a pipe to the orchestrator until the command has started: one line, "OK" or "E <errno>"
-    (the launch failed as Popen's would: the directory, the kernel refusing the command).
+    is a pipe to the orchestrator: "R" once it is ready for orders, then, once the command has
+    started, "OK" or "E <errno>" (the launch failed as Popen's would: the directory, the kernel
+    refusing the command).
     No order (the orchestrator ended or had no use for it): None."""
     import marshal
 
@@ -233,6 +234,7 @@ def main(argv):
     env = out = None
     if argv[1:6] == ["-", "-", argv[3], "-", "-"]:  # (argv[3]: the marker)
         _set_subreaper()
+        os.write(1, b"R\n")  # ready: started, a subreaper, waiting
         order = _await_order()
         if order is None:
             os._exit(0)
