@@ -225,8 +225,9 @@ class _WarmReapers:
     its agents work): a Python interpreter takes some 20 ms to start, which otherwise sits
     between one agent's end and the next one's start. A warm reaper waits for its orders on
     stdin (engine/reaper.py); one that gets none (our process ended) exits. Used only for a
-    launch that cannot fail in Popen (the directory exists, the command and environment are
-    plain and well under the kernel's limit): any other is run cold, whose errors are ours."""
+    launch Popen would take (the directory exists, the command and environment are plain and
+    well under the kernel's limit; any other runs cold); what the kernel still refuses, the
+    reaper reports before anything runs, and the launch fails as a cold one would."""
 
     MAX_ARGS_BYTES = 100_000  # (the kernel's limit is at least 128 KB per string, 2 MB in all)
     REFILL_DELAY = 0.25  # seconds after a launch before the reaper it took is replaced
@@ -258,13 +259,17 @@ class _WarmReapers:
                 return None
         if not _plain_launch(command, cwd, env, self.MAX_ARGS_BYTES):
             return None
+        dead = []
         with self._lock:
             while self._idle:
                 proc, marker = self._idle.pop(0)
                 if proc.poll() is None:
                     break
+                dead.append(proc)
             else:
                 proc = None
+        for gone in dead:
+            self._dismiss(gone)  # (its pipes closed)
         self._refill(after=self.REFILL_DELAY)
         return (proc, marker) if proc is not None else None
 
