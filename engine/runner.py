@@ -295,8 +295,8 @@ def _loop(run, handler_for):
     while True:
         state = statefile.get_state(run.layout)
         if state == "COMPLETE":
+            run.reporter.final(run)  # (first: whoever sees the run complete, `wait` included, finds its whole log)
             run.progress.update(lambda d: d.update(status="complete", completed_at=store.utc_now()))
-            run.reporter.final(run)
             data = run.progress.load()
             tasks = (data.get("tasks") or {}).values()
             e2e_failed = any(g.get("e2e") == "failed" for g in (data.get("parallel_groups") or {}).values()
