@@ -13,6 +13,7 @@ import pytest
 
 from engine import procs
 from tests.conftest import PYTHON, branches, git, python_env
+from tests.test_warm_reapers import ready as _ready
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,13 +22,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _let_reapers_go():
     yield
     procs.keep_reapers_warm(0)
-
-
-def _ready(count, timeout=20):
-    deadline = time.time() + timeout
-    while len(procs._warm._idle) < count:
-        assert time.time() < deadline, "warm reapers never became ready"
-        time.sleep(0.01)
 
 
 def _both_ways(tmp_path, monkeypatch, command, cwd, **kwargs):
