@@ -134,7 +134,10 @@ def next_status(current, trigger):
 
 def _ask_machine(current, trigger):
     """The machine's answer: the next status, or the IllegalTaskTransition to raise."""
-    from transitions.core import MachineError
+    # (from the package, never `transitions.core`: a thread importing the submodule while
+    # another runs the package's __init__, which imports it, is a deadlock Python breaks with
+    # _DeadlockError; CI's Ray kill campaign hit it once; tests/test_tasks.py forces it)
+    from transitions import MachineError
 
     m = machine()
     token = _Token(current.value)

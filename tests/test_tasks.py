@@ -205,3 +205,73 @@ def test_settle_knows_a_merged_task_whose_branch_a_killed_release_deleted(ctx, r
     git(repo, "branch", "-D", "auto/a")  # ...and the release dropped the contained branch: then the kill
     ctx.merges.settle(["a"])
     assert ctx.tasks.status("a") == S.MERGED
+
+
+RACE = r'''
+import importlib.abc, importlib.machinery, sys, threading, time
+from engine import tasks
+
+inside = threading.Event()
+
+
+class SlowLoader(importlib.abc.Loader):
+    """Makes the package's module slowly: its import lock is taken, the module not yet in
+    sys.modules, and no global import lock held (a finder runs under it), the window in which
+    another thread's import of the submodule locks the submodule and then waits for the package."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def create_module(self, spec):
+        inside.set()
+        time.sleep(0.3)
+        return None
+
+    def exec_module(self, module):
+        self.real.exec_module(module)
+
+
+class SlowPackage(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "transitions" or threading.current_thread() is not threading.main_thread():
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        spec.loader = SlowLoader(spec.loader)
+        return spec
+
+
+sys.meta_path.insert(0, SlowPackage())
+errors = []
+
+
+def first_event():
+    inside.wait()
+    try:
+        tasks.next_status(tasks.TaskStatus.PENDING, "start")
+    except Exception as exc:
+        errors.append(repr(exc))
+
+
+worker = threading.Thread(target=first_event)
+worker.start()
+try:
+    tasks.machine()
+except Exception as exc:
+    errors.append(repr(exc))
+worker.join()
+print(errors)
+'''
+
+
+def test_a_task_event_while_the_main_thread_builds_the_machine_is_no_import_deadlock():
+    """The scheduler builds the task machine in the main thread while the first workers may
+    already fire events. The event's `from transitions.core import ...` took the submodule's
+    import lock while the main thread ran the package's __init__ (which imports .core): Python
+    broke the cycle with _DeadlockError, and CI's Ray kill campaign had a resume exit 70 with it."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", RACE], cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
