@@ -198,6 +198,8 @@ class RayBackend:
 
     def alive_nodes(self):
         """[{node_id, node_name, resources_total}] of the cluster's live nodes (dashboard state API)."""
+        import ray  # noqa: F401  (the package whole first: ray/__init__ imports ray.util itself; a thread
+        # importing the submodule while another runs that __init__ deadlocks: tests/test_import_deadlocks.py)
         from ray.util.state import list_nodes
 
         nodes = list_nodes(address=self.config.address, filters=[("state", "=", "ALIVE")], detail=True,

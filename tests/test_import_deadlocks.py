@@ -31,23 +31,19 @@ def our_modules():
     return found
 
 
-def imports(path, module_level):
-    """[(dotted module, line)] a file imports: at module level (with what an `if`/`try` there
-    imports), or inside functions."""
+def module_level_imports(path):
+    """The dotted modules a file imports at module level (with what an `if`/`try` there imports)."""
     tree = ast.parse(open(path, encoding="utf-8").read())
-    top = set()
-    for node in tree.body:
-        top.update(id(n) for n in ast.walk(node) if not isinstance(node, (ast.FunctionDef, ast.ClassDef,
-                                                                           ast.AsyncFunctionDef)))
-    out = []
-    for node in ast.walk(tree):
-        if (id(node) in top) != module_level:
+    out = set()
+    for top in tree.body:
+        if isinstance(top, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             continue
-        if isinstance(node, ast.Import):
-            out += [(alias.name, node.lineno) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            out.append((node.module, node.lineno))
-            out += [(f"{node.module}.{alias.name}", node.lineno) for alias in node.names]
+        for node in ast.walk(top):
+            if isinstance(node, ast.Import):
+                out.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                out.add(node.module)
+                out.update(f"{node.module}.{alias.name}" for alias in node.names)
     return out
 
 
@@ -55,7 +51,7 @@ def test_our_modules_import_each_other_without_a_cycle():
     modules = our_modules()
     graph = {}
     for name, path in modules.items():
-        needs = {dotted for dotted, _ in imports(path, module_level=True) if dotted in modules}
+        needs = {dotted for dotted in module_level_imports(path) if dotted in modules}
         if "." in name:
             needs.add(name.rsplit(".", 1)[0])  # a module's package is imported first
         graph[name] = needs
@@ -77,40 +73,69 @@ def test_our_modules_import_each_other_without_a_cycle():
     assert cycles == []
 
 
+def lazy_imports(path):
+    """[(dotted module, line, packages the same function imported on an earlier line)] of the
+    imports inside functions (a function nested in another is looked at on its own too)."""
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    out = []
+    for func in ast.walk(tree):
+        if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        found = []
+        for node in ast.walk(func):
+            if isinstance(node, ast.Import):
+                found += [(alias.name, node.lineno) for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.append((node.module, node.lineno))
+        for dotted, line in found:
+            earlier = {d for d, other in found if other < line and "." not in d}
+            out.append((dotted, line, earlier))
+    return out
+
+
+def _imports_child(init_path, parent, child):
+    """True when the package file INIT_PATH (of PARENT) imports its submodule CHILD itself:
+    `from .child import`, `from . import child`, `import parent.child`, `from parent.child
+    import` or `from parent import child`."""
+    for node in ast.walk(ast.parse(open(init_path, encoding="utf-8").read())):
+        if isinstance(node, ast.ImportFrom):
+            names = {alias.name for alias in node.names}
+            if node.level == 1 and (node.module == child or (node.module is None and child in names)):
+                return True
+            if node.level == 0 and node.module and (
+                    node.module == f"{parent}.{child}" or node.module.startswith(f"{parent}.{child}.")
+                    or (node.module == parent and child in names)):
+                return True
+        elif isinstance(node, ast.Import) and any(
+                alias.name == f"{parent}.{child}" or alias.name.startswith(f"{parent}.{child}.")
+                for alias in node.names):
+            return True
+    return False
+
+
 def test_no_lazy_import_of_a_submodule_its_package_imports_itself():
     """`from transitions.core import X` in a function is the deadlock; `from transitions import X`
-    waits for the package and is safe. Checked for every installed third-party package we
-    import lazily (Ray is checked where it is installed: make test-ray)."""
-    ours = our_modules()
-    offenders, checked = [], 0
-    for path in ours.values():
-        for dotted, line in imports(path, module_level=False):
-            package, _, sub = dotted.partition(".")
-            if not sub or package in PACKAGES:
+    waits for the package and is safe, and so is a submodule imported after the same function
+    imported its top package (which is then whole). Checked for every installed third-party
+    package we import lazily (Ray where it is installed: make test-ray's environment)."""
+    offenders, checked = set(), 0
+    for path in our_modules().values():
+        for dotted, line, earlier in lazy_imports(path):
+            parts = dotted.split(".")
+            if len(parts) < 2 or parts[0] in PACKAGES or parts[0] in earlier:
                 continue
-            spec = importlib.util.find_spec(package)
-            if spec is None or not spec.origin or not spec.origin.endswith("__init__.py"):
+            spec = importlib.util.find_spec(parts[0])
+            if spec is None or not (spec.origin or "").endswith("__init__.py"):
                 continue
             checked += 1
-            parts = dotted.split(".")
             for depth in range(1, len(parts)):
                 parent = ".".join(parts[:depth])
                 parent_spec = importlib.util.find_spec(parent)
                 if parent_spec is None or not (parent_spec.origin or "").endswith("__init__.py"):
                     break
-                child = parts[depth]
-                source = open(parent_spec.origin, encoding="utf-8").read()
-                tree = ast.parse(source)
-                for node in ast.walk(tree):
-                    relative = isinstance(node, ast.ImportFrom) and node.level == 1 and (
-                        node.module == child or (node.module is None and child in {a.name for a in node.names}))
-                    absolute = isinstance(node, (ast.Import, ast.ImportFrom)) and any(
-                        name == f"{parent}.{child}" or name.startswith(f"{parent}.{child}.")
-                        for name in ([a.name for a in node.names] if isinstance(node, ast.Import)
-                                     else [node.module or ""]))
-                    if relative or absolute:
-                        offenders.append(f"{os.path.relpath(path, ROOT)}:{line} imports {dotted}, "
-                                         f"which {parent}/__init__ imports itself")
-                        break
+                if _imports_child(parent_spec.origin, parent, parts[depth]):
+                    offenders.add(f"{os.path.relpath(path, ROOT)}:{line} imports {dotted}, "
+                                  f"which {parent}/__init__ imports itself")
+                    break
     assert checked > 0
-    assert offenders == []
+    assert sorted(offenders) == []
