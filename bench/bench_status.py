@@ -20,7 +20,7 @@ sys.path.insert(0, ROOT)
 
 
 def completed_project(base):
-    """A demo repository whose 4-task plan has run to completion (its pool kept)."""
+    """A demo repository whose 4-task plan has run to completion (its pool kept), with one checkpoint."""
     from engine import demo
 
     repo = demo.make_repo(os.path.join(base, "r"))
@@ -34,6 +34,8 @@ def completed_project(base):
     env = dict(os.environ, PYTHONPATH=ROOT, DEMO_AGENT_SLEEP="0")
     subprocess.run([sys.executable, "-m", "engine.cli.orchestrator", "run", "--all-groups", "--quiet", plan],
                    cwd=repo, env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "engine.cli.checkpoint_manager", "create", "--reason", "bench"],
+                   cwd=repo, env=env, check=True, stdout=subprocess.DEVNULL)  # (so `list` draws its table)
     return repo
 
 
