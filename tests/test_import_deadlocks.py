@@ -73,16 +73,20 @@ def test_our_modules_import_each_other_without_a_cycle():
     assert cycles == []
 
 
-def lazy_imports(path):
-    """[(dotted module, line, packages the same function imported on an earlier line)] of the
-    imports inside functions (a function nested in another is looked at on its own too)."""
+def scoped_imports(path):
+    """[(dotted module, line, top packages the same scope imported on an earlier line)] of every
+    import: the module's own (which run when a thread imports it lazily) and each function's
+    (a function nested in another is looked at on its own too)."""
     tree = ast.parse(open(path, encoding="utf-8").read())
+    module_scope = [node for top in tree.body
+                    if not isinstance(top, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                    for node in ast.walk(top)]
+    scopes = [module_scope] + [list(ast.walk(func)) for func in ast.walk(tree)
+                               if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef))]
     out = []
-    for func in ast.walk(tree):
-        if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            continue
+    for nodes in scopes:
         found = []
-        for node in ast.walk(func):
+        for node in nodes:
             if isinstance(node, ast.Import):
                 found += [(alias.name, node.lineno) for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -116,11 +120,12 @@ def _imports_child(init_path, parent, child):
 def test_no_lazy_import_of_a_submodule_its_package_imports_itself():
     """`from transitions.core import X` in a function is the deadlock; `from transitions import X`
     waits for the package and is safe, and so is a submodule imported after the same function
-    imported its top package (which is then whole). Checked for every installed third-party
+    imported its top package (which is then whole). A module's own imports are checked the same
+    way: they run in whichever thread imports that module lazily. Checked for every installed third-party
     package we import lazily (Ray where it is installed: make test-ray's environment)."""
     offenders, checked = set(), 0
     for path in our_modules().values():
-        for dotted, line, earlier in lazy_imports(path):
+        for dotted, line, earlier in scoped_imports(path):
             parts = dotted.split(".")
             if len(parts) < 2 or parts[0] in PACKAGES or parts[0] in earlier:
                 continue
