@@ -354,7 +354,8 @@ def run_command(command, cwd, *, env=None, output_path, timeout=None, header=Non
     limit) is stopped with its tree: `output_limited`, code -SIGXFSZ.
     """
     env = dict(os.environ if env is None else env)
-    warm = _warm.take(command, "." if cwd is None else cwd, env)  # (None: our own directory, as Popen's)
+    where = "." if cwd is None else cwd  # (None: our own directory, as Popen's)
+    warm = _warm.take(command, where, env)
     marker = warm[1] if warm else MARKER_PREFIX + os.urandom(8).hex()  # (secrets.token_hex, without its imports)
     env[marker] = "1"
     try:
@@ -365,7 +366,7 @@ def run_command(command, cwd, *, env=None, output_path, timeout=None, header=Non
         raise
     started = time.monotonic()
     proc = warm and _order(warm[0], (float(grace), exit_path or "", int(max_output or 0), command,
-                                     os.path.abspath("." if cwd is None else cwd), env, os.getpid(), fd))
+                                     os.path.abspath(where), env, os.getpid(), fd))
     if proc:
         try:
             proc = proc if _started(proc, fd, command, cwd) else None

@@ -14,7 +14,7 @@ import ast
 import importlib.util
 import os
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import ROOT
 PACKAGES = ("engine", "states")
 
 
@@ -31,27 +31,35 @@ def our_modules():
     return found
 
 
-def module_level_imports(path):
-    """The dotted modules a file imports at module level (with what an `if`/`try` there imports)."""
-    tree = ast.parse(open(path, encoding="utf-8").read())
-    out = set()
-    for top in tree.body:
-        if isinstance(top, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            continue
-        for node in ast.walk(top):
-            if isinstance(node, ast.Import):
-                out.update(alias.name for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                out.add(node.module)
-                out.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return out
+def _parse(path):
+    return ast.parse(open(path, encoding="utf-8").read())
+
+
+def _module_scope(tree):
+    """The nodes that run when the module is imported (with what an `if`/`try` there holds)."""
+    return [node for top in tree.body if not isinstance(top, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            for node in ast.walk(top)]
+
+
+def _imports(nodes, names=False):
+    """[(dotted module, line)] the NODES import (absolute only); with NAMES, also `pkg.name`
+    for each `from pkg import name` (which may be a submodule)."""
+    found = []
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found += [(alias.name, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.module, node.lineno))
+            if names:
+                found += [(f"{node.module}.{alias.name}", node.lineno) for alias in node.names]
+    return found
 
 
 def test_our_modules_import_each_other_without_a_cycle():
     modules = our_modules()
     graph = {}
     for name, path in modules.items():
-        needs = {dotted for dotted in module_level_imports(path) if dotted in modules}
+        needs = {dotted for dotted, _ in _imports(_module_scope(_parse(path)), names=True) if dotted in modules}
         if "." in name:
             needs.add(name.rsplit(".", 1)[0])  # a module's package is imported first
         graph[name] = needs
@@ -77,20 +85,12 @@ def scoped_imports(path):
     """[(dotted module, line, top packages the same scope imported on an earlier line)] of every
     import: the module's own (which run when a thread imports it lazily) and each function's
     (a function nested in another is looked at on its own too)."""
-    tree = ast.parse(open(path, encoding="utf-8").read())
-    module_scope = [node for top in tree.body
-                    if not isinstance(top, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
-                    for node in ast.walk(top)]
-    scopes = [module_scope] + [list(ast.walk(func)) for func in ast.walk(tree)
-                               if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    tree = _parse(path)
+    scopes = [_module_scope(tree)] + [list(ast.walk(func)) for func in ast.walk(tree)
+                                      if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef))]
     out = []
     for nodes in scopes:
-        found = []
-        for node in nodes:
-            if isinstance(node, ast.Import):
-                found += [(alias.name, node.lineno) for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                found.append((node.module, node.lineno))
+        found = _imports(nodes)
         for dotted, line in found:
             earlier = {d for d, other in found if other < line and "." not in d}
             out.append((dotted, line, earlier))
@@ -101,7 +101,7 @@ def _imports_child(init_path, parent, child):
     """True when the package file INIT_PATH (of PARENT) imports its submodule CHILD itself:
     `from .child import`, `from . import child`, `import parent.child`, `from parent.child
     import` or `from parent import child`."""
-    for node in ast.walk(ast.parse(open(init_path, encoding="utf-8").read())):
+    for node in ast.walk(_parse(init_path)):
         if isinstance(node, ast.ImportFrom):
             names = {alias.name for alias in node.names}
             if node.level == 1 and (node.module == child or (node.module is None and child in names)):

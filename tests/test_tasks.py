@@ -269,9 +269,9 @@ def test_a_task_event_while_the_main_thread_builds_the_machine_is_no_import_dead
     import lock while the main thread ran the package's __init__ (which imports .core): Python
     broke the cycle with _DeadlockError, and CI's Ray kill campaign had a resume exit 70 with it."""
     import subprocess
-    import sys
 
-    out = subprocess.run([sys.executable, "-c", RACE], cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                         capture_output=True, text=True, timeout=60)
+    from tests.conftest import PYTHON, ROOT
+
+    out = subprocess.run([PYTHON, "-c", RACE], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
