@@ -117,7 +117,7 @@ def prepare_env(values, files_dir, *, inherited=None, reserve=64 * 1024, value_l
             store.makedirs(files_dir)
             for name in files:  # the whole text, replaced atomically, never through a link
                 path = os.path.join(files_dir, name)
-                store.atomic_write(path, originals[name], keep_last_good=False)
+                store.atomic_write(path, originals[name], keep_last_good=False, durable=False)
                 result[f"{name}_FILE"] = path
         except OrchestratorError as exc:  # a link in the way (UnsafePath)
             raise AgentLaunchError(f"cannot write the task data files: {exc.message}") from None

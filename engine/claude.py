@@ -259,9 +259,9 @@ def attempt_env(argv, stream_path):
         argv, prompt = argv[:-2], argv[-1]
     else:
         prompt = None
-    store.atomic_write(prompt_file, prompt or "", keep_last_good=False)
+    store.atomic_write(prompt_file, prompt or "", keep_last_good=False, durable=False)  # (launch inputs)
     store.atomic_write(spec, json.dumps({"argv": argv, "prompt_file": prompt_file if prompt is not None else None}),
-                       keep_last_good=False)
+                       keep_last_good=False, durable=False)
     return {SPEC_ENV: spec, STREAM_ENV: stream_path}
 
 

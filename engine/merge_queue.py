@@ -22,6 +22,9 @@ class MergeQueue:
     def __init__(self, ctx):
         self.ctx = ctx
         self._lock = threading.Lock()
+        # called once merged tasks are recorded, before their branches are dropped and the
+        # merge's outcome journaled: a dependent may start from that moment (the scheduler's wake)
+        self.on_recorded = None
 
     def settle(self, task_ids):
         """After a crash: a task left `approved` or `merging` whose branch the base already
@@ -114,6 +117,8 @@ class MergeQueue:
         stamp = store.utc_now()
         statuses = ctx.tasks.fire_all([(t, "merged", {"merged_commit": head, "completed_at": stamp}, None)
                                        for t, _ in merged])
+        if self.on_recorded is not None:
+            self.on_recorded()
         crashpoint("merged-recorded")
         # The base contains the branches now: the safe delete. A branch a slot still holds is
         # left to that slot (its release, or the hand-over to the next task, drops it): git

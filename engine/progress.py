@@ -241,15 +241,13 @@ _ABSENT = object()
 class Progress:
     """The progress file rolled forward with its change log (engine.deltalog): every reader sees
     the current document; a task event appends only what it changed. A process that writes
-    rarely (retry, abort, decompose), and any writer while the file is under SMALL_SNAPSHOT
-    (a plan of some 80 tasks: a whole write costs about what an append does), writes the
-    snapshot at once, as before; the running orchestrator of a larger plan defers it
-    (`defer_snapshots`): at most one snapshot per SNAPSHOT_LAG second
-    while events flow (so a script that reads the YAML file alone is at most that far behind,
-    and a large plan's events are not each a write of the whole plan), one when the log
-    outgrows the snapshot, and one when its loop ends (`compact()`)."""
+    rarely (retry, abort, decompose) writes the snapshot at once, as before; the running
+    orchestrator defers it (`defer_snapshots`), whatever the plan's size: at most one snapshot
+    per SNAPSHOT_LAG second while events flow (so a script that reads the YAML file alone is
+    at most that far behind, and an event is one fsynced append, not a whole write and its
+    two fsyncs), one when the log outgrows the snapshot, and one when its loop ends
+    (`compact()`)."""
 
-    SMALL_SNAPSHOT = 64 * 1024  # a file this small is written whole on every event, as it always was
     MIN_LOG_BYTES = 256 * 1024  # a log is compacted past this size, or past the snapshot's own
     SNAPSHOT_LAG = 1.0  # seconds: how far the YAML file alone may lag a running orchestrator's events
     LOOK_EVERY = 0.002  # seconds: another process's write is seen this much later at most (a run's
@@ -269,9 +267,9 @@ class Progress:
         self._log = deltalog.DeltaLog(self.path)
         self.defer_snapshots = False
         self._snapshot_bytes = 0
-        small = os.environ.get("ORCH_PROGRESS_SMALL_BYTES", "")  # (the crash tests: the change log at any size)
-        if small.isdigit():
-            self.SMALL_SNAPSHOT = int(small)
+        lag = os.environ.get("ORCH_PROGRESS_SNAPSHOT_LAG", "")  # (the crash tests: a snapshot after every event)
+        if lag.replace(".", "", 1).isdigit():
+            self.SNAPSHOT_LAG = float(lag)
         self._timer = None
         self._looked = float("-inf")  # when the files were last found unchanged
         self._index = _StatusIndex()
@@ -481,7 +479,7 @@ class Progress:
     def _record(self, data, header, deltas):
         view = self._cache
         self._pending = deltas  # (they live in a snapshot written now, unnumbered)
-        if not self.defer_snapshots or self._snapshot_bytes < self.SMALL_SNAPSHOT:
+        if not self.defer_snapshots:
             self._write_snapshot(data, header)
             return
         log_id = view.snapshot.get(deltalog.LOG_KEY)

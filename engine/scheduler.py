@@ -88,6 +88,7 @@ class Scheduler:
     def run(self):
         """Carry every task of the scope to a terminal status (or raise on cancel)."""
         ctx = self.ctx
+        ctx.merges.on_recorded = self.wake.set  # a dependent starts once its dependency is recorded merged
         ctx.merges.settle(self.scope)
         self._reclaim_slots()
         workers = cf.ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="task")

@@ -54,6 +54,24 @@ def test_small_values_pass_unchanged_and_files_are_offered_anyway(tmp_path):
     assert "TASK_ID_FILE" not in values and "TASK_FILES_FILE" not in values
 
 
+def test_launch_inputs_are_written_whole_without_waiting_for_the_disk(tmp_path, monkeypatch):
+    """The task-data files and a `claude` attempt's argv and prompt feed a process started
+    right after them and are written again at every launch: replaced atomically (the old
+    file or the new one), never flushed (an fsync is 1-3 ms of every hand-over). A state
+    file still is, file and directory."""
+    from engine import claude, store
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    values = prepare_env({"TASK_DESCRIPTION": "x" * 10, "QA_FEEDBACK": "fix it"}, str(tmp_path / "data"))
+    env = claude.attempt_env(["claude", "-p", "--", "the prompt"], str(tmp_path / "attempt.jsonl"))
+    assert open(values["QA_FEEDBACK_FILE"]).read() == "fix it" and synced == []
+    assert open(claude.spec_paths(env[claude.STREAM_ENV])[1]).read() == "the prompt"
+    store.atomic_write(str(tmp_path / "state.yaml"), "a: 1\n")
+    assert len(synced) == 2
+
+
 def test_any_value_that_was_cut_gets_a_file(tmp_path):
     values = prepare_env({"TASK_VERIFY": "v" * 100000, "TASK_FILES": "a\0b"}, str(tmp_path / "data"))
     assert len(values["TASK_VERIFY"].encode()) <= VALUE_LIMIT

@@ -85,13 +85,14 @@ def crash_run(repo, plan, env, rng, kill_budget):
                 return kills, states
 
 
-@pytest.mark.parametrize("progress_log", ["whole file", "change log"])
+@pytest.mark.parametrize("progress_log", ["snapshot every event", "change log"])
 def test_sigkill_and_resume_equals_uninterrupted(tmp_path, progress_log):
-    """With "change log", every task event goes through the progress file's change log (as a
-    large plan's do: engine.deltalog), so the kills also land mid-append and mid-compaction."""
+    """Every task event goes through the progress file's change log (engine.deltalog), so the
+    kills land mid-append and mid-compaction; with "snapshot every event" the whole file is
+    also written again (in its timer thread) after each one, so they land mid-snapshot too."""
     env = dict(python_env(), DEMO_FLAKY="cli", DEMO_AGENT_SLEEP="0.6")
-    if progress_log == "change log":
-        env["ORCH_PROGRESS_SMALL_BYTES"] = "0"
+    if progress_log == "snapshot every event":
+        env["ORCH_PROGRESS_SNAPSHOT_LAG"] = "0"
     clean_repo, clean_plan = setup(tmp_path, "clean")
     p = orchestrator(clean_repo, "run", "--all-groups", "--quiet", clean_plan, env=env)
     assert p.wait(timeout=120) == 0, p.stderr.read()

@@ -33,10 +33,10 @@ def layout(tmp_path):
     return Layout(str(tmp_path))
 
 
-def deferred(layout, small=0, min_log=256 * 1024):
+def deferred(layout, min_log=256 * 1024):
     progress = Progress(layout)
     progress.defer_snapshots = True
-    progress.SMALL_SNAPSHOT, progress.MIN_LOG_BYTES, progress.SNAPSHOT_LAG = small, min_log, 3600
+    progress.MIN_LOG_BYTES, progress.SNAPSHOT_LAG = min_log, 3600
     return progress
 
 
@@ -72,12 +72,22 @@ def test_an_event_of_a_large_run_appends_only_what_it_changed(layout):
     assert not set(BOOKKEEPING) & set(at_rest) and not os.path.exists(log)  # at rest: no log, no bookkeeping
 
 
-def test_a_small_file_is_still_written_whole_on_every_event(layout):
+def test_a_running_orchestrator_appends_whatever_the_plan_size_and_others_write_whole(layout):
+    """A small plan's events cost one fsynced append too (not a whole write and its two fsyncs);
+    a writer that does not defer (retry, abort, decompose) still writes the YAML file whole."""
+    Progress(layout).update(lambda d: d.update(tasks={"a": {"status": "pending"}, "b": {"status": "pending"}}))
     progress = Progress(layout)
     progress.defer_snapshots = True
-    progress.update(lambda d: d.update(tasks={"a": {"status": "pending"}}))
-    progress.set_task("a", status="running")
-    assert on_disk(layout)["tasks"]["a"]["status"] == "running"
+    progress.SNAPSHOT_LAG = 3600
+    progress.set_task("a", status="running")  # the first event starts the log: one whole write
+    snapshot = os.stat(layout.progress)
+    progress.set_task("a", status="approved")
+    after = os.stat(layout.progress)
+    assert (after.st_ino, after.st_mtime_ns) == (snapshot.st_ino, snapshot.st_mtime_ns)  # appended, not rewritten
+    assert on_disk(layout)["tasks"]["a"]["status"] == "running"  # the YAML file alone lags...
+    assert Progress(layout).task("a")["status"] == "approved"  # ...every reader of ours rolls it forward
+    Progress(layout).set_task("b", status="failed")  # a writer that does not defer: whole, and current
+    assert on_disk(layout)["tasks"] == {"a": {"status": "approved"}, "b": {"status": "failed"}}
 
 
 KEYS = st.sampled_from(["a", "b", "c", "d"])

@@ -55,6 +55,25 @@ def test_atomic_write_keeps_mode_and_last_good(tmp_path):
     assert [n for n in os.listdir(tmp_path) if n.endswith(".tmp")] == []
 
 
+def test_atomic_write_many_flushes_every_file_and_each_directory_once(tmp_path, monkeypatch):
+    """N files in one directory: N + 1 fsyncs (each file's data, then the directory once for
+    every rename), not 2N; each file whole; a link in the way refused as atomic_write does."""
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.path.realpath(f"/proc/self/fd/{fd}")),
+                                                 real_fsync(fd)))
+    (tmp_path / "b").mkdir()
+    items = [(str(tmp_path / f"g{i}.yaml"), f"n: {i}\n") for i in range(5)] + [(str(tmp_path / "b" / "x"), "x")]
+    store.atomic_write_many(items)
+    assert [open(p).read() for p, _ in items] == [d for _, d in items]
+    assert synced.count(str(tmp_path)) == 1 and synced.count(str(tmp_path / "b")) == 1 and len(synced) == 8
+    assert [n for n in os.listdir(tmp_path) if n.endswith(".tmp")] == []
+    os.symlink(tmp_path / "elsewhere", tmp_path / "g9.yaml")
+    with pytest.raises(store.UnsafePath):
+        store.atomic_write_many([(str(tmp_path / "g9.yaml"), "no")])
+    assert not (tmp_path / "elsewhere").exists()
+
+
 def test_yaml_parse_error_names_path_and_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("a: 1\nb: [x\nc: 2\n")

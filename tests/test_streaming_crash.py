@@ -8,7 +8,6 @@ import os
 import subprocess
 
 import pytest
-import yaml
 
 from engine import demo
 from tests.conftest import PYTHON, branches, git, python_env, worktree_paths
@@ -30,8 +29,12 @@ def demo_project(tmp_path, name):
 
 
 def progress(repo):
-    with open(os.path.join(repo, ".claude", "auto-progress.yaml")) as fh:
-        return yaml.safe_load(fh)
+    """The progress file as every reader of ours sees it: after a kill, the YAML file alone
+    is a snapshot its change log rolls forward."""
+    from engine.paths import Layout
+    from engine.progress import Progress
+
+    return Progress(Layout(os.path.join(repo))).load()
 
 
 def crash_then_resume(repo, plan, env, point):
@@ -74,13 +77,13 @@ def test_a_kill_inside_the_merge_queue_resumes_exactly(tmp_path, expected_tree, 
 
 
 @pytest.mark.parametrize("point", ["merge-moved", "approved", "merged-recorded:6", "handed-over:2"])
-def test_a_kill_inside_the_merge_queue_resumes_exactly_through_the_progress_change_log(tmp_path, expected_tree,
-                                                                                       point):
-    """The same kills with every task event going through the progress file's change log (as a
-    large plan's do): the events before the kill are in the log, not the YAML file, and
-    `resume` reads them back."""
+def test_a_kill_inside_the_merge_queue_resumes_exactly_with_a_snapshot_after_every_event(tmp_path, expected_tree,
+                                                                                         point):
+    """The same kills while the progress file's snapshot is also written again after every
+    event (its timer thread racing the events' appends): whichever of the two a kill lands
+    in, `resume` reads back every event before it."""
     repo, plan = demo_project(tmp_path, "p")
-    env = dict(python_env(), DEMO_FLAKY="cli", DEMO_AGENT_SLEEP="0", ORCH_PROGRESS_SMALL_BYTES="0")
+    env = dict(python_env(), DEMO_FLAKY="cli", DEMO_AGENT_SLEEP="0", ORCH_PROGRESS_SNAPSHOT_LAG="0")
     crash_then_resume(repo, plan, env, point)
     assert git(repo, "rev-parse", "main^{tree}") == expected_tree
     assert_clean_and_once(repo, TASKS)

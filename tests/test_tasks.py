@@ -186,10 +186,8 @@ def test_integrate_settles_a_branch_the_base_already_contains(ctx, repo):
     assert git(repo, "branch", "--list", "auto/a") == ""
 
 
-def test_settle_knows_a_merged_task_whose_branch_a_killed_release_deleted(ctx, repo):
-    """Killed right after the base moved: the task is still `merging`, and the killed run's
-    slot release may already have deleted the branch (the base contains it). The tip recorded
-    at approval says it is merged; without it the next merge found no branch and failed it."""
+def approved_with_work(ctx, repo):
+    """Task a decomposed, its branch holding one commit, taken through to `approved`; its tip."""
     from states import decompose, parallelize
     from tests.conftest import branch_with, git
 
@@ -200,11 +198,38 @@ def test_settle_knows_a_merged_task_whose_branch_a_killed_release_deleted(ctx, r
     for trigger in ("start", "agent_done", "verify"):
         ctx.tasks.fire("a", trigger)
     ctx.tasks.fire("a", "approve", approved_tip=tip)
+    return tip
+
+
+def test_settle_knows_a_merged_task_whose_branch_a_killed_release_deleted(ctx, repo):
+    """Killed right after the base moved: the task is still `merging`, and the killed run's
+    slot release may already have deleted the branch (the base contains it). The tip recorded
+    at approval says it is merged; without it the next merge found no branch and failed it."""
+    from tests.conftest import git
+
+    approved_with_work(ctx, repo)
     ctx.tasks.fire("a", "merge")
     git(repo, "merge", "-q", "--no-ff", "-m", "feat: Merge auto/a", "auto/a")  # the base moved...
     git(repo, "branch", "-D", "auto/a")  # ...and the release dropped the contained branch: then the kill
     ctx.merges.settle(["a"])
     assert ctx.tasks.status("a") == S.MERGED
+
+
+def test_a_merge_wakes_the_scheduler_once_recorded_before_its_clean_up(ctx, repo):
+    """A dependent may start as soon as its dependency is recorded merged: the merge queue's
+    `on_recorded` (the scheduler's wake-up) comes then, not after the merged branches are
+    deleted and the merge's outcome journaled, which a dependent's start never waited for."""
+    from tests.conftest import git
+
+    tip = approved_with_work(ctx, repo)
+    seen = []
+    ctx.merges.on_recorded = lambda: seen.append((
+        ctx.tasks.status("a"), git(repo, "rev-parse", "main") != tip and git(repo, "merge-base", "--is-ancestor",
+                                                                            tip, "main") == "",
+        bool(git(repo, "branch", "--list", "auto/a")), [r["event"] for r in ctx.journal.records()][-1]))
+    assert ctx.merges.merge(["a"]) == {"a": S.MERGED}
+    assert seen == [(S.MERGED, True, True, "task")]  # recorded, in the base; branch and outcome after
+    assert git(repo, "branch", "--list", "auto/a") == "" and ctx.journal.records()[-1]["event"] == "merge-done"
 
 
 RACE = r'''
