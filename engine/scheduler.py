@@ -32,6 +32,7 @@ from engine.tasks import TERMINAL, TaskStatus as S
 WEIGHTS = {"S": 1, "M": 2, "L": 3, "XL": 5}
 MERGE_GRACE = 3.0  # seconds a cancelled run waits for the merge in flight
 START_FIRST = 0.5  # at most this long a merge nobody waits for lets starting tasks go first
+GATHER = 0.03  # at most this long a merge nobody waits for waits for tasks about to be approved
 HOLD_FOR_MERGE = 1.0  # at most this long a worker is kept for a task whose dependency is being merged
 WARM_REAPERS = 8  # at most this many reapers kept started ahead of the agents' launches (engine.procs):
 # one per agent, so a wave of agents ending together starts the next wave without a Python start-up each
@@ -142,6 +143,7 @@ class Scheduler:
             if self.stopping.is_set() or self.merge_error is not None:
                 return
             self._let_starts_go_first()
+            self._gather_approvals()
             self.merging = True
             try:
                 approved = sorted(self._in((S.APPROVED,)), key=self.position.get)
@@ -166,6 +168,20 @@ class Scheduler:
                 if not self.launching or remaining <= 0:
                     return
                 self.launched.wait(remaining)
+
+    def _gather_approvals(self):
+        """A merge nobody waits for waits up to GATHER while other tasks are under way (their
+        agent or QA running), so tasks that end together go into the base in one merge: one
+        pass of its git calls and records, not one each. A run's last agents end within
+        milliseconds of each other, and each merge they would have had lengthened its end.
+        (An approval wakes it; it goes once nothing else is under way.)"""
+        deadline = time.monotonic() + GATHER
+        while not self.stopping.is_set() and not self._merge_awaited() and self._in(IN_FLIGHT):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self.merge_wake.wait(remaining)
+            self.merge_wake.clear()
 
     def _merge_awaited(self):
         """Whether a task waiting to start depends on an approved, not yet merged, task."""

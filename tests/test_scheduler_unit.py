@@ -108,6 +108,46 @@ def test_no_wait_when_stopping_or_nothing_is_starting(stop):
     assert time.monotonic() - start < 0.2
 
 
+def _gather_in_thread(scheduler):
+    done = threading.Event()
+    threading.Thread(target=lambda: (scheduler._gather_approvals(), done.set()), daemon=True).start()
+    return done
+
+
+def test_a_merge_nobody_waits_for_gathers_the_approvals_of_tasks_ending_with_it(monkeypatch):
+    """Tasks ending together go into the base in one merge: a's merge waits while b's QA runs,
+    and goes the moment b is approved (its approval wakes the merger)."""
+    monkeypatch.setattr(scheduler_module, "GATHER", 30)
+    s = _scheduler([{"id": "a"}, {"id": "b"}], {"a": S.APPROVED, "b": S.VERIFYING})
+    done = _gather_in_thread(s)
+    assert not done.wait(0.2), "the merge went while b was still in QA"
+    s.ctx.tasks.table["b"] = S.APPROVED
+    s.merge_wake.set()
+    assert done.wait(5), "b approved, nothing else under way: the merge still waits"
+
+
+@pytest.mark.parametrize("case", ["awaited", "nothing under way", "stopping"])
+def test_no_gathering_for_an_awaited_merge_or_when_nothing_else_is_under_way(monkeypatch, case):
+    monkeypatch.setattr(scheduler_module, "GATHER", 30)
+    tasks = [{"id": "a"}, {"id": "b"}, {"id": "c", "depends_on": ["a"]}]
+    statuses = {"a": S.APPROVED, "b": S.RUNNING, "c": S.PENDING}
+    if case == "nothing under way":
+        statuses["b"] = S.MERGED
+    s = _scheduler(tasks if case == "awaited" else tasks[:2], statuses)
+    if case == "stopping":
+        s.stopping.set()
+    assert _gather_in_thread(s).wait(5)
+
+
+def test_the_gathering_has_a_bound(monkeypatch):
+    """A task whose agent runs for minutes holds a merge back only for GATHER."""
+    monkeypatch.setattr(scheduler_module, "GATHER", 0.3)
+    s = _scheduler([{"id": "a"}, {"id": "b"}], {"a": S.APPROVED, "b": S.RUNNING})
+    start = time.monotonic()
+    s._gather_approvals()
+    assert 0.25 <= time.monotonic() - start < 3
+
+
 def test_an_approval_that_frees_a_worker_for_a_ready_task_holds_merges_until_the_main_loop_has_looked():
     """The approving worker is about to pick the next task up; the merge it woke waits for
     that start too (the main thread settles the placeholder once the worker's job is done
