@@ -173,7 +173,7 @@ class Scheduler:
         """A merge nobody waits for waits up to GATHER while other tasks are under way (their
         agent or QA running), so tasks that end together go into the base in one merge: one
         pass of its git calls and records, not one each. A run's last agents end within
-        milliseconds of each other, and each merge they would have had lengthened its end.
+        milliseconds of each other, and a merge each made the run's end that much later.
         (An approval wakes it; it goes once nothing else is under way.)"""
         deadline = time.monotonic() + GATHER
         while not self.stopping.is_set() and not self._merge_awaited() and self._in(IN_FLIGHT):
