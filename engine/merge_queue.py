@@ -22,9 +22,6 @@ class MergeQueue:
     def __init__(self, ctx):
         self.ctx = ctx
         self._lock = threading.Lock()
-        # called once merged tasks are recorded, before their branches are dropped and the
-        # merge's outcome journaled: a dependent may start from that moment (the scheduler's wake)
-        self.on_recorded = None
 
     def settle(self, task_ids):
         """After a crash: a task left `approved` or `merging` whose branch the base already
@@ -58,9 +55,11 @@ class MergeQueue:
             git.delete_branch(ctx.repo, *leftover, check=False)  # (git keeps one a slot has checked out)
         self._drop_kept_attempts(done)  # (the same kill may have come before these went)
 
-    def merge(self, task_ids):
+    def merge(self, task_ids, on_recorded=None):
         """Merge the approved TASK_IDS (in dependency order) into the base; returns
-        {task: status} for each. One merge at a time, whoever calls."""
+        {task: status} for each. One merge at a time, whoever calls. ON_RECORDED() is called
+        once merged tasks are recorded, before their branches are dropped and the merge's
+        outcome journaled: a dependent may start from that moment (the scheduler's wake)."""
         ctx = self.ctx
         plan = ctx.plan
         with self._lock:
@@ -73,7 +72,7 @@ class MergeQueue:
                     # approved with nothing to merge (its slot's release may be dropping the empty branch now)
                     order.remove(task_id)
                     results[task_id] = self._merged(task_id, branch, git.branch_commit(ctx.repo, ctx.base),
-                                                    already=True)
+                                                    already=True, on_recorded=on_recorded)
             if not order:
                 return results
             ctx.tasks.fire_all([(t, "merge", {}, None) for t in order])
@@ -94,7 +93,8 @@ class MergeQueue:
                 raise OrchestratorError(f"{report.error}; then `orchestrator resume`")
             crashpoint("merge-moved")
             head = report.new_commit or git.branch_commit(ctx.repo, ctx.base)
-            results.update(self._merged_all([(by_branch[b], b) for b in report.merged], head, report.already))
+            results.update(self._merged_all([(by_branch[b], b) for b in report.merged], head, report.already,
+                                            on_recorded))
             for branch, reason, files in report.failed:
                 task_id = by_branch[branch]
                 if reason == "conflicts":
@@ -106,10 +106,10 @@ class MergeQueue:
                                commit=report.new_commit)
             return results
 
-    def _merged(self, task_id, branch, head, already=False):
-        return self._merged_all([(task_id, branch)], head, [branch] if already else [])[task_id]
+    def _merged(self, task_id, branch, head, already=False, on_recorded=None):
+        return self._merged_all([(task_id, branch)], head, [branch] if already else [], on_recorded)[task_id]
 
-    def _merged_all(self, merged, head, already=()):
+    def _merged_all(self, merged, head, already=(), on_recorded=None):
         """Record merged tasks [(task, branch)] in one write, then drop their branches."""
         ctx = self.ctx
         if not merged:
@@ -117,8 +117,8 @@ class MergeQueue:
         stamp = store.utc_now()
         statuses = ctx.tasks.fire_all([(t, "merged", {"merged_commit": head, "completed_at": stamp}, None)
                                        for t, _ in merged])
-        if self.on_recorded is not None:
-            self.on_recorded()
+        if on_recorded is not None:
+            on_recorded()
         crashpoint("merged-recorded")
         # The base contains the branches now: the safe delete. A branch a slot still holds is
         # left to that slot (its release, or the hand-over to the next task, drops it): git

@@ -89,7 +89,6 @@ class Scheduler:
     def run(self):
         """Carry every task of the scope to a terminal status (or raise on cancel)."""
         ctx = self.ctx
-        ctx.merges.on_recorded = self.wake.set  # a dependent starts once its dependency is recorded merged
         ctx.merges.settle(self.scope)
         self._reclaim_slots()
         workers = cf.ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="task")
@@ -148,7 +147,7 @@ class Scheduler:
             try:
                 approved = sorted(self._in((S.APPROVED,)), key=self.position.get)
                 if approved:
-                    self.ctx.merges.merge(approved)
+                    self.ctx.merges.merge(approved, on_recorded=self.wake.set)  # (dependents start then)
             except BaseException as exc:  # handed to the main thread, which stops the run
                 self.merge_error = exc
                 return

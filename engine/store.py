@@ -269,7 +269,7 @@ def atomic_write_many(items):
     directories = []
     for path, data in items:
         with _parent(path) as (dfd, name):
-            _replace_in(dfd, name, path, data, False, True)
+            _replace_in(dfd, name, path, data.encode("utf-8") if isinstance(data, str) else data, False, True)
         directory = os.path.dirname(os.path.normpath(os.path.abspath(path)))
         if directory not in directories:
             directories.append(directory)
@@ -282,11 +282,9 @@ def atomic_write_many(items):
 
 
 def _replace_in(dfd, name, path, data, keep_last_good, sync_file):
-    """Write DATA to a temp file in directory DFD (fsynced when SYNC_FILE) and rename it over
-    NAME; the directory's fsync and the last good copy (KEEP_LAST_GOOD: a link in the way of
-    one is refused before anything is replaced) are the caller's."""
-    if isinstance(data, str):
-        data = data.encode("utf-8")
+    """Write DATA (bytes) to a temp file in directory DFD (fsynced when SYNC_FILE) and rename
+    it over NAME; the directory's fsync and the last good copy (KEEP_LAST_GOOD: a link in the
+    way of one is refused before anything is replaced) are the caller's."""
     try:
         info = os.stat(name, dir_fd=dfd, follow_symlinks=False)
     except FileNotFoundError:

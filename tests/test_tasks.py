@@ -216,18 +216,19 @@ def test_settle_knows_a_merged_task_whose_branch_a_killed_release_deleted(ctx, r
 
 
 def test_a_merge_wakes_the_scheduler_once_recorded_before_its_clean_up(ctx, repo):
-    """A dependent may start as soon as its dependency is recorded merged: the merge queue's
+    """A dependent may start as soon as its dependency is recorded merged: the merge's
     `on_recorded` (the scheduler's wake-up) comes then, not after the merged branches are
     deleted and the merge's outcome journaled, which a dependent's start never waited for."""
     from tests.conftest import git
 
     tip = approved_with_work(ctx, repo)
     seen = []
-    ctx.merges.on_recorded = lambda: seen.append((
-        ctx.tasks.status("a"), git(repo, "rev-parse", "main") != tip and git(repo, "merge-base", "--is-ancestor",
-                                                                            tip, "main") == "",
-        bool(git(repo, "branch", "--list", "auto/a")), [r["event"] for r in ctx.journal.records()][-1]))
-    assert ctx.merges.merge(["a"]) == {"a": S.MERGED}
+
+    def on_recorded():
+        in_base = git(repo, "rev-parse", "main") != tip and git(repo, "merge-base", "--is-ancestor", tip, "main") == ""
+        seen.append((ctx.tasks.status("a"), in_base, bool(git(repo, "branch", "--list", "auto/a")),
+                     ctx.journal.records()[-1]["event"]))
+    assert ctx.merges.merge(["a"], on_recorded=on_recorded) == {"a": S.MERGED}
     assert seen == [(S.MERGED, True, True, "task")]  # recorded, in the base; branch and outcome after
     assert git(repo, "branch", "--list", "auto/a") == "" and ctx.journal.records()[-1]["event"] == "merge-done"
 
