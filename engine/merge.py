@@ -197,10 +197,11 @@ def _move_target(repo, target, old, new):
 def _clear_what_a_killed_merge_left(where, new, refusal):
     """A fast-forward killed while it wrote the checkout's files (before its index) leaves
     them behind: new files untracked, changed ones as local changes, every one already with the
-    content the fast-forward writes; the next one refuses to overwrite them. When every file
-    git names (REFUSAL) holds exactly the bytes of its blob in NEW (no filter applied: a clean
-    filter could make a person's file hash like it), nothing of anyone's is lost: the
-    untracked ones are removed and the changed ones restored, and True says try again. A file
+    content the fast-forward writes (or, the one it was writing, a new file still empty); the
+    next one refuses to overwrite them. When every file git names (REFUSAL) holds exactly the
+    bytes of its blob in NEW (no filter applied: a clean filter could make a person's file hash
+    like it), or is a new one still empty, nothing of anyone's is lost: the untracked ones are
+    removed and the changed ones restored, and True says try again. A file
     with any other content (a person's work, or one a checkout filter rewrote) keeps the
     refusal."""
     untracked, changed, section = [], [], None
@@ -226,9 +227,14 @@ def _clear_what_a_killed_merge_left(where, new, refusal):
     if set(wanted) != set(paths) or any(os.path.islink(os.path.join(where, p)) or
                                         not os.path.isfile(os.path.join(where, p)) for p in paths):
         return False
+    # A new file git had created but not yet written when it was killed is empty: it holds
+    # nothing of anyone's (found by the Ray kill campaign: `app/docs.py`, 0 bytes).
+    empty = {p for p in untracked if os.path.getsize(os.path.join(where, p)) == 0}
+    written = [p for p in paths if p not in empty]
     # (the bytes as they are: a clean filter could make a person's file hash like the commit's)
-    found = git.run(where, "hash-object", "--no-filters", "--", *paths, check=False).stdout.split()
-    if found != [wanted[p] for p in paths]:
+    found = git.run(where, "hash-object", "--no-filters", "--", *written, check=False).stdout.split() \
+        if written else []
+    if found != [wanted[p] for p in written]:
         return False
     for path in untracked:
         os.unlink(os.path.join(where, path))

@@ -293,6 +293,17 @@ def test_a_fast_forward_killed_mid_write_does_not_wedge_the_next_merge(mb, repo)
     assert git(repo, "status", "--porcelain") == ""
 
 
+def test_a_fast_forward_killed_between_creating_a_file_and_writing_it_does_not_wedge_the_next_merge(mb, repo):
+    """Found by the Ray kill campaign: the file git was writing when it was killed is there,
+    empty, and every resume refused ("untracked working tree files would be overwritten")."""
+    branch_with(repo, "auto/a", {"app/a.py": "a\n", "app/b.py": "b\n"})
+    what_a_killed_fast_forward_leaves(repo, {"app/a.py": "a\n", "app/b.py": ""})
+    r = mb()
+    assert r.code == 0, r
+    assert git(repo, "show", "main:app/b.py") == "b" and open("app/b.py").read() == "b\n"
+    assert git(repo, "status", "--porcelain") == ""
+
+
 def test_a_persons_file_in_the_way_still_refuses_the_merge_untouched(mb, repo):
     """Only files holding exactly what the merge writes are cleared; one with anything else
     is a person's, and the merge refuses as before."""
