@@ -504,6 +504,8 @@ def mend_worktree_record(admin, finished):
 
 
 WORKTREE_LOCK = "orchestrator-worktree"  # our flock file in the git directory (not a git lock)
+# (in a checkout's own git directory: the fast-forward under way into it, and our flock on it)
+FAST_FORWARD_RECORD = "orchestrator-fast-forward"
 
 
 def worktree_lock(repo):

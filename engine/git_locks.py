@@ -21,11 +21,11 @@ import os
 import time
 from dataclasses import dataclass
 
-from engine.git import WORKTREE_LOCK
+from engine.git import FAST_FORWARD_RECORD, WORKTREE_LOCK
 
 LOCK_GRACE = 2.0  # seconds: far above the moment a ref transaction leaves a lock closed but in place
 SKIPPED_DIRS = ("objects",)
-OWN_FLOCKS = (WORKTREE_LOCK + ".lock",)  # ours, held with flock and never deleted: not git's
+OWN_FLOCKS = (WORKTREE_LOCK + ".lock", FAST_FORWARD_RECORD + ".lock")  # ours, held with flock: not git's
 TEMP_FILES = ("packed-refs.new",)  # created exclusively like a lock: a leftover one blocks every packing
 
 

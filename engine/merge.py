@@ -17,7 +17,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from engine import git
+from engine import git, store
 from engine.errors import OrchestratorError
 
 
@@ -180,66 +180,111 @@ def merge_branches(repo, target, branches, message="feat: Merge {branch}", delet
 
 
 def _move_target(repo, target, old, new):
-    """Advance TARGET from old to new (a descendant) without touching uncommitted work."""
+    """Advance TARGET from old to new (a descendant) without touching uncommitted work.
+
+    In a checkout, git moves it file by file, then its index, then the ref: a kill in between
+    leaves files that refuse every later fast-forward. So the move is written down first (in
+    the checkout's git directory: "TARGET OLD NEW") and removed once git has ended, all under
+    a flock that makes moves into one checkout take turns; a record found under that flock is
+    a killed move's, undone first (with the git locks its git left)."""
     where = git.checked_out_at(repo, target)
     if where is None:
         git.run(repo, "update-ref", "-m", "parallel-orchestrator merge", f"refs/heads/{target}", new, old)
         return
-    proc = git.run(where, "merge", "--ff-only", "-q", new, check=False)
-    if proc.returncode != 0 and _clear_what_a_killed_merge_left(where, new, proc.stderr):
+    gitdir = git.worktree_git_dir(where) or os.path.join(where, ".git")
+    record = os.path.join(gitdir, git.FAST_FORWARD_RECORD)
+    with store.file_lock(record):
+        if os.path.exists(record):
+            _undo_a_killed_fast_forward(where, gitdir, record)
+        # (not flushed to the disk: git does not flush the checkout's files either)
+        store.atomic_write(record, f"{target} {old} {new}\n", keep_last_good=False, durable=False)
         proc = git.run(where, "merge", "--ff-only", "-q", new, check=False)
+        if proc.returncode < 0:  # git itself killed: the record stays for the next move
+            raise OrchestratorError(f"cannot update {target} in {where}: git was killed (signal "
+                                    f"{-proc.returncode}) while moving it (nothing was merged; the "
+                                    "next merge puts the checkout back first)")
+        os.unlink(record)
     if proc.returncode != 0:
         detail = (proc.stderr.strip().splitlines() or ["fast-forward refused"])[0]
         raise OrchestratorError(f"cannot update {target} in {where}: {detail} "
                                 "(commit or stash your changes; nothing was merged)")
 
 
-def _clear_what_a_killed_merge_left(where, new, refusal):
-    """A fast-forward killed while it wrote the checkout's files (before its index) leaves
-    them behind: new files untracked, changed ones as local changes, every one already with the
-    content the fast-forward writes (or, the one it was writing, a new file still empty); the
-    next one refuses to overwrite them. When every file git names (REFUSAL) holds exactly the
-    bytes of its blob in NEW (no filter applied: a clean filter could make a person's file hash
-    like it), or is a new one still empty, nothing of anyone's is lost: the untracked ones are
-    removed and the changed ones restored, and True says try again. A file
-    with any other content (a person's work, or one a checkout filter rewrote) keeps the
-    refusal."""
-    untracked, changed, section = [], [], None
-    for line in refusal.splitlines():
-        if line.endswith("would be overwritten by merge:"):
-            section = untracked if "untracked" in line else changed
-        elif line.startswith("\t") and section is not None:
-            if line[1:].startswith('"'):
-                return False  # (a quoted, unusual name: left to a person)
-            section.append(line[1:])
-        else:
-            section = None
-    paths = untracked + changed
-    if not paths:
+def _undo_a_killed_fast_forward(where, gitdir, record):
+    from engine import git_locks
+    from engine.ui import warn
+
+    try:
+        with open(record, encoding="utf-8") as fh:
+            target, old, new = fh.read().split()
+    except ValueError:  # (not a record of ours: nothing to undo)
+        target = None
+    if target is not None:
+        locks = [os.path.join(gitdir, name) for name in ("index.lock", "HEAD.lock", "ORIG_HEAD.lock")]
+        locks.append(os.path.join(git.common_dir(where), "refs", "heads", target + ".lock"))
+        for lock in git_locks.clear_stale(locks):
+            warn(f"[WARN] {lock.line(where)}")
+        # (when it cannot, what is there is left for git to refuse: a change since is a person's)
+        if undo_a_killed_move(where, target, old, new):
+            warn(f"[WARN] put {target}'s checkout back at {old[:12]}: a merge's fast-forward was killed mid-way")
+    os.unlink(record)
+
+
+def undo_a_killed_move(where, target, old, new):
+    """Put back the checkout WHERE of TARGET that a fast-forward from OLD to NEW, killed mid-way,
+    left between the two; True when it did. Git writes such a fast-forward file by file (each changed
+    file unlinked, created empty, then written), then the index, then the ref: a kill before the
+    ref leaves HEAD at OLD, each path the move changes holding OLD's content, NEW's, an empty
+    file or nothing, and its index entry OLD's or NEW's. The next fast-forward (to NEW or to a
+    later merge) then refuses those files as local changes, or, where it does not, leaves NEW's
+    staged entries behind in a checkout whose HEAD lacks them (found by the kill campaign).
+
+    OLD and NEW come from the record `_move_target` writes before git starts. Only when every
+    such path is in one of those states, so that nothing in it is anyone else's, are those
+    paths restored to OLD; anything else (a person's edit since) is left alone for the
+    fast-forward to refuse."""
+    if git.current_branch(where) != target or git.branch_commit(where, target) != old:
+        return False  # the ref moved (the fast-forward ended, or someone moved it) or a person switched
+    sides = {}  # path -> ((mode, oid) at OLD or None, (mode, oid) at NEW or None)
+    diff = git.run(where, "diff", "--raw", "-z", "--no-renames", "--no-abbrev", old, new, "--", check=False)
+    if diff.returncode != 0:
+        return False  # (a commit no longer there: nothing to compare with)
+    raw = diff.stdout.split("\0")
+    for info, path in zip(raw[0::2], raw[1::2]):
+        old_mode, new_mode, old_oid, new_oid, _ = info.lstrip(":").split()
+        sides[path] = tuple(None if set(oid) == {"0"} else (mode, oid)
+                            for mode, oid in ((old_mode, old_oid), (new_mode, new_oid)))
+    if not sides:
         return False
-    listed = git.run(where, "ls-tree", "-z", new, "--", *paths, check=False).stdout.split("\0")
-    wanted = {}
-    for entry in filter(None, listed):
+    if any(m not in ("100644", "100755") for side in sides.values() for m, _ in filter(None, side)) \
+            or any("\n" in p for p in sides):
+        return False  # (a link, a submodule or an unusual name: left to git and a person)
+    index = {}
+    for entry in filter(None, git.run(where, "ls-files", "-s", "-z").stdout.split("\0")):
         info, _, path = entry.partition("\t")
-        mode, kind, oid = info.split()
-        if kind == "blob" and mode in ("100644", "100755"):
-            wanted[path] = oid
-    if set(wanted) != set(paths) or any(os.path.islink(os.path.join(where, p)) or
-                                        not os.path.isfile(os.path.join(where, p)) for p in paths):
+        if path in sides:
+            mode, oid, stage = info.split()
+            index[path] = (mode, oid) if stage == "0" else "conflicted"
+    if any(index.get(p) not in side for p, side in sides.items()):
         return False
-    # A new file git had created but not yet written when it was killed is empty: it holds
-    # nothing of anyone's (found by the Ray kill campaign: `app/docs.py`, 0 bytes).
-    empty = {p for p in untracked if os.path.getsize(os.path.join(where, p)) == 0}
-    written = [p for p in paths if p not in empty]
-    # (the bytes as they are: a clean filter could make a person's file hash like the commit's)
-    found = git.run(where, "hash-object", "--no-filters", "--", *written, check=False).stdout.split() \
-        if written else []
-    if found != [wanted[p] for p in written]:
-        return False
-    for path in untracked:
-        os.unlink(os.path.join(where, path))
-    if changed:
-        git.run(where, "checkout", "-q", "--", *changed)
+    to_hash = []
+    for path in sides:
+        full = os.path.join(where, path)
+        if os.path.islink(full) or (os.path.lexists(full) and not os.path.isfile(full)):
+            return False
+        if os.path.isfile(full) and os.path.getsize(full) > 0:
+            to_hash.append(path)
+    found = git.run(where, "hash-object", "--no-filters", "--stdin-paths",
+                    input="".join(p + "\n" for p in to_hash)).stdout.split() if to_hash else []
+    if any(oid not in {s[1] for s in sides[p] if s} for p, oid in zip(to_hash, found)):
+        return False  # content that is neither side's: someone's since
+    known = [p for p in sides if sides[p][0] or index.get(p)]
+    if known:
+        git.run(where, "--literal-pathspecs", "restore", "-q", f"--source={old}", "--staged", "--worktree",
+                "--pathspec-from-file=-", "--pathspec-file-nul", input="".join(p + "\0" for p in known))
+    for path in sides:
+        if sides[path][0] is None and os.path.isfile(os.path.join(where, path)):
+            os.unlink(os.path.join(where, path))  # NEW's file, never in the index: untracked
     return True
 
 

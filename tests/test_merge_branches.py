@@ -281,32 +281,10 @@ def what_a_killed_fast_forward_leaves(repo, files):
             fh.write(content)
 
 
-def test_a_fast_forward_killed_mid_write_does_not_wedge_the_next_merge(mb, repo):
-    """Found by the kill-inside-git campaign: every resume after such a kill exited with
-    "untracked working tree files would be overwritten by merge"."""
-    commit_file(repo, "shared.txt", "v1\n")
-    branch_with(repo, "auto/a", {"app/a.py": "a\n", "shared.txt": "v2\n"})
-    what_a_killed_fast_forward_leaves(repo, {"app/a.py": "a\n", "shared.txt": "v2\n"})
-    r = mb()
-    assert r.code == 0, r
-    assert git(repo, "show", "main:app/a.py") == "a" and git(repo, "show", "main:shared.txt") == "v2"
-    assert git(repo, "status", "--porcelain") == ""
-
-
-def test_a_fast_forward_killed_between_creating_a_file_and_writing_it_does_not_wedge_the_next_merge(mb, repo):
-    """Found by the Ray kill campaign: the file git was writing when it was killed is there,
-    empty, and every resume refused ("untracked working tree files would be overwritten")."""
-    branch_with(repo, "auto/a", {"app/a.py": "a\n", "app/b.py": "b\n"})
-    what_a_killed_fast_forward_leaves(repo, {"app/a.py": "a\n", "app/b.py": ""})
-    r = mb()
-    assert r.code == 0, r
-    assert git(repo, "show", "main:app/b.py") == "b" and open("app/b.py").read() == "b\n"
-    assert git(repo, "status", "--porcelain") == ""
-
-
 def test_a_persons_file_in_the_way_still_refuses_the_merge_untouched(mb, repo):
-    """Only files holding exactly what the merge writes are cleared; one with anything else
-    is a person's, and the merge refuses as before."""
+    """With no record of a killed move of ours (engine.merge._move_target), files in the way
+    are a person's, whatever they hold: the merge refuses and touches nothing (a killed move
+    of ours is undone: tests/test_killed_fast_forward.py)."""
     commit_file(repo, "shared.txt", "v1\n")
     branch_with(repo, "auto/a", {"app/a.py": "a\n", "shared.txt": "v2\n"})
     what_a_killed_fast_forward_leaves(repo, {"app/a.py": "a\n", "shared.txt": "my own edit\n"})

@@ -4,7 +4,7 @@ import json
 import os
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine import store
@@ -194,3 +194,21 @@ def test_fragment_dumps_indent_after_every_line_break_yaml_knows(text):
     rendered = store.YamlFragments().dump(data, "# h")
     assert rendered == store.dump_yaml(data, "# h")
     assert store.parse_yaml(rendered, "x") == data
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=st.lists(st.sampled_from(["a", "b", "c"]), max_size=30), window=st.integers(16, 300),
+       torn=st.booleans(), seq=st.integers(0, 32))
+def test_reading_back_in_windows_agrees_with_reading_everything(tmp_path_factory, events, window, torn, seq):
+    """`since` reads back from the end in growing windows (the first line of each may be cut):
+    whatever the window, it finds what a whole read finds; a torn tail is no record."""
+    j = store.Journal(str(tmp_path_factory.mktemp("j") / "j.jsonl"))
+    for event in events:
+        j.append(event, payload="x" * (len(event) * 7))
+    if torn:
+        with open(j.path, "ab") as fh:
+            fh.write(b'{"seq":99,"event":"a"')
+    j.TAIL_BYTES = window
+    everything = j.records()
+    assert j.since(seq) == [r for r in reversed(everything) if r["seq"] > seq]
+    assert j.since(seq, "b") == [r for r in reversed(everything) if r["seq"] > seq and r["event"] == "b"]
