@@ -191,7 +191,8 @@ def _move_target(repo, target, old, new):
     if where is None:
         git.run(repo, "update-ref", "-m", "parallel-orchestrator merge", f"refs/heads/{target}", new, old)
         return
-    gitdir = git.worktree_git_dir(where) or os.path.join(where, ".git")
+    # (git's own directory, where git itself writes the index: followed like git follows it)
+    gitdir = os.path.realpath(git.worktree_git_dir(where) or os.path.join(where, ".git"))
     record = os.path.join(gitdir, git.FAST_FORWARD_RECORD)
     with store.file_lock(record):
         if os.path.exists(record):
