@@ -103,6 +103,10 @@ def test_a_fast_forward_killed_after_its_index_leaves_nothing_staged_behind_a_me
     repo, old, new, _ = moves
     without_b = commit_of(repo, old, {"app/a.py": "a\n"})
     fast_forward_killed(repo, new, "indexed")
+    copy = repo + "-as-left"  # without the undo: git takes the merge and keeps NEW's entries staged
+    shutil.copytree(repo, copy, symlinks=True)
+    git(copy, "merge", "--ff-only", "-q", without_b)
+    assert set(git(copy, "status", "--porcelain").splitlines()) == {"A  app/b.py", "M  shared.txt"}
     assert merge.undo_a_killed_move(repo, "main", old, new) is True
     git(repo, "merge", "--ff-only", "-q", without_b)
     assert git(repo, "status", "--porcelain", "--untracked-files=all") == ""
