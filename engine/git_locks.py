@@ -21,6 +21,7 @@ import os
 import time
 from dataclasses import dataclass
 
+from engine import git
 from engine.git import FAST_FORWARD_RECORD, WORKTREE_LOCK
 
 LOCK_GRACE = 2.0  # seconds: far above the moment a ref transaction leaves a lock closed but in place
@@ -39,6 +40,34 @@ class Lock:
         shown = os.path.relpath(self.path, root) if root else self.path
         return (f"removed stale git lock {shown} ({self.why})" if self.removed
                 else f"git lock {shown} left in place ({self.why})")
+
+
+SHARED_LOCKS = ("packed-refs.lock", "packed-refs.new")  # the lock and the temp file beside it
+
+
+def worktree_lock_files(path, branch=None, repo=None, shared=False):
+    """The lock files a git killed mid-operation in the checkout at PATH can leave: its
+    index.lock, HEAD.lock and ORIG_HEAD.lock (a `merge --ff-only` or `reset --hard` writes
+    ORIG_HEAD), BRANCH's ref lock in the common directory, and with SHARED the repository-wide
+    packed-refs lock (any ref deletion takes it). Only those present."""
+    found = []
+    gitdir = git.worktree_git_dir(path)
+    if gitdir:
+        found += [os.path.join(gitdir, name) for name in ("index.lock", "HEAD.lock", "ORIG_HEAD.lock")]
+    if branch and repo:
+        found.append(os.path.join(git.common_dir(repo), "refs", "heads", *branch.split("/")) + ".lock")
+    if shared and repo:
+        found += [os.path.join(git.common_dir(repo), name) for name in SHARED_LOCKS]
+    return [f for f in found if os.path.exists(f)]
+
+
+def clear_stale_in_worktree(path, branch=None, repo=None, shared=False):
+    """Remove those of `worktree_lock_files` no live process holds; one warning line for each
+    removed, and for each that cannot be judged (a pool slot's, the base's before a merge)."""
+    from engine.ui import warn
+
+    for lock in clear_stale(worktree_lock_files(path, branch, repo, shared)):
+        warn(f"[WARN] {lock.line()}")
 
 
 def lock_files(*git_dirs):

@@ -192,11 +192,11 @@ def _move_target(repo, target, old, new):
         git.run(repo, "update-ref", "-m", "parallel-orchestrator merge", f"refs/heads/{target}", new, old)
         return
     # (git's own directory, where git itself writes the index: followed like git follows it)
-    gitdir = os.path.realpath(git.worktree_git_dir(where) or os.path.join(where, ".git"))
-    record = os.path.join(gitdir, git.FAST_FORWARD_RECORD)
+    record = os.path.join(os.path.realpath(git.worktree_git_dir(where) or os.path.join(where, ".git")),
+                          git.FAST_FORWARD_RECORD)
     with store.file_lock(record):
         if os.path.exists(record):
-            _undo_a_killed_fast_forward(where, gitdir, record)
+            _undo_a_killed_fast_forward(where, record)
         # (not flushed to the disk: git does not flush the checkout's files either)
         store.atomic_write(record, f"{target} {old} {new}\n", keep_last_good=False, durable=False)
         proc = git.run(where, "merge", "--ff-only", "-q", new, check=False)
@@ -211,7 +211,7 @@ def _move_target(repo, target, old, new):
                                 "(commit or stash your changes; nothing was merged)")
 
 
-def _undo_a_killed_fast_forward(where, gitdir, record):
+def _undo_a_killed_fast_forward(where, record):
     from engine import git_locks
     from engine.ui import warn
 
@@ -221,10 +221,7 @@ def _undo_a_killed_fast_forward(where, gitdir, record):
     except ValueError:  # (not a record of ours: nothing to undo)
         target = None
     if target is not None:
-        locks = [os.path.join(gitdir, name) for name in ("index.lock", "HEAD.lock", "ORIG_HEAD.lock")]
-        locks.append(os.path.join(git.common_dir(where), "refs", "heads", target + ".lock"))
-        for lock in git_locks.clear_stale(locks):
-            warn(f"[WARN] {lock.line(where)}")
+        git_locks.clear_stale_in_worktree(where, target, where)  # (what the killed git left)
         # (when it cannot, what is there is left for git to refuse: a change since is a person's)
         if undo_a_killed_move(where, target, old, new):
             warn(f"[WARN] put {target}'s checkout back at {old[:12]}: a merge's fast-forward was killed mid-way")

@@ -30,7 +30,7 @@ import os
 import re
 import shutil
 
-from engine import git, store, worktree
+from engine import git, git_locks, store, worktree
 from engine.faults import crashpoint
 from engine.procs import alive, process_start_time
 from engine.ui import warn
@@ -347,7 +347,7 @@ class Pool:
         entry = None if listing is None else next((e for e in listing if os.path.realpath(e["path"]) == real), None)
         if (listing is None or entry is not None and not entry["prunable"]) and \
                 os.path.isfile(os.path.join(path, ".git")):
-            clear_stale_locks(path, branch, repo)
+            git_locks.clear_stale_in_worktree(path, branch, repo)
             try:
                 forgotten = git.forget_operations(path)  # a slot is handed out clean of every such state
                 if forgotten:
@@ -396,7 +396,7 @@ class Pool:
             branch, base_commit = slot.get("branch"), slot.get("base_commit")
             base_label, previous = slot.get("base"), slot.get("previous_branch")
         path = self.slot_path(slot_id)
-        clear_stale_locks(path, branch, repo, shared=takeover)
+        git_locks.clear_stale_in_worktree(path, branch, repo, shared=takeover)
         if worktree.worktree_healthy(repo, path):
             git.run(path, "checkout", "-q", "-f", "--detach", check=False)
         elif os.path.lexists(path):
@@ -482,7 +482,7 @@ class Pool:
         repo = self.repo
         path = self.slot_path(slot["id"])
         branch = slot.get("branch")
-        clear_stale_locks(path, branch, repo, shared=takeover)
+        git_locks.clear_stale_in_worktree(path, branch, repo, shared=takeover)
         if os.path.isfile(os.path.join(path, ".git")):
             forgotten = []
             try:
@@ -755,28 +755,3 @@ class Pool:
         return self.init(size, force=True)
 
 
-def slot_lock_files(path, branch=None, repo=None, shared=False):
-    """The lock files a git killed mid-operation in one slot can leave: the worktree's
-    index.lock and HEAD.lock, the branch's ref lock in the common directory, and with SHARED the
-    repository-wide packed-refs lock (any ref deletion takes it)."""
-    found = []
-    gitdir = git.worktree_git_dir(path)
-    if gitdir:
-        found += [os.path.join(gitdir, name) for name in ("index.lock", "HEAD.lock")]
-    if branch and repo:
-        found.append(os.path.join(git.common_dir(repo), "refs", "heads", *branch.split("/")) + ".lock")
-    if shared and repo:
-        found += [os.path.join(git.common_dir(repo), name) for name in SHARED_LOCKS]
-    return [f for f in found if os.path.exists(f)]
-
-
-def clear_stale_locks(path, branch=None, repo=None, shared=False):
-    """Remove the slot's lock files no live process holds (engine.git_locks decides); one
-    warning line for each removed, and for each that cannot be judged."""
-    from engine import git_locks
-
-    for lock in git_locks.clear_stale(slot_lock_files(path, branch, repo, shared)):
-        warn(f"[WARN] {lock.line()}")
-
-
-SHARED_LOCKS = ("packed-refs.lock", "packed-refs.new")  # the lock and the temp file beside it

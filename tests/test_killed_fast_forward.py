@@ -123,6 +123,9 @@ def test_a_persons_edit_after_the_kill_is_left_alone(moves):
 
 def test_nothing_is_undone_once_the_ref_moved_or_for_another_move(moves):
     repo, old, new, later = moves
+    git(repo, "checkout", "-q", "-b", "other")  # a person switched branches: not the record's checkout
+    assert merge.undo_a_killed_move(repo, "main", old, new) is False
+    git(repo, "checkout", "-q", "main")
     git(repo, "merge", "--ff-only", "-q", new)  # the fast-forward ended: nothing to undo
     assert merge.undo_a_killed_move(repo, "main", old, new) is False
     assert git(repo, "status", "--porcelain") == "" and open("shared.txt").read() == "v2\n"
