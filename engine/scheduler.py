@@ -79,11 +79,14 @@ class Scheduler:
         self.wake = threading.Event()  # a task was approved, merged or let go: look again now
         self.merge_wake = threading.Event()  # a task was approved: the merger takes it
         self.merging = False  # the merger holds approved tasks it has not recorded yet
+        self.settling = set()  # tasks whose agent has ended and whose worker checks its work now
         self.launching = set()  # tasks handed to a worker whose agent has not started yet, and
         # ("after", T) while approved T's worker is about to free up for a task that is ready
         self.launched = threading.Condition()
         self.merge_error = None
         self.stopping = threading.Event()
+        # git queries a worker asks alongside its own (QA's branch diff beside the checkout's status)
+        self.queries = cf.ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="query")
 
     # ------------------------------------------------------------------ main thread
     def run(self):
@@ -120,6 +123,7 @@ class Scheduler:
             self.merge_wake.set()
             self._stop_running()
             workers.shutdown(wait=True, cancel_futures=True)
+            self.queries.shutdown(wait=True)
             # a merge in flight normally ends in well under a second; one stuck in a hook is not
             # waited for (the task stays `merging`, and the next run settles it against the base)
             merger.join(timeout=MERGE_GRACE)
@@ -131,6 +135,7 @@ class Scheduler:
         self.merge_wake.set()
         merger.join()
         workers.shutdown(wait=True)
+        self.queries.shutdown(wait=True)
         ctx.slots.close()
 
     def _merger(self):
@@ -169,13 +174,16 @@ class Scheduler:
                 self.launched.wait(remaining)
 
     def _gather_approvals(self):
-        """A merge nobody waits for waits up to GATHER while other tasks are under way (their
-        agent or QA running), so tasks that end together go into the base in one merge: one
-        pass of its git calls and records, not one each. A run's last agents end within
-        milliseconds of each other, and a merge each made the run's end that much later.
-        (An approval wakes it; it goes once nothing else is under way.)"""
+        """A merge nobody waits for waits up to GATHER while other tasks are about to be
+        approved (their agent has ended: its work is being checked, or QA runs), so tasks that
+        end together go into the base in one merge: one pass of its git calls and records, not
+        one each. A run's last agents end within milliseconds of each other, and a merge each
+        made the run's end that much later. A task whose agent still runs is not waited for:
+        it may run for seconds, and at a run's end the merge waiting for it was the run's end
+        made GATHER later. (An approval wakes it; it goes once none is left.)"""
         deadline = time.monotonic() + GATHER
-        while not self.stopping.is_set() and not self._merge_awaited() and self._in(IN_FLIGHT):
+        while not self.stopping.is_set() and not self._merge_awaited() and \
+                (self.settling or self._in((S.EXECUTED, S.VERIFYING))):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -513,6 +521,7 @@ class Scheduler:
         except WaitForBase:
             ctx.slots.give_back(task_id)  # (a slot is not kept idle while the task waits)
         finally:
+            self.settling.discard(task_id)
             self._launch_begun(task_id)
             status = ctx.tasks.status(task_id)
             if status in (S.APPROVED, S.MERGING):  # (the merge queue may have taken it already)
@@ -576,6 +585,7 @@ class Scheduler:
         entry = ctx.tasks.entry(task_id)
         n = int(entry.get("iterations") or 0)
         result = None
+        self.settling.discard(task_id)  # (another attempt: its agent runs again)
         if status == S.RUNNING:  # left running by a dead orchestrator
             path = ctx.slots.hold(task_id)[1] if backend.needs_checkout else None
             result = self._recover(task_id, self._attempt_for(task_id, n, path, entry.get("qa_feedback")))
@@ -612,6 +622,7 @@ class Scheduler:
                 attempt.env["TASK_BASE_CHANGES"] = "\n".join(f"{t}: {' '.join(files)}" for t, files in changes.items())
             self._launch_begun(task_id)
             result = self._launch(task_id, attempt, budget_usd)
+        self.settling.add(task_id)  # (its agent has ended: a merge may wait for its approval)
         self._settle_attempt(task_id, n, path, result)
 
     def _onto_current_base(self, task_id, status, n, path):
@@ -720,24 +731,25 @@ class Scheduler:
     def _check_work(self, task_id, path):
         """(why an agent that exited 0 still has nothing to verify or None, its branch tip,
         the files it changes or None). Leftovers are committed first, so QA verifies exactly
-        what will be merged. The usual case costs two git calls: the checkout's status (its
-        tip with it) and the files the branch changes since its fork from the base (some file:
-        so it has commits the base has not); only an empty answer asks the history."""
+        what will be merged. The usual case costs two git calls, at once: the checkout's status
+        (its tip with it) and the files the branch changes since its fork from the base (some
+        file: so it has commits the base has not; asked alongside, and not used when leftovers
+        were committed after it looked); only an empty answer asks the history."""
         ctx = self.ctx
         task = self.plan.tasks[task_id]
         if path is not None:
             if not os.path.isdir(path):
                 return "the agent deleted its worktree", None, None
+            changed_files = self.queries.submit(git.changed_files, ctx.repo, ctx.base, task.branch)
             current, committed, tip = self._commit_leftovers(task_id, path)
+            changed = changed_files.result()
             if current != task.branch:
                 return f"the agent left {task.branch} (its checkout is on {current or 'a detached HEAD'}); " \
                        "its work is kept there", None, None
             if committed:
                 ctx.reporter.task(task_id, "committed what the agent left uncommitted")
-            elif tip:
-                changed = git.changed_files(ctx.repo, ctx.base, task.branch)
-                if changed:
-                    return None, tip, changed
+            elif tip and changed:
+                return None, tip, changed
         ahead = git.commits_ahead(ctx.repo, task.branch, f"refs/heads/{ctx.base}")  # None: no branch
         if ahead is None:
             return f"the attempt left no branch {task.branch}", None, None
@@ -807,6 +819,7 @@ class Scheduler:
             slot=None, approved_tip=tip), None)])  # (slot: given back right after)
         ctx.reporter.task(task_id, "TASK_APPROVED")
         ready = self._ready_to_start()  # this worker is about to start the next task: that goes first
+        self.settling.discard(task_id)
         with self.launched:
             if ready:
                 self.launching.add(("after", task_id))

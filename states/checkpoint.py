@@ -16,6 +16,12 @@ def finish(ctx):
     return "COMPLETE"
 
 
+def _ends_run(ctx, groups):
+    """Whether the run ends with GROUPS (every other group finished already)."""
+    done = set(groups)
+    return all(i in done or ctx.group_finished(i) for i in range(1, len(ctx.plan.groups) + 1))
+
+
 def handle(ctx):
     groups = ctx.scope_groups()
     scope = ctx.scope_tasks()
@@ -29,22 +35,28 @@ def handle(ctx):
 
         with ThreadPoolExecutor(max_workers=min(8, len(held))) as workers:  # independent slots: release together
             list(workers.map(ctx.slots.release, held))
-    written = []
-    for n in groups:
-        tasks = ctx.group_tasks(n)
-        failed = [t for t in tasks if statuses[t] != S.MERGED]
-        summary = (f"Merged: {', '.join(t for t in tasks if t not in failed) or 'none'}. "
-                   f"Failed: {', '.join(failed) or 'none'}.")
-        e2e = (ctx.progress.peek().get("parallel_groups") or {}).get(f"group_{n}", {}).get("e2e")
-        if e2e == "failed":
-            summary += " E2E failed on the merged result."
-        written.append((n, "failed" if failed or e2e == "failed" else "post", summary))
-    ctx.memory.write_groups(written)
-    ctx.progress.update(lambda d: [d.setdefault("parallel_groups", {}).setdefault(f"group_{n}", {}).update(
-        status="done") for n in groups])
+    from concurrent.futures import ThreadPoolExecutor
+
+    # The run's end: the pool's cleanup (git's work) runs while the memory files are written;
+    # both are idempotent, and a kill in between runs this state again
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pool-cleanup") as aside:
+        finishing = aside.submit(finish, ctx) if _ends_run(ctx, groups) else None
+        written = []
+        for n in groups:
+            tasks = ctx.group_tasks(n)
+            failed = [t for t in tasks if statuses[t] != S.MERGED]
+            summary = (f"Merged: {', '.join(t for t in tasks if t not in failed) or 'none'}. "
+                       f"Failed: {', '.join(failed) or 'none'}.")
+            e2e = (ctx.progress.peek().get("parallel_groups") or {}).get(f"group_{n}", {}).get("e2e")
+            if e2e == "failed":
+                summary += " E2E failed on the merged result."
+            written.append((n, "failed" if failed or e2e == "failed" else "post", summary))
+        ctx.memory.write_groups(written)
+        ctx.progress.update(lambda d: [d.setdefault("parallel_groups", {}).setdefault(f"group_{n}", {}).update(
+            status="done") for n in groups])
+    if finishing is not None:
+        return finishing.result()
     remaining = [i for i in range(1, len(ctx.plan.groups) + 1) if not ctx.group_finished(i)]
-    if not remaining:
-        return finish(ctx)
     if not ctx.options.all_groups:
         ctx.memory.handoff()
         ctx.reporter.line(f"session boundary after group {groups[-1]}: {len(remaining)} group(s) left; "

@@ -115,6 +115,20 @@ def test_uncommitted_agent_work_is_committed(orch, demo_repo, monkeypatch):
     assert "uncommitted work left by the agent" in git(repo, "log", "--format=%s", "main")
 
 
+def test_the_files_a_task_changes_include_the_leftovers_committed_for_it(orch, repo):
+    """QA asks the branch's changed files alongside the checkout's status; when it then commits
+    the agent's leftovers, that answer predates them and is not the task's record (it named
+    only a.txt here, and the merge's record and the retry feedback read this list)."""
+    plan = os.path.join(str(repo), "plan.yaml")
+    with open(plan, "w") as fh:
+        fh.write("base: main\nagent: 'echo a > a.txt && git add a.txt && git -c user.name=a -c user.email=a@b "
+                 "commit -qm a && echo b > b.txt'\ntasks:\n  - {id: t, description: two files}\n")
+    assert orch("run", plan).code == 0
+    with open(os.path.join(str(repo), ".claude", "auto-progress.yaml")) as fh:
+        task = yaml.safe_load(fh)["tasks"]["t"]
+    assert task["status"] == "merged" and task["changed_files"] == ["a.txt", "b.txt"]
+
+
 def test_user_edits_in_main_checkout_survive_a_run(orch, demo_repo):
     repo, plan = demo_repo
     with open("README.md", "a") as fh:

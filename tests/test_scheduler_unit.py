@@ -140,12 +140,31 @@ def test_no_gathering_for_an_awaited_merge_or_when_nothing_else_is_under_way(mon
 
 
 def test_the_gathering_has_a_bound(monkeypatch):
-    """A task whose agent runs for minutes holds a merge back only for GATHER."""
+    """A task whose QA runs for minutes holds a merge back only for GATHER."""
     monkeypatch.setattr(scheduler_module, "GATHER", 0.3)
-    s = _scheduler([{"id": "a"}, {"id": "b"}], {"a": S.APPROVED, "b": S.RUNNING})
+    s = _scheduler([{"id": "a"}, {"id": "b"}], {"a": S.APPROVED, "b": S.VERIFYING})
     start = time.monotonic()
     s._gather_approvals()
     assert 0.25 <= time.monotonic() - start < 3
+
+
+def test_a_merge_waits_for_a_task_whose_agent_has_ended_and_not_for_one_whose_agent_runs(monkeypatch):
+    """A task still RUNNING whose agent has exited (its worker checks the work: the agent's end
+    and the approval are one write) is about to be approved: the merge gathers it. One whose
+    agent still runs may run for seconds: the merge goes at once (at a run's end, waiting for
+    it made the end GATHER later, as the DAG benchmark's last merges showed)."""
+    monkeypatch.setattr(scheduler_module, "GATHER", 30)
+    s = _scheduler([{"id": "a"}, {"id": "b"}], {"a": S.APPROVED, "b": S.RUNNING})
+    start = time.monotonic()
+    s._gather_approvals()
+    assert time.monotonic() - start < 1, "the merge waited for an agent still at work"
+    s.settling.add("b")
+    done = _gather_in_thread(s)
+    assert not done.wait(0.2), "the merge went while b's agent had ended and its work was being checked"
+    s.settling.discard("b")
+    s.ctx.tasks.table["b"] = S.APPROVED
+    s.merge_wake.set()
+    assert done.wait(5)
 
 
 def test_an_approval_that_frees_a_worker_for_a_ready_task_holds_merges_until_the_main_loop_has_looked():

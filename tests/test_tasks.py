@@ -2,6 +2,7 @@
 state handler driven through a context on a real repository, without the runner."""
 
 import os
+import time
 
 import pytest
 import yaml
@@ -9,6 +10,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from engine import store, tasks
 from engine.context import Options, RunContext
+from engine.errors import OrchestratorError
 from engine.paths import Layout
 from engine.progress import Progress
 from engine.tasks import EDGES, IllegalTaskTransition, TaskBook, TaskStatus as S
@@ -170,6 +172,37 @@ def test_checkpoint_stops_at_the_boundary_and_completes_at_the_end(ctx):
     parallelize.handle(ctx)
     ctx.tasks.fail("c", "x")
     assert checkpoint.handle(ctx) == "COMPLETE"
+
+
+def test_the_runs_last_checkpoint_cleans_the_pool_beside_its_memory_and_reports_what_failed(ctx, monkeypatch):
+    """At the run's end the pool's cleanup runs in a thread while the memory files are written:
+    the handler returns only once both are done, and a cleanup that fails fails the handler
+    (nothing lost in the thread), with the memory files written all the same."""
+    import threading
+
+    from states import checkpoint, decompose, parallelize
+
+    ctx.options.all_groups = True
+    decompose.handle(ctx)
+    parallelize.handle(ctx)
+    for t in ("a", "b", "c"):
+        ctx.tasks.fail(t, "x")
+    finished = threading.Event()
+
+    def slow_finish(context):
+        time.sleep(0.3)
+        finished.set()
+        return "COMPLETE"
+    monkeypatch.setattr(checkpoint, "finish", slow_finish)
+    assert checkpoint.handle(ctx) == "COMPLETE" and finished.is_set()
+
+    def failing_finish(context):
+        raise OrchestratorError("cannot clean up the pool")
+    monkeypatch.setattr(checkpoint, "finish", failing_finish)
+    os.unlink(os.path.join(ctx.layout.claude, "auto-memory", "parallel-group-1-failed.yaml"))
+    with pytest.raises(OrchestratorError, match="cannot clean up the pool"):
+        checkpoint.handle(ctx)
+    assert os.path.exists(os.path.join(ctx.layout.claude, "auto-memory", "parallel-group-1-failed.yaml"))
 
 
 def test_integrate_settles_a_branch_the_base_already_contains(ctx, repo):
