@@ -487,6 +487,29 @@ def _records_root(repo):
     return os.path.join(common_dir(repo), "worktrees")
 
 
+def unfinished_record(repo, path):
+    """The record of a `worktree add` of PATH that never got to its end (killed: its `locked`
+    still says "initializing", and it has no HEAD pointing anywhere and no index), or None.
+    Found by its `gitdir` naming PATH/.git or, when killed before writing that, by PATH's name.
+    git's `worktree remove` does not know such a record and `worktree prune` keeps it (it is
+    locked); `broken_worktree_records` mends it only once RECORD_GRACE old, as it may be a live
+    add's. A caller that holds worktree_lock for its own PATH knows no add of its is live."""
+    root, real = _records_root(repo), os.path.realpath(path)
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return None
+    for name in names:
+        admin = os.path.join(root, name)
+        if os.path.islink(admin) or not os.path.isdir(admin):
+            continue
+        dotgit = _record_file(admin, "gitdir").strip()
+        mine = os.path.realpath(os.path.dirname(dotgit)) == real if dotgit else name == os.path.basename(real)
+        if mine and not _record_finished(admin):
+            return admin
+    return None
+
+
 def _repair_records(root, grace=RECORD_GRACE):
     return [mend_worktree_record(admin, finished) for admin, finished in _broken_records(root, grace)]
 

@@ -381,11 +381,17 @@ class Pool:
         return not reuse
 
     def _discard_broken(self, repo, path):
-        """Remove whatever is at a slot path that is not a usable worktree (caller holds the lock)."""
+        """Remove whatever is at a slot path that is not a usable worktree (caller holds the lock),
+        the record of a `worktree add` of it killed half-way included: git's remove does not
+        know that one and its prune keeps it (locked), and under the worktree lock no add of
+        ours is at work (left alone, the next `health` found it broken two seconds later)."""
         git.run(repo, "worktree", "remove", "--force", "--force", path, check=False)
         if os.path.lexists(path) and os.path.realpath(os.path.dirname(path)) == os.path.realpath(self.dir):
             shutil.rmtree(path, ignore_errors=True)
         git.run(repo, "worktree", "prune", check=False)
+        unfinished = git.unfinished_record(repo, path)
+        if unfinished is not None:
+            git.mend_worktree_record(unfinished, False)
 
     def _rollback_acquire(self, slot_id, takeover=False):
         """Undo a failed or interrupted acquire: detach, drop a fresh branch, slot idle."""
@@ -399,7 +405,7 @@ class Pool:
         git_locks.clear_stale_in_worktree(path, branch, repo, shared=takeover)
         if worktree.worktree_healthy(repo, path):
             git.run(path, "checkout", "-q", "-f", "--detach", check=False)
-        elif os.path.lexists(path):
+        elif os.path.lexists(path) or git.unfinished_record(repo, path):
             with git.worktree_lock(repo):  # a `worktree add` cut short: start the slot afresh
                 self._discard_broken(repo, path)
         try:

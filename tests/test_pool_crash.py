@@ -9,6 +9,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from tests.conftest import PYTHON, branches, git, python_env
 
 
@@ -80,3 +82,42 @@ def test_sigkill_during_acquire_and_release(pm, repo):
     consistent(repo, size)
     print(f"\n{kills} kills ({killed_in}); repairs needed: {repaired}")
     assert kills >= 30
+
+
+@pytest.mark.parametrize("cut", ["after locked", "after the worktree's .git", "after the placeholder HEAD"])
+def test_an_acquire_killed_inside_git_worktree_add_is_repaired_at_once(pm, repo, cut):
+    """git's `worktree add` writes its record in turns (`locked` "initializing", `gitdir`, the
+    worktree's `.git`, a placeholder HEAD, `commondir`); killed in between, the record is one
+    `worktree remove` does not know and `prune` keeps (locked). The repair of the dead acquire
+    removes it at once (it holds the worktree lock: no add of ours is at work), where before
+    it was left until two seconds old, and the next `health` found it broken (the random kill
+    campaign above, about one run in fifteen on a loaded machine)."""
+    assert pm("init", "2").code == 0
+    assert pm("acquire", "t1").code == 0
+    path = repo / ".claude/worktree-pool/wt-1"
+    git(repo, "worktree", "remove", "--force", str(path))
+    git(repo, "branch", "-D", "auto/t1")
+    admin = repo / ".git/worktrees/wt-1"
+    admin.mkdir(parents=True)
+    (admin / "locked").write_text("initializing\n")
+    if cut != "after locked":
+        (admin / "gitdir").write_text(f"{os.path.realpath(path)}/.git\n")
+        path.mkdir()
+        (path / ".git").write_text(f"gitdir: {os.path.realpath(admin)}\n")
+    if cut == "after the placeholder HEAD":
+        (admin / "HEAD").write_text("0" * 40 + "\n")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    state_file = repo / ".claude/pool-state.json"
+    state = json.loads(state_file.read_text())
+    slot = next(s for s in state["worktrees"] if s["id"] == "wt-1")
+    slot.update(preparing=True, owner={"pid": dead.pid, "host": slot["owner"]["host"], "since": slot["owner"]["since"],
+                                       "start": None})
+    state_file.write_text(json.dumps(state))
+    r = pm("health", "--repair")
+    assert r.code == 0 and "interrupted-acquire: wt-1" in r.out, (r.out, r.err)
+    assert not admin.exists()  # gone now, not two seconds from now
+    assert pm("health").code == 0
+    consistent(repo, 2)
+    assert pm("acquire", "t2").code == 0
+    assert git(path, "symbolic-ref", "--short", "HEAD") == "auto/t2"
