@@ -28,15 +28,13 @@ def handle(ctx):
     statuses = ctx.tasks.statuses(scope)
     if any(s not in TERMINAL for s in statuses.values()):
         return "PARALLELIZE"
+    from concurrent.futures import ThreadPoolExecutor
+
     leases = ctx.slots.leases() if ctx.slots.exists() else {}
     held = [t for t in scope if t in leases]
     if held:
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(max_workers=min(8, len(held))) as workers:  # independent slots: release together
             list(workers.map(ctx.slots.release, held))
-    from concurrent.futures import ThreadPoolExecutor
-
     # The run's end: the pool's cleanup (git's work) runs while the memory files are written;
     # both are idempotent, and a kill in between runs this state again
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pool-cleanup") as aside:
