@@ -16,12 +16,6 @@ def finish(ctx):
     return "COMPLETE"
 
 
-def _ends_run(ctx, groups):
-    """Whether the run ends with GROUPS (every other group finished already)."""
-    done = set(groups)
-    return all(i in done or ctx.group_finished(i) for i in range(1, len(ctx.plan.groups) + 1))
-
-
 def handle(ctx):
     groups = ctx.scope_groups()
     scope = ctx.scope_tasks()
@@ -35,10 +29,12 @@ def handle(ctx):
     if held:
         with ThreadPoolExecutor(max_workers=min(8, len(held))) as workers:  # independent slots: release together
             list(workers.map(ctx.slots.release, held))
+    # (the scope's groups have all finished: what remains is after them)
+    remaining = [i for i in range(1, len(ctx.plan.groups) + 1) if not ctx.group_finished(i)]
     # The run's end: the pool's cleanup (git's work) runs while the memory files are written;
     # both are idempotent, and a kill in between runs this state again
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pool-cleanup") as aside:
-        finishing = aside.submit(finish, ctx) if _ends_run(ctx, groups) else None
+        finishing = None if remaining else aside.submit(finish, ctx)
         written = []
         for n in groups:
             tasks = ctx.group_tasks(n)
@@ -54,7 +50,6 @@ def handle(ctx):
             status="done") for n in groups])
     if finishing is not None:
         return finishing.result()
-    remaining = [i for i in range(1, len(ctx.plan.groups) + 1) if not ctx.group_finished(i)]
     if not ctx.options.all_groups:
         ctx.memory.handoff()
         ctx.reporter.line(f"session boundary after group {groups[-1]}: {len(remaining)} group(s) left; "
